@@ -79,18 +79,20 @@ class SecantusServer:
             self.port = free_port(self.host)
         command = [
             _server_executable(),
-            "--host", self.host,
-            "--port", str(self.port),
-            "--storage-path", self.storage_path,
-            "--log-level", "WARNING",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--storage-path",
+            self.storage_path,
+            "--log-level",
+            "WARNING",
         ]
         if self.sync_on_commit:
             command.append("--sync-on-commit")
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=log, start_new_session=True
-            )
+            self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
         finally:
             if self.log_path:
                 log.close()  # type: ignore[union-attr]

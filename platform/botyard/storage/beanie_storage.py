@@ -1,0 +1,302 @@
+"""aiogram FSM storage on MongoDB, namespaced per bot, one read and one write per update."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiogram import Dispatcher
+from aiogram.exceptions import DataNotDictLikeError
+from aiogram.fsm.state import State
+from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
+from beanie import init_beanie
+from pymongo import AsyncMongoClient, DeleteOne, ReturnDocument, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from botyard.storage.bson_values import check_storable
+from botyard.storage.record import COLLECTION_NAME, FSMRecord, record_filter
+from botyard.storage.scope import UNSET, PendingRecord, UpdateScopeMiddleware, current_scope
+
+Document = dict[str, Any]
+_PROJECTION = {"_id": 0, "state": 1, "data": 1, "updated_at": 1, "expires_at": 1}
+
+
+def utcnow() -> datetime:
+    """Now in UTC, at the millisecond precision BSON dates keep."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+async def prepare_database(database: AsyncDatabase[Document]) -> None:
+    """Bind the Beanie model to ``database`` and create the FSM indexes."""
+    await init_beanie(database=database, document_models=[FSMRecord])
+
+
+class BeanieStorage(BaseStorage):
+    """aiogram FSM storage keeping each bot's records under its own namespace.
+
+    Many bots share one :class:`~pymongo.AsyncMongoClient`: each bot gets a cheap
+    view (:meth:`for_namespace`), and closing a view never closes the shared
+    client — aiogram's Dispatcher closes its storage on shutdown. Only a storage
+    made by :meth:`connect` owns its client and closes it.
+
+    Inside an update scope (see :meth:`install`) a record is read at most once
+    and written once, when the update's handling ends; elsewhere every call
+    reads or writes straight through.
+    """
+
+    def __init__(
+        self,
+        database: AsyncDatabase[Document],
+        namespace: str,
+        *,
+        state_ttl: timedelta | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        if not namespace:
+            raise ValueError("namespace must be a non-empty string")
+        if state_ttl is not None and state_ttl <= timedelta(0):
+            raise ValueError("state_ttl must be positive, or None for no expiry")
+        self.database = database
+        self.namespace = namespace
+        self.state_ttl = state_ttl
+        self._owns_client = owns_client
+        self.collection: AsyncCollection[Document] = database[COLLECTION_NAME]
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        database: str = "botyard",
+        namespace: str,
+        state_ttl: timedelta | None = None,
+        **client_options: Any,
+    ) -> BeanieStorage:
+        """Open a client of its own, create the indexes, and return a storage owning it."""
+        client: AsyncMongoClient[Document] = AsyncMongoClient(url, tz_aware=True, **client_options)
+        db = client[database]
+        try:
+            await prepare_database(db)
+        except BaseException:
+            await client.close()
+            raise
+        return cls(db, namespace, state_ttl=state_ttl, owns_client=True)
+
+    def for_namespace(self, namespace: str, *, state_ttl: timedelta | None = None) -> BeanieStorage:
+        """A storage for another bot on the same client, which it does not own."""
+        return BeanieStorage(self.database, namespace, state_ttl=state_ttl)
+
+    def install(self, dispatcher: Dispatcher) -> None:
+        """Use this storage in ``dispatcher`` with one read and one write per update.
+
+        The scope middleware goes before aiogram's FSM middleware, so the state
+        read that middleware makes on every update is the scope's single read.
+        """
+        if dispatcher.fsm.storage is not self:
+            dispatcher.fsm.storage = self
+        outer = dispatcher.update.outer_middleware
+        if any(isinstance(middleware, UpdateScopeMiddleware) for middleware in outer):
+            return
+        fsm_registered = dispatcher.fsm in outer
+        if fsm_registered:
+            outer.unregister(dispatcher.fsm)
+        outer.register(UpdateScopeMiddleware())
+        if fsm_registered:
+            outer.register(dispatcher.fsm)
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self.database.client.close()
+
+    # aiogram's storage interface
+
+    async def get_state(self, key: StorageKey) -> str | None:
+        record = await self._pending(key, need_state=True)
+        return record.state
+
+    async def set_state(self, key: StorageKey, state: StateType = None) -> None:
+        value = state.state if isinstance(state, State) else state
+        scope = current_scope()
+        if scope is None:
+            record = PendingRecord()
+            record.set_state(value)
+            await self.write_records({key: record})
+        else:
+            scope.record(self, key).set_state(value)
+
+    async def get_data(self, key: StorageKey) -> dict[str, Any]:
+        record = await self._pending(key, need_data=True)
+        return record.data
+
+    async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
+        if not isinstance(data, dict):
+            raise DataNotDictLikeError(
+                f"Data must be a dict or dict-like object, got {type(data).__name__}"
+            )
+        check_storable(data)
+        scope = current_scope()
+        if scope is None:
+            record = PendingRecord()
+            record.set_data(data)
+            await self.write_records({key: record})
+        else:
+            scope.record(self, key).set_data(data)
+
+    async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge ``data`` into the stored data atomically and return the result.
+
+        The merge happens in MongoDB (``$mergeObjects``), so concurrent updates
+        of different keys of one record all survive, and keys with ``.`` or a
+        leading ``$`` are stored as they are, not as nested paths.
+        """
+        patch = dict(data)
+        check_storable(patch)
+        scope = current_scope()
+        if scope is None:
+            return await self._update_data_now(key, patch)
+        record = scope.record(self, key)
+        if not record.knows_data:
+            await self._load(key, record)
+        record.update_data(patch)
+        return record.data
+
+    # reading and writing
+
+    async def _pending(
+        self, key: StorageKey, *, need_state: bool = False, need_data: bool = False
+    ) -> PendingRecord:
+        scope = current_scope()
+        record = PendingRecord() if scope is None else scope.record(self, key)
+        if (need_state and not record.knows_state) or (need_data and not record.knows_data):
+            await self._load(key, record)
+        return record
+
+    async def _load(self, key: StorageKey, record: PendingRecord) -> None:
+        document = await self.collection.find_one(record_filter(self.namespace, key), _PROJECTION)
+        if document is not None:
+            for field in ("updated_at", "expires_at"):
+                value = document.get(field)
+                if value is not None and value.tzinfo is None:
+                    document[field] = value.replace(tzinfo=UTC)
+        record.load(document)
+
+    def _expiry(self, now: datetime) -> datetime | None:
+        return None if self.state_ttl is None else now + self.state_ttl
+
+    async def _update_data_now(self, key: StorageKey, patch: dict[str, Any]) -> dict[str, Any]:
+        record = PendingRecord()
+        record.update_data(patch)
+        now = utcnow()
+        document = await self._retry_duplicate(
+            self.collection.find_one_and_update,
+            record_filter(self.namespace, key),
+            self._upsert_pipeline(key, record, now),
+            projection={"_id": 0, "data": 1},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        return dict(document["data"]) if document else patch
+
+    async def write_records(self, records: Mapping[StorageKey, PendingRecord]) -> None:
+        """Write what an update changed: one round trip unless a clear is ambiguous.
+
+        Clearing state or data must not leave an empty record, and must not race
+        like a find-then-delete. When the other half of the record is not known
+        to be empty or full, a conditional delete goes first and an update
+        follows only if the record turned out not to be empty.
+        """
+        now = utcnow()
+        plain: list[UpdateOne | DeleteOne] = []
+        conditional: list[tuple[Document, UpdateOne]] = []
+        for key, record in records.items():
+            operation = self._operation(key, record, now)
+            if isinstance(operation, tuple):
+                conditional.append(operation)
+            elif operation is not None:
+                plain.append(operation)
+        if len(plain) == 1 and not conditional:
+            await self._execute(plain[0])
+        elif plain:
+            await self._retry_duplicate(self.collection.bulk_write, plain, ordered=False)
+        for delete_filter, fallback in conditional:
+            deleted = await self.collection.delete_one(delete_filter)
+            if deleted.deleted_count == 0:
+                await self._execute(fallback)
+
+    def _operation(
+        self, key: StorageKey, record: PendingRecord, now: datetime
+    ) -> UpdateOne | DeleteOne | tuple[Document, UpdateOne] | None:
+        match_key = record_filter(self.namespace, key)
+        if not record.dirty:
+            return self._refresh(match_key, record, now)
+        clears_state = record.new_state is None
+        clears_data = record.new_data == {} and not record.data_patch
+        keeps_data = record.new_data is None and not record.data_patch
+        keeps_state = record.new_state is UNSET
+        if clears_state and clears_data:
+            return DeleteOne(match_key)
+        pipeline = self._upsert_pipeline(key, record, now)
+        if (clears_state and keeps_data) or (clears_data and keeps_state):
+            empty_other: Document = {"data": {}} if clears_state else {"state": None}
+            update = UpdateOne(match_key, pipeline, upsert=False)
+            if record.loaded and (
+                record.stored_data if clears_state else record.stored_state is not None
+            ):
+                return update  # the other half is known to hold something
+            return {**match_key, **empty_other}, update
+        return UpdateOne(match_key, pipeline, upsert=True)
+
+    def _refresh(
+        self, match_key: Document, record: PendingRecord, now: datetime
+    ) -> UpdateOne | None:
+        """Keep a read-only conversation alive, writing at most once per tenth of the TTL."""
+        if self.state_ttl is None or not record.exists or record.stored_updated_at is None:
+            return None
+        fresh = now - record.stored_updated_at < self.state_ttl / 10
+        if fresh and record.stored_expires_at is not None:
+            return None
+        # Matching the read's updated_at: a record changed or deleted since stays as it is.
+        return UpdateOne(
+            {**match_key, "updated_at": record.stored_updated_at},
+            {"$set": {"updated_at": now, "expires_at": self._expiry(now)}},
+        )
+
+    def _upsert_pipeline(
+        self, key: StorageKey, record: PendingRecord, now: datetime
+    ) -> list[Document]:
+        fields: Document = {
+            "bot_id": key.bot_id,
+            "updated_at": now,
+            "expires_at": self._expiry(now),
+            "state": {"$ifNull": ["$state", None]},
+            "data": {"$ifNull": ["$data", {}]},
+        }
+        if record.new_state is None or isinstance(record.new_state, str):
+            fields["state"] = {"$literal": record.new_state}
+        if record.new_data is not None:
+            fields["data"] = {"$literal": {**record.new_data, **record.data_patch}}
+        elif record.data_patch:
+            fields["data"] = {
+                "$mergeObjects": [{"$ifNull": ["$data", {}]}, {"$literal": record.data_patch}]
+            }
+        return [{"$set": fields}]
+
+    async def _execute(self, operation: UpdateOne | DeleteOne) -> None:
+        await self._retry_duplicate(self.collection.bulk_write, [operation])
+
+    @staticmethod
+    async def _retry_duplicate(function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a write, retrying once when two concurrent upserts both tried to insert.
+
+        MongoDB retries such upserts itself; other wire-compatible servers may not.
+        """
+        try:
+            return await function(*args, **kwargs)
+        except DuplicateKeyError:
+            await asyncio.sleep(0)
+            return await function(*args, **kwargs)

@@ -1,0 +1,165 @@
+"""The update scope: read each FSM record once per update, write it once.
+
+aiogram's FSM middleware reads the state on every update, and a wizard step then
+calls ``update_data`` and ``set_state``: three round trips with aiogram's own
+MongoDB storage. Inside an :func:`update_scope`, :class:`BeanieStorage` reads a
+record at most once, answers later reads from memory (including the update's
+own writes), and sends all of the update's writes in one round trip when the
+scope ends — also when the handler raised, so writes made before the error are
+kept, as with aiogram's storages.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from aiogram import BaseMiddleware
+from aiogram.fsm.storage.base import StorageKey
+from aiogram.types import TelegramObject
+
+if TYPE_CHECKING:
+    from botyard.storage.beanie_storage import BeanieStorage
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+
+
+@dataclass
+class PendingRecord:
+    """What one update read from, and wants to write to, one FSM record."""
+
+    loaded: bool = False
+    stored_state: str | None = None
+    stored_data: dict[str, Any] = field(default_factory=dict)
+    stored_updated_at: datetime | None = None
+    stored_expires_at: datetime | None = None
+    new_state: str | _Unset | None = UNSET
+    #: A full replacement of the data (``set_data``), or ``None``.
+    new_data: dict[str, Any] | None = None
+    #: Keys merged on top of the stored (or replaced) data (``update_data``).
+    data_patch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exists(self) -> bool:
+        return self.stored_updated_at is not None
+
+    @property
+    def dirty(self) -> bool:
+        return self.new_state is not UNSET or self.new_data is not None or bool(self.data_patch)
+
+    @property
+    def knows_state(self) -> bool:
+        return self.loaded or self.new_state is not UNSET
+
+    @property
+    def knows_data(self) -> bool:
+        return self.loaded or self.new_data is not None
+
+    @property
+    def state(self) -> str | None:
+        return self.stored_state if isinstance(self.new_state, _Unset) else self.new_state
+
+    @property
+    def data(self) -> dict[str, Any]:
+        base = self.stored_data if self.new_data is None else self.new_data
+        return copy.deepcopy({**base, **self.data_patch})
+
+    def set_state(self, state: str | None) -> None:
+        self.new_state = state
+
+    def set_data(self, data: dict[str, Any]) -> None:
+        self.new_data = copy.deepcopy(data)
+        self.data_patch = {}
+
+    def update_data(self, data: dict[str, Any]) -> None:
+        if self.new_data is not None:
+            self.new_data.update(copy.deepcopy(data))
+        else:
+            self.data_patch.update(copy.deepcopy(data))
+
+    def load(self, document: dict[str, Any] | None) -> None:
+        self.loaded = True
+        if document is None:
+            return
+        self.stored_state = document.get("state")
+        self.stored_data = document.get("data") or {}
+        self.stored_updated_at = document.get("updated_at")
+        self.stored_expires_at = document.get("expires_at")
+
+
+class UpdateScope:
+    """The FSM records one update touched, keyed by storage and aiogram key."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._records: dict[tuple[BeanieStorage, StorageKey], PendingRecord] = {}
+
+    def record(self, storage: BeanieStorage, key: StorageKey) -> PendingRecord:
+        return self._records.setdefault((storage, key), PendingRecord())
+
+    async def flush(self) -> None:
+        """Write every touched record: one round trip per storage in the common case."""
+        by_storage: dict[BeanieStorage, dict[StorageKey, PendingRecord]] = {}
+        for (storage, key), record in self._records.items():
+            by_storage.setdefault(storage, {})[key] = record
+        self._records.clear()
+        for storage, records in by_storage.items():
+            await storage.write_records(records)
+
+
+_current_scope: ContextVar[UpdateScope | None] = ContextVar("botyard_update_scope", default=None)
+
+
+def current_scope() -> UpdateScope | None:
+    """The open scope of the running update, if any."""
+    scope = _current_scope.get()
+    return None if scope is None or scope.closed else scope
+
+
+@asynccontextmanager
+async def update_scope() -> AsyncIterator[UpdateScope]:
+    """Buffer FSM reads and writes until the block ends, then write them at once.
+
+    A scope opened inside another joins it. Tasks a handler spawns inherit the
+    scope; once it has closed they write straight through, so nothing is lost.
+    """
+    outer = current_scope()
+    if outer is not None:
+        yield outer
+        return
+    scope = UpdateScope()
+    token = _current_scope.set(scope)
+    try:
+        yield scope
+    finally:
+        _current_scope.reset(token)
+        scope.closed = True
+        await scope.flush()
+
+
+class UpdateScopeMiddleware(BaseMiddleware):
+    """Outer update middleware that runs each update inside an :func:`update_scope`.
+
+    It must run before aiogram's ``FSMContextMiddleware``, whose state read is
+    then the scope's one read: use :meth:`BeanieStorage.install`.
+    """
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        async with update_scope():
+            return await handler(event, data)
