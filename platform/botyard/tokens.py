@@ -1,0 +1,111 @@
+"""Bot tokens: shape check, masking, and redaction of logs and error messages.
+
+A bot token is a password: whoever holds it controls the bot. botyard hosts many
+bots in one process, so one careless log line can leak dozens of them. Every
+place that prints text which might contain a token goes through :func:`redact`
+(or the :class:`TokenRedactingFilter` on log handlers), and every error about a
+token describes it without quoting it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "TOKEN_PATTERN",
+    "TokenRedactingFilter",
+    "check_token",
+    "mask_token",
+    "mask_uri",
+    "redact",
+]
+
+TOKEN_PATTERN = re.compile(r"\d{5,20}:[A-Za-z0-9_-]{30,64}")
+"""Shape of a Telegram bot token: the bot's numeric id, a colon, and the secret."""
+
+# Tokens appear inside URLs such as ``.../bot123456:AAE.../getMe``, where no word
+# boundary precedes the digits, hence look-arounds instead of ``\b``.
+_TOKEN_IN_TEXT = re.compile(r"(?<!\d)(\d{5,20}):[A-Za-z0-9_-]{30,64}(?![A-Za-z0-9_-])")
+
+
+def check_token(value: str) -> str:
+    """Return ``value`` without surrounding whitespace if it is shaped like a bot token.
+
+    Raises ``ValueError`` whose message says what is wrong without repeating
+    the value (it may be a real token with one character missing).
+    """
+    token = value.strip()
+    if TOKEN_PATTERN.fullmatch(token):
+        return token
+    raise ValueError(
+        f"malformed token (expected '<digits>:<secret>', got {len(token)} characters"
+        f"{_token_hint(token)})"
+    )
+
+
+def _token_hint(token: str) -> str:
+    if not token:
+        return ""
+    bot_id, colon, secret = token.partition(":")
+    if not colon:
+        return ", no ':'"
+    if not bot_id.isdigit():
+        return ", the part before ':' is not all digits"
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", secret):
+        return ", the secret contains characters other than A-Z a-z 0-9 _ -"
+    return f", the secret after ':' has {len(secret)} characters, expected 30 to 64"
+
+
+def mask_token(token: str) -> str:
+    """``'123456789:AAE...'`` -> ``'123456789:***'``: the bot id stays, to tell bots apart."""
+    bot_id, colon, _ = token.strip().partition(":")
+    if colon and bot_id.isdigit():
+        return f"{bot_id}:***"
+    return "***"
+
+
+def redact(text: str, tokens: Iterable[str] = ()) -> str:
+    """Replace every token in ``text`` with its masked form.
+
+    ``tokens`` lists known secrets, including malformed ones that the generic
+    pattern would miss; anything else shaped like a token is masked as well.
+    """
+    for token in sorted({t.strip() for t in tokens if t and t.strip()}, key=len, reverse=True):
+        text = text.replace(token, mask_token(token))
+    return _TOKEN_IN_TEXT.sub(lambda match: f"{match.group(1)}:***", text)
+
+
+def mask_uri(uri: str) -> str:
+    """Hide the password in a URI (``mongodb://user:***@host/db``), for logs and errors."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+class TokenRedactingFilter(logging.Filter):
+    """A logging filter that masks tokens in messages and tracebacks.
+
+    Attach it to handlers rather than loggers: a logger's filters do not see
+    records that propagate up from its children (``aiogram.event`` and friends).
+    """
+
+    def __init__(self, tokens: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._tokens = tuple(tokens)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message, self._tokens)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self._tokens)
+        return True
