@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from botyard.config import BotConfig, Defaults, Registry, RegistryError
 from botyard.durations import format_duration, parse_duration
 from botyard.registry import check_registry, diff_registries, load_registry, registry_json_schema
 from botyard.routers import RouterRegistry, resolve_callable, resolve_routers
-from botyard.tokens import TokenRedactingFilter, check_token, mask_token, mask_uri, redact
+from botyard.tokens import check_token, mask_token, mask_uri, redact
 
 TOKEN_A = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 TOKEN_B = "987654321:BBHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
@@ -182,7 +181,9 @@ def test_full_example_loads_with_effective_values(tmp_path: Path) -> None:
 def test_example_passes_check_with_every_router_and_hook_imported(tmp_path: Path) -> None:
     write_bots(tmp_path, questionnaire=QUESTIONNAIRE_MODULE, shop=SHOP_MODULE)
     path = write(tmp_path, EXAMPLE)
-    assert check_registry(path, environ=EXAMPLE_ENV) == []
+    assert check_registry(path, environ=EXAMPLE_ENV) == (
+        f"{path}: OK: 3 bot(s), 2 enabled (questionnaire, shop); 3 router(s) and 1 hook(s) imported"
+    )
 
 
 def test_defaults_apply_to_bots_that_do_not_override(tmp_path: Path) -> None:
@@ -213,6 +214,16 @@ def test_fsm_strategy_is_spelled_by_name(tmp_path: Path) -> None:
         f"{path}:5: bots[0] (shop).fsm_strategy: unknown fsm_strategy 1 (use user_in_chat, "
         "chat, global_user, user_in_topic, chat_topic)"
     )
+
+
+def test_empty_optional_values_mean_unset(tmp_path: Path) -> None:
+    extra = "    api_server: ${BOT_API_SERVER:-}\n    on_state_expired: ''\n"
+    path = write(tmp_path, "storage:\n  uri: ${MONGODB_URI:-}\n" + one_bot(extra))
+    registry = load_registry(path, environ={"A_TOKEN": TOKEN_A})
+    assert registry.storage.uri is None
+    assert registry.bot("shop").api_server is None
+    assert registry.bot("shop").on_state_expired is None
+    assert registry.bot("shop").token_value == TOKEN_A
 
 
 def test_routers_may_be_a_single_string(tmp_path: Path) -> None:
@@ -292,6 +303,8 @@ def test_missing_tokens_tolerated_for_the_sandbox(tmp_path: Path) -> None:
     assert registry.bot("shop").token is None
     assert registry.bot("other").token is None
     assert registry.bot("shop").masked_token == "(no token)"
+    with pytest.raises(ValueError, match="bot 'shop' has no token"):
+        _ = registry.bot("shop").token_value
     message = problems_of(path, env={})
     assert f"{path}:3: bots[0] (shop).token: environment variable NOPE is not set" in message
     assert f"{path}:5: bots[1] (other).token: no token: write token: ${{OTHER_TOKEN}}" in message
@@ -589,6 +602,12 @@ def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
 # --- routers -------------------------------------------------------------------------
 
 
+def check_problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(RegistryError) as caught:
+        check_registry(path, environ=ENV if env is None else env)
+    return list(caught.value.problems)
+
+
 def registry_with(tmp_path: Path, bots: str, **modules: str) -> Path:
     write_bots(tmp_path, **modules)
     return write(tmp_path, "bots:\n" + textwrap.dedent(bots))
@@ -605,7 +624,7 @@ def test_unimportable_router_shows_the_import_error(tmp_path: Path) -> None:
         broken="x = 1\ny = 1 / 0\n",
         ok=QUESTIONNAIRE_MODULE,
     )
-    assert check_registry(path, environ=ENV) == [
+    assert check_problems(path) == [
         f"{path}:4: bots[0] (a).routers[0]: cannot import bots.nope (for bots.nope:router): "
         "ModuleNotFoundError: No module named 'bots.nope'",
         f"{path}:4: bots[0] (a).routers[1]: cannot import bots.broken (for bots.broken:router):"
@@ -621,7 +640,7 @@ def test_syntax_error_in_router_module(tmp_path: Path) -> None:
         "- name: a\n  token: ${A_TOKEN}\n  routers: [bots.bad:router]\n",
         bad="def f(:\n",
     )
-    (problem,) = check_registry(path, environ=ENV)
+    (problem,) = check_problems(path)
     assert "SyntaxError" in problem
     assert f"(at {Path('bots', 'bad.py')}:1)" in problem
 
@@ -639,7 +658,7 @@ def test_router_object_listed_for_two_bots(tmp_path: Path) -> None:
         """,
         shop=QUESTIONNAIRE_MODULE,
     )
-    assert check_registry(path, environ=ENV) == [
+    assert check_problems(path) == [
         f"{path}:7: bots[1] (b).routers[0]: router bots.shop:router is a Router object and is "
         "listed for bots 'a' and 'b'; aiogram routers attach to one Dispatcher only: expose a "
         "factory function instead"
@@ -667,7 +686,7 @@ def test_shared_router_of_a_disabled_bot_is_fine(tmp_path: Path) -> None:
         """,
         shop=QUESTIONNAIRE_MODULE,
     )
-    assert check_registry(path, environ=ENV) == []
+    assert check_registry(path, environ=ENV).startswith(f"{path}: OK: 2 bot(s), 1 enabled")
 
 
 def test_factory_is_called_once_per_bot(tmp_path: Path) -> None:
@@ -706,7 +725,7 @@ def test_factory_returning_one_router_twice(tmp_path: Path) -> None:
         """,
         lazy=lazy,
     )
-    assert check_registry(path, environ=ENV) == [
+    assert check_problems(path) == [
         f"{path}:7: bots[1] (b).routers[0]: factory bots.lazy:make returned the Router that bot "
         "'a' already uses; a factory must build a new Router on every call"
     ]
@@ -791,7 +810,7 @@ def test_check_reports_bad_hooks(tmp_path: Path) -> None:
         """,
         q=QUESTIONNAIRE_MODULE,
     )
-    assert check_registry(path, environ=ENV) == [
+    assert check_problems(path) == [
         f"{path}:5: bots[0] (a).on_state_expired: bots.q has no attribute 'missing' "
         "(for bots.q:missing)"
     ]
@@ -799,7 +818,7 @@ def test_check_reports_bad_hooks(tmp_path: Path) -> None:
 
 def test_check_returns_load_problems(tmp_path: Path) -> None:
     path = write(tmp_path, one_bot("    stat_ttl: 1h\n"))
-    assert check_registry(path, environ=ENV) == [
+    assert check_problems(path) == [
         f"{path}:5: bots[0] (shop).stat_ttl: unknown key 'stat_ttl' (did you mean 'state_ttl'?)"
     ]
 
@@ -938,21 +957,3 @@ def test_token_helpers() -> None:
     assert redact("x short-secret y", ["short-secret"]) == "x *** y"
     assert mask_uri("mongodb://u:p4ss@h:1/db?x=1") == "mongodb://u:***@h:1/db?x=1"
     assert mask_uri("mongodb://h/db") == "mongodb://h/db"
-
-
-def test_logging_filter_redacts_messages_and_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
-    logger = logging.getLogger("botyard.test.redact")
-    caplog.handler.addFilter(TokenRedactingFilter())
-    try:
-        logger.warning("calling %s", f"/bot{TOKEN_A}/getMe")
-        try:
-            raise RuntimeError(f"failed for {TOKEN_B}")
-        except RuntimeError:
-            logger.exception("boom")
-        text = caplog.text
-    finally:
-        caplog.handler.filters.clear()
-    assert TOKEN_A not in text
-    assert TOKEN_B not in text
-    assert "/bot123456789:***/getMe" in text
-    assert "failed for 987654321:***" in text

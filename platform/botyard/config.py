@@ -181,6 +181,11 @@ def _check_database(value: str) -> str:
     return value
 
 
+def _empty_is_none(value: object) -> object:
+    """Let ``api_server: ${BOT_API_SERVER:-}`` mean "not set" when the variable is empty."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 def _one_or_many(value: object) -> object:
     """Let ``routers: bots.shop:router`` stand for a one-item list."""
     return [value] if isinstance(value, str) else value
@@ -267,8 +272,7 @@ class StorageConfig(_Section):
     @field_validator("uri", mode="before")
     @classmethod
     def _check_uri(cls, value: object) -> object:
-        if value is None or (isinstance(value, str) and not value.strip()):
-            return None
+        value = _empty_is_none(value)
         if isinstance(value, str) and not value.strip().startswith(
             ("mongodb://", "mongodb+srv://")
         ):
@@ -422,7 +426,7 @@ class BotConfig(_Section):
             "function returning a new Router (required when several bots share a module)."
         ),
     )
-    api_server: HttpUrl | None = Field(
+    api_server: Annotated[HttpUrl | None, BeforeValidator(_empty_is_none)] = Field(
         default=None,
         description=(
             "Base URL of a local Telegram Bot API server, e.g. http://127.0.0.1:8081. "
@@ -466,7 +470,7 @@ class BotConfig(_Section):
             "webhook (needs the webhook section)."
         ),
     )
-    on_state_expired: ImportSpec | None = Field(
+    on_state_expired: Annotated[ImportSpec | None, BeforeValidator(_empty_is_none)] = Field(
         default=None,
         description=(
             "Optional 'module:function' of an async function called when one of this "
@@ -507,6 +511,13 @@ class BotConfig(_Section):
         if isinstance(value, str):
             return SecretStr(check_token(value))
         raise ValueError(f"expected a token string, got a {type(value).__name__}")
+
+    @property
+    def token_value(self) -> str:
+        """The token itself, for the Bot API client; ``ValueError`` if the bot has none."""
+        if self.token is None:
+            raise ValueError(f"bot {self.name!r} has no token")
+        return self.token.get_secret_value()
 
     @property
     def masked_token(self) -> str:

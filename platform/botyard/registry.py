@@ -464,20 +464,16 @@ def check_registry(
     *,
     require_tokens: bool = True,
     environ: Mapping[str, str] | None = None,
-) -> list[str]:
-    """Everything wrong with a registry, as lines; empty when it is ready to run.
+) -> str:
+    """Check that a registry is ready to run; return a one-line summary.
 
     Loads and validates the file, then imports every router and hook (of
     disabled bots too, so they still work when enabled), and checks that no
-    Router object is shared by two enabled bots. Talks to no network; it does
-    run the top level of the bots' modules, as starting them would.
+    Router object is shared by two enabled bots. Raises :class:`RegistryError`
+    listing every problem. Talks to no network; it does run the top level of
+    the bots' modules, as starting them would.
     """
-    try:
-        registry, lines = _load(
-            Path(path), require_tokens, os.environ if environ is None else environ
-        )
-    except RegistryError as error:
-        return list(error.problems)
+    registry, lines = _load(Path(path), require_tokens, os.environ if environ is None else environ)
     source = str(path)
     index = {bot.name: number for number, bot in enumerate(registry.bots)}
 
@@ -504,7 +500,16 @@ def check_registry(
                 )
             except RegistryError as error:
                 problems.extend(error.problems)
-    return problems
+    if problems:
+        raise RegistryError(problems, source=source)
+    enabled = len(registry.enabled_bots)
+    routers_count = sum(len(bot.routers) for bot in registry.bots)
+    hooks = sum(1 for bot in registry.bots if bot.on_state_expired)
+    return (
+        f"{source}: OK: {len(registry.bots)} bot(s), {enabled} enabled "
+        f"({', '.join(bot.name for bot in registry.enabled_bots) or 'none'}); "
+        f"{routers_count} router(s) and {hooks} hook(s) imported"
+    )
 
 
 def registry_json_schema() -> dict[str, Any]:

@@ -3,20 +3,18 @@
 A bot token is a password: whoever holds it controls the bot. botyard hosts many
 bots in one process, so one careless log line can leak dozens of them. Every
 place that prints text which might contain a token goes through :func:`redact`
-(or the :class:`TokenRedactingFilter` on log handlers), and every error about a
+(error messages here, and the log handlers' filter), and every error about a
 token describes it without quoting it.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "TOKEN_PATTERN",
-    "TokenRedactingFilter",
     "check_token",
     "mask_token",
     "mask_uri",
@@ -86,26 +84,3 @@ def mask_uri(uri: str) -> str:
     userinfo, _, hostinfo = parts.netloc.rpartition("@")
     user = userinfo.partition(":")[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
-
-
-class TokenRedactingFilter(logging.Filter):
-    """A logging filter that masks tokens in messages and tracebacks.
-
-    Attach it to handlers rather than loggers: a logger's filters do not see
-    records that propagate up from its children (``aiogram.event`` and friends).
-    """
-
-    def __init__(self, tokens: Iterable[str] = ()) -> None:
-        super().__init__()
-        self._tokens = tuple(tokens)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = redact(message, self._tokens)
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text, self._tokens)
-        return True
