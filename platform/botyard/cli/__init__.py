@@ -1,0 +1,22 @@
+"""The ``botyard`` command line: one module per group of commands."""
+
+from __future__ import annotations
+
+import click
+
+from botyard import __version__
+from botyard.cli.run import check, run, schema
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="botyard")
+def main() -> None:
+    """Host many aiogram bots in one process, with their FSM state in MongoDB.
+
+    Every command reads a registry file (botyard.yaml) listing the bots.
+    """
+
+
+main.add_command(run)
+main.add_command(check)
+main.add_command(schema)

@@ -1,0 +1,73 @@
+"""``botyard run``, ``botyard check`` and ``botyard schema``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import click
+
+from botyard.cli.options import load_or_exit, registry_argument
+from botyard.logs import configure_logging
+from botyard.registry import RegistryError, check_registry, registry_json_schema
+
+
+@click.command()
+@registry_argument
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    default=25.0,
+    show_default=True,
+    help="Seconds in-flight updates get to finish on SIGTERM before they are left "
+    "unconfirmed for redelivery.",
+)
+@click.option(
+    "--no-watch",
+    is_flag=True,
+    help="Do not reload when the registry file changes (SIGHUP still reloads).",
+)
+def run(registry_path: Path, log_level: str, shutdown_timeout: float, no_watch: bool) -> None:
+    """Run every enabled bot of REGISTRY until SIGINT or SIGTERM.
+
+    SIGHUP, or saving the file, reloads the registry: added bots start, removed
+    ones stop, changed ones restart, the others are left alone. An invalid file
+    is rejected and the running bots keep going.
+    """
+    from botyard.supervisor import Supervisor
+
+    redactor = configure_logging(log_level)
+    registry = load_or_exit(registry_path)
+    supervisor = Supervisor(
+        registry, shutdown_timeout=shutdown_timeout, watch=not no_watch, redactor=redactor
+    )
+    raise SystemExit(asyncio.run(supervisor.run()))
+
+
+@click.command()
+@registry_argument
+def check(registry_path: Path) -> None:
+    """Validate REGISTRY and import every router and hook, without touching the network.
+
+    Exits 0 when the registry is valid, 1 with every problem listed otherwise.
+    """
+    try:
+        summary = check_registry(registry_path)
+    except RegistryError as error:
+        click.echo(f"error: invalid registry\n{error}", err=True)
+        raise SystemExit(1) from None
+    click.echo(summary)
+
+
+@click.command()
+@click.option("--indent", type=int, default=2, show_default=True)
+def schema(indent: int) -> None:
+    """Print the JSON Schema of the registry file (for editors and CI validation)."""
+    click.echo(json.dumps(registry_json_schema(), indent=indent))

@@ -1,0 +1,159 @@
+"""Handling updates in order per FSM key, in parallel across keys, with a cap.
+
+Shared by polling and webhook delivery: the runner hands every accepted update
+to a :class:`KeyedExecutor`, and polling uses an :class:`OffsetTracker` to
+confirm an update to Telegram only once it and every update before it finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+
+from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
+from aiogram.fsm.strategy import FSMStrategy, apply_strategy
+from aiogram.types import Update
+
+OrderingKey = Hashable
+logger = logging.getLogger(__name__)
+
+
+def ordering_key(update: Update, strategy: FSMStrategy) -> OrderingKey:
+    """The FSM key an update belongs to, as aiogram's FSM middleware resolves it.
+
+    Updates without a chat or user (polls, for instance) get a key of their own,
+    so they run in parallel with everything else.
+    """
+    context = UserContextMiddleware.resolve_event_context(update)
+    chat_id = context.chat.id if context.chat else None
+    user_id = context.user.id if context.user else None
+    if chat_id is None:
+        chat_id = user_id
+    elif user_id is None and strategy in {FSMStrategy.CHAT, FSMStrategy.CHAT_TOPIC}:
+        user_id = chat_id
+    if chat_id is None or user_id is None:
+        return ("update", update.update_id)
+    return (
+        *apply_strategy(strategy, chat_id=chat_id, user_id=user_id, thread_id=context.thread_id),
+        context.business_connection_id,
+    )
+
+
+class KeyedExecutor:
+    """Run jobs one after another per key, different keys concurrently, at most ``limit`` at once.
+
+    A flooded key queues behind itself and holds at most one slot, so one busy
+    chat cannot starve the others, and the cap keeps one busy bot from flooding
+    the event loop shared with every other bot.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._slots = asyncio.Semaphore(limit)
+        self._queues: dict[OrderingKey, deque[Callable[[], Awaitable[None]]]] = {}
+        self._workers: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        """Jobs queued or running."""
+        return sum(len(queue) for queue in self._queues.values())
+
+    def submit(self, key: OrderingKey, job: Callable[[], Awaitable[None]]) -> None:
+        """Queue ``job`` behind earlier jobs of ``key``; ``job`` handles its own errors."""
+        queue = self._queues.get(key)
+        if queue is not None:
+            queue.append(job)
+            return
+        self._queues[key] = deque([job])
+        self._idle.clear()
+        worker = asyncio.create_task(self._drain(key), name=f"botyard-key-{key}")
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
+
+    async def _drain(self, key: OrderingKey) -> None:
+        queue = self._queues[key]
+        try:
+            while queue:
+                async with self._slots:
+                    try:
+                        await queue[0]()
+                    except Exception:
+                        logger.exception("update job for key %s failed", key)
+                queue.popleft()
+        finally:
+            self._queues.pop(key, None)
+            if not self._queues:
+                self._idle.set()
+
+    async def join(self, timeout: float | None = None) -> bool:
+        """Wait until every queued job finished; ``False`` if ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def cancel(self) -> None:
+        """Cancel whatever still runs (after a bounded :meth:`join` at shutdown)."""
+        workers = list(self._workers)
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        self._queues.clear()
+        self._idle.set()
+
+
+class OffsetTracker:
+    """Which update ids are unfinished, and so which offset is safe to confirm.
+
+    Telegram forgets every update below the ``offset`` of a ``getUpdates`` call.
+    Confirming only below the oldest unfinished update makes polling
+    at-least-once: a crash mid-handling leaves the update with Telegram, and it
+    is delivered again after the restart.
+    """
+
+    def __init__(self) -> None:
+        self._unfinished: set[int] = set()
+        self._heap: list[int] = []
+        self._highest: int | None = None
+        self._progress = asyncio.Event()
+
+    def known(self, update_id: int) -> bool:
+        """Seen in this process already (update ids only grow, and all are started in order)."""
+        return self._highest is not None and update_id <= self._highest
+
+    def start(self, update_id: int) -> None:
+        self._unfinished.add(update_id)
+        heapq.heappush(self._heap, update_id)
+        if self._highest is None or update_id > self._highest:
+            self._highest = update_id
+
+    def finish(self, update_id: int) -> None:
+        self._unfinished.discard(update_id)
+        while self._heap and self._heap[0] not in self._unfinished:
+            heapq.heappop(self._heap)
+        self._progress.set()
+
+    @property
+    def unfinished(self) -> int:
+        return len(self._unfinished)
+
+    @property
+    def offset(self) -> int | None:
+        """The ``getUpdates`` offset that confirms exactly the finished prefix."""
+        if self._heap:
+            return self._heap[0]
+        return None if self._highest is None else self._highest + 1
+
+    async def wait_for_progress(self, timeout: float) -> None:
+        """Sleep until some update finishes, or ``timeout`` seconds."""
+        self._progress.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._progress.wait(), timeout)

@@ -1,0 +1,246 @@
+"""The supervisor: starts every bot of the registry, reloads it, and stops it.
+
+It only supervises. Each bot's behaviour lives in its :class:`BotRunner`; the
+supervisor owns what bots share (one MongoDB client, pooled HTTP sessions, the
+event loop's signal handlers) and decides which runners exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from aiogram import Bot, Router
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from botyard.config import BotConfig, Registry
+from botyard.logs import TokenRedactingFilter
+from botyard.registry import RegistryError, diff_registries, load_registry
+from botyard.routers import RouterRegistry
+from botyard.runner import BotRunner, BotSpec, BotStatus
+from botyard.sessions import SessionPool
+from botyard.storage import BeanieStorage, prepare_database
+from botyard.store import open_store
+
+logger = logging.getLogger("botyard.supervisor")
+
+WATCH_INTERVAL = 1.0
+#: MongoDB being unreachable should fail a write within seconds, so the update is retried.
+SERVER_SELECTION_TIMEOUT_MS = 5000
+
+RegistryLoader = Callable[[Path], Registry]
+
+
+class Supervisor:
+    """Runs the bots of one registry file until SIGINT or SIGTERM."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        shutdown_timeout: float = 25.0,
+        watch: bool = True,
+        redactor: TokenRedactingFilter | None = None,
+        loader: RegistryLoader = load_registry,
+        bot_factory: Callable[[BotConfig, SessionPool], Bot] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.shutdown_timeout = shutdown_timeout
+        self.watch = watch
+        self.runners: dict[str, BotRunner] = {}
+        self._redactor = redactor
+        self._loader = loader
+        self._bot_factory = bot_factory or _make_bot
+        self._sessions = SessionPool()
+        self._routers = RouterRegistry(registry.base_dir)
+        self._stop = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self.client: AsyncMongoClient[dict[str, Any]] | None = None
+        self.database: AsyncDatabase[dict[str, Any]] | None = None
+        self._remember_tokens(registry)
+
+    # the whole life
+
+    async def run(self) -> int:
+        """Run until asked to stop; the exit code is 0 after a clean shutdown.
+
+        Every router and hook is imported before anything starts: a registry
+        naming an unimportable router raises :class:`RegistryError` and no bot runs.
+        """
+        routers = self._routers.resolve_all(self.registry.enabled_bots)
+        async with self._shared_resources():
+            self._install_signal_handlers()
+            await self._start_bots(self.registry.enabled_bots, routers)
+            watcher = asyncio.create_task(self._watch_registry(), name="botyard-watch")
+            try:
+                await self._stop.wait()
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+                await self._stop_bots(list(self.runners))
+                self._remove_signal_handlers()
+        logger.info("botyard stopped")
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    @contextlib.asynccontextmanager
+    async def _shared_resources(self) -> AsyncIterator[None]:
+        async with open_store(self.registry) as uri:
+            self.client = AsyncMongoClient(
+                uri,
+                tz_aware=True,
+                appname="botyard",
+                serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+            )
+            self.database = self.client[self.registry.storage.database]
+            try:
+                await prepare_database(self.database)
+                yield
+            finally:
+                await self._sessions.close()
+                await self.client.close()
+
+    # bots
+
+    async def _start_bots(
+        self, bots: Iterable[BotConfig], routers: dict[str, list[Router]]
+    ) -> None:
+        for config in bots:
+            try:
+                runner = self._make_runner(config, routers[config.name])
+            except Exception as error:  # a bot that cannot be built must not stop the others
+                logger.error("bot=%s cannot start: %s", config.name, error)
+                self._routers.release(config.name)
+                continue
+            self.runners[config.name] = runner
+            runner.start()
+            logger.info("bot=%s started", config.name)
+
+    def _make_runner(self, config: BotConfig, routers: list[Router]) -> BotRunner:
+        assert self.database is not None
+        storage = BeanieStorage(self.database, config.namespace, state_ttl=config.state_ttl)
+        spec = BotSpec(
+            name=config.name,
+            token=config.token_value,
+            routers=routers,
+            storage=storage,
+            fsm_strategy=config.fsm_strategy,
+            max_concurrent_updates=config.max_concurrent_updates,
+            polling=config.mode == "polling",
+            workflow_data={"bot_config": config, "database": self.database},
+        )
+        return BotRunner(spec, self._bot_factory(config, self._sessions), on_status=_log_status)
+
+    async def _stop_bots(self, names: list[str]) -> None:
+        runners = [self.runners.pop(name) for name in names if name in self.runners]
+        results = await asyncio.gather(
+            *(runner.stop(self.shutdown_timeout) for runner in runners), return_exceptions=True
+        )
+        for runner, result in zip(runners, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.error("bot=%s did not stop cleanly: %s", runner.name, result)
+            await self._sessions.release(runner.name)
+            self._routers.release(runner.name)
+            logger.info("bot=%s stopped", runner.name)
+
+    # reload
+
+    async def reload(self) -> bool:
+        """Apply the registry file as it is now; keep the running one if it is invalid."""
+        async with self._reload_lock:
+            try:
+                new = await asyncio.to_thread(self._loader, self.registry.path)
+            except RegistryError as error:
+                logger.error("reload rejected, the running registry stays:\n%s", error)
+                return False
+            diff = diff_registries(self.registry, new)
+            if "storage" in diff.sections:
+                logger.warning("storage settings changed: they take effect after a restart")
+            to_stop = [name for name in (*diff.removed, *diff.changed) if name in self.runners]
+            await self._stop_bots(to_stop)
+            self._remember_tokens(new)
+            self.registry = new
+            routers: dict[str, list[Router]] = {}
+            for bot in new.enabled_bots:
+                if bot.name in self.runners:
+                    continue
+                try:
+                    routers[bot.name] = self._routers.resolve(bot)
+                except RegistryError as error:  # this bot stays down; the others go on
+                    logger.error("bot=%s cannot start:\n%s", bot.name, error)
+            to_start = [bot for bot in new.enabled_bots if bot.name in routers]
+            await self._start_bots(to_start, routers)
+            logger.info(
+                "registry reloaded: %d added, %d removed, %d changed, %d unchanged",
+                len(diff.added),
+                len(diff.removed),
+                len(diff.changed),
+                len(diff.unchanged),
+            )
+            return True
+
+    async def _watch_registry(self) -> None:
+        """Reload on SIGHUP, and when the YAML (or the .env beside it) changes."""
+        fingerprint = _fingerprint(self.registry.path)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload_requested.wait(), WATCH_INTERVAL)
+            requested = self._reload_requested.is_set()
+            self._reload_requested.clear()
+            current = await asyncio.to_thread(_fingerprint, self.registry.path)
+            if requested or (self.watch and current != fingerprint):
+                fingerprint = current
+                await self.reload()
+
+    # process plumbing
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        logger.info("%s received: stopping", signal.Signals(signum).name)
+        self.request_stop()
+
+    def _remember_tokens(self, registry: Registry) -> None:
+        if self._redactor is not None:
+            self._redactor.tokens.update(bot.token_value for bot in registry.bots if bot.token)
+
+
+def _make_bot(config: BotConfig, sessions: SessionPool) -> Bot:
+    return Bot(config.token_value, session=sessions.acquire(config.name, config.api_server))
+
+
+def _log_status(runner: BotRunner, status: BotStatus, detail: str) -> None:
+    level = (
+        logging.ERROR if status in {BotStatus.UNAUTHORIZED, BotStatus.CONFLICT} else logging.INFO
+    )
+    logger.log(level, "bot=%s status=%s %s", runner.name, status.value, detail)
+
+
+def _fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    for candidate in (path, path.with_name(".env")):
+        with contextlib.suppress(OSError):
+            digest.update(candidate.read_bytes())
+    return digest.hexdigest()
