@@ -58,7 +58,8 @@ class BotyardProcess:
         return self
 
     def _collect(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         for line in self.process.stdout:
             with self._lock:
                 self._lines.append(line)

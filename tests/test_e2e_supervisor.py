@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from e2e import BotyardProcess, copy_example_bots
 from pymongo import MongoClient
 
 from botyard.cli import main
 from botyard.testing import EmulatorThread
+
+from e2e import BotyardProcess, copy_example_bots
 
 pytestmark = pytest.mark.e2e
 
