@@ -16,6 +16,8 @@ from pymongo import AsyncMongoClient
 
 from botyard.embedded import SecantusServer
 
+pytest_plugins = ["botyard.testing.pytest_plugin"]
+
 
 @pytest.fixture(scope="session")
 def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from pymongo import MongoClient
 
 from botyard.cli import main
+from botyard.embedded import SecantusServer
 from botyard.testing import EmulatorThread
 
 from e2e import BotyardProcess, copy_example_bots
@@ -48,6 +49,10 @@ def router() -> Router:
         await asyncio.sleep(float(message.text.split()[1]))
         await message.answer(f"done {message.text}")
 
+    @slow.message(F.text == "whoami")
+    async def whoami(message: Message, bot_config, database) -> None:
+        await message.answer(f"{bot_config.name} on {database.name}")
+
     @slow.message(F.text)
     async def quick(message: Message) -> None:
         await message.answer(f"ok {message.text}")
@@ -60,6 +65,7 @@ class World:
     """A registry in a temporary folder, its bots in the emulator, and the database."""
 
     def __init__(self, directory: Path, emulator: EmulatorThread, mongo_uri: str, db: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.emulator = emulator
         self.mongo_uri = mongo_uri
@@ -287,6 +293,8 @@ def test_sigterm_drains_in_flight_updates_and_exits_zero(world: World) -> None:
     token = world.token("slow")
     with world.botyard() as botyard:
         world.wait_all_running(botyard, ["slow"])
+        world.say("slow", 498, "whoami")  # handlers get the bot's config and the database
+        assert world.reply("slow", 498) == f"slow on {world.database_name}"
         updates = [world.say("slow", 400 + i, "slow 1") for i in range(8)]
         updates += [world.say("slow", 499, f"quick {i}") for i in range(5)]
         botyard.wait_for_log(r"slow handler started", count=8)
@@ -369,3 +377,28 @@ def test_run_refuses_a_bad_registry_before_starting_anything(world: World) -> No
     assert "No module named 'bots.nope'" in botyard.output
     assert "started" not in botyard.output
     assert world.emulator.calls(world.tokens["echo"], "getUpdates") == 0
+
+
+def test_update_handled_while_mongodb_is_down_is_retried_after_recovery(
+    tmp_path: Path, emulator: EmulatorThread, database_name: str
+) -> None:
+    server = SecantusServer(storage_path=str(tmp_path / "db"), sync_on_commit=True).start()
+    try:
+        world = World(tmp_path / "registry", emulator, server.uri, database_name)
+        world.write({"questionnaire": "bots.questionnaire:router"})
+        user = 501
+        with world.botyard() as botyard:
+            world.wait_all_running(botyard, ["questionnaire"])
+            world.say("questionnaire", user, "/start")
+            assert world.reply("questionnaire", user) == QUESTIONS[0]
+            server.stop()
+            answer = world.say("questionnaire", user, "blue")
+            botyard.wait_for_log(rf"update={answer['update_id']} failed with \w+", timeout=60)
+            token = world.tokens["questionnaire"]
+            assert answer["update_id"] in [u["update_id"] for u in emulator.pending_updates(token)]
+            server.start()
+            assert world.reply("questionnaire", user, timeout=60) == QUESTIONS[1]
+            assert botyard.stop() == 0
+        assert world.records("questionnaire")[user]["data"] == {"q1": "blue"}
+    finally:
+        server.stop()

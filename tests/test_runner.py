@@ -1,0 +1,193 @@
+"""One bot's runner in-process: crash restarts, poison messages, conflicts, ordering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from aiogram import Bot, F, Router
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.types import Message
+from aiogram.utils.backoff import BackoffConfig
+from pymongo import AsyncMongoClient
+
+from botyard import runner as runner_module
+from botyard.runner import BotRunner, BotSpec, BotStatus
+from botyard.sessions import SessionPool
+from botyard.storage import BeanieStorage, prepare_database
+from botyard.testing import BotAPIEmulator
+
+FAST = BackoffConfig(min_delay=0.05, max_delay=0.2, factor=2.0, jitter=0.0)
+
+
+@pytest.fixture
+async def storage(mongo_uri: str, database_name: str) -> AsyncIterator[BeanieStorage]:
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    await prepare_database(client[database_name])
+    yield BeanieStorage(client[database_name], "bot", state_ttl=timedelta(hours=1))
+    await client.drop_database(database_name)
+    await client.close()
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner_module, "RESTART_BACKOFF", FAST)
+    monkeypatch.setattr(runner_module, "RETRY_BACKOFF", FAST)
+
+
+def make_runner(
+    emulator: BotAPIEmulator, token: str, storage: BeanieStorage, router: Router, **spec: Any
+) -> BotRunner:
+    session = AiohttpSession(api=TelegramAPIServer.from_base(emulator.url))
+    bot = Bot(token, session=session)
+    return BotRunner(
+        BotSpec(name="bot", token=token, routers=[router], storage=storage, **spec), bot
+    )
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - polling a plain attribute
+            await asyncio.sleep(0.02)
+
+
+async def test_a_crashed_polling_loop_restarts_with_backoff(
+    bot_api: BotAPIEmulator, storage: BeanieStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = bot_api.add_bot().token
+    router = Router()
+
+    @router.message(F.text)
+    async def echo(message: Message) -> None:
+        await message.answer(message.text or "")
+
+    runner = make_runner(bot_api, token, storage, router)
+    crashes = 0
+    real_poll = runner._poll
+
+    async def flaky_poll() -> None:
+        nonlocal crashes
+        if crashes < 2:
+            crashes += 1
+            raise RuntimeError("polling bug")
+        await real_poll()
+
+    monkeypatch.setattr(runner, "_poll", flaky_poll)
+    seen: list[BotStatus] = []
+    runner._on_status = lambda _runner, status, _detail: seen.append(status)
+    runner.start()
+    bot_api.send_message(token, 1, "hi")
+    reply = await bot_api.wait_for_reply(token, 1)
+    assert reply["text"] == "hi"
+    assert seen.count(BotStatus.BACKING_OFF) == 2
+    assert seen[-1] == BotStatus.RUNNING
+    await runner.stop(5)
+    await runner.bot.session.close()
+
+
+async def test_a_failing_handler_is_logged_counted_and_confirmed(
+    bot_api: BotAPIEmulator, storage: BeanieStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = bot_api.add_bot().token
+    router = Router()
+
+    @router.message(F.text == "poison")
+    async def poison(message: Message) -> None:
+        raise ValueError("cannot digest")
+
+    @router.message(F.text)
+    async def fine(message: Message) -> None:
+        await message.answer("fine")
+
+    runner = make_runner(bot_api, token, storage, router)
+    runner.start()
+    with caplog.at_level(logging.ERROR, logger="botyard.bot"):
+        poisoned = bot_api.send_message(token, 1, "poison")
+        bot_api.send_message(token, 1, "next")
+        assert (await bot_api.wait_for_reply(token, 1))["text"] == "fine"
+    assert runner.counters.errors == 1
+    assert runner.counters.handled == 1
+    [line] = [r.getMessage() for r in caplog.records if "handler failed" in r.getMessage()]
+    assert f"bot=bot update={poisoned['update_id']} handler failed" in line
+    await runner.stop(5)
+    assert bot_api.pending_updates(token) == []
+    await runner.bot.session.close()
+
+
+async def test_two_pollers_on_one_token_report_a_conflict(
+    bot_api: BotAPIEmulator, storage: BeanieStorage
+) -> None:
+    token = bot_api.add_bot().token
+    first = make_runner(bot_api, token, storage, Router())
+    second = make_runner(bot_api, token, storage, Router())
+    first.start()
+    await wait_for(lambda: first.status == BotStatus.RUNNING)
+    second.start()
+    await wait_for(lambda: BotStatus.CONFLICT in {first.status, second.status})
+    conflicted = first if first.status == BotStatus.CONFLICT else second
+    assert "409 Conflict" in conflicted.status_detail
+    await asyncio.gather(first.stop(5), second.stop(5))
+    await first.bot.session.close()
+    await second.bot.session.close()
+
+
+async def test_a_revoked_token_stops_the_runner(
+    bot_api: BotAPIEmulator, storage: BeanieStorage
+) -> None:
+    token = bot_api.add_bot().token
+    bot_api.revoke(token)
+    runner = make_runner(bot_api, token, storage, Router())
+    runner.start()
+    await wait_for(lambda: runner.done)
+    assert runner.status == BotStatus.UNAUTHORIZED
+    await runner.stop(5)
+    assert runner.status == BotStatus.UNAUTHORIZED
+    await runner.bot.session.close()
+
+
+async def test_one_users_updates_run_in_order_while_others_run_alongside(
+    bot_api: BotAPIEmulator, storage: BeanieStorage
+) -> None:
+    token = bot_api.add_bot().token
+    router = Router()
+    log: list[tuple[int, str]] = []
+
+    @router.message(F.text)
+    async def slow_echo(message: Message) -> None:
+        delay = 0.2 if message.text == "first" else 0.0
+        await asyncio.sleep(delay)
+        log.append((message.chat.id, message.text or ""))
+        await message.answer(message.text or "")
+
+    runner = make_runner(bot_api, token, storage, router, max_concurrent_updates=4)
+    runner.start()
+    bot_api.send_message(token, 1, "first")
+    bot_api.send_message(token, 1, "second")
+    bot_api.send_message(token, 2, "other user")
+    await bot_api.wait_for_reply(token, 1, count=2, timeout=10)
+    assert [text for chat, text in log if chat == 1] == ["first", "second"]
+    assert log.index((2, "other user")) < log.index((1, "first")), "user 2 did not wait for user 1"
+    await runner.stop(5)
+    await runner.bot.session.close()
+
+
+async def test_session_pool_shares_sessions_per_api_server_and_grows() -> None:
+    pool = SessionPool(bots_per_session=2)
+    a = pool.acquire("a", "http://127.0.0.1:1")
+    b = pool.acquire("b", "http://127.0.0.1:1")
+    c = pool.acquire("c", "http://127.0.0.1:1")
+    other = pool.acquire("d", "http://127.0.0.1:2")
+    assert a is b
+    assert c is not a
+    assert other not in (a, b, c)
+    assert a._connector_init["limit"] >= 2 * 2
+    with pytest.raises(RuntimeError, match="already holds a session"):
+        pool.acquire("a", None)
+    await pool.release("c")
+    assert pool.acquire("e", "http://127.0.0.1:1") is not c, "an emptied session is closed"
+    await pool.close()
