@@ -25,6 +25,7 @@ from botyard.logs import TokenRedactingFilter
 from botyard.registry import RegistryError, diff_registries, load_registry
 from botyard.routers import RouterRegistry
 from botyard.runner import BotRunner, BotSpec, BotStatus
+from botyard.scheduler import CleanupScheduler
 from botyard.sessions import SessionPool
 from botyard.storage import BeanieStorage, prepare_database
 from botyard.store import open_store
@@ -65,6 +66,7 @@ class Supervisor:
         self._reload_lock = asyncio.Lock()
         self.client: AsyncMongoClient[dict[str, Any]] | None = None
         self.database: AsyncDatabase[dict[str, Any]] | None = None
+        self.cleanup: CleanupScheduler | None = None
         self._remember_tokens(registry)
 
     # the whole life
@@ -79,12 +81,16 @@ class Supervisor:
         async with self._shared_resources():
             self._install_signal_handlers()
             await self._start_bots(self.registry.enabled_bots, routers)
+            assert self.database is not None
+            self.cleanup = CleanupScheduler(self.database, lambda: self.registry, self._running_bot)
+            self.cleanup.start()
             watcher = asyncio.create_task(self._watch_registry(), name="botyard-watch")
             try:
                 await self._stop.wait()
             finally:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+                await self.cleanup.shutdown()
                 await self._stop_bots(list(self.runners))
                 self._remove_signal_handlers()
         logger.info("botyard stopped")
@@ -144,6 +150,11 @@ class Supervisor:
         )
         return BotRunner(spec, self._bot_factory(config, self._sessions), on_status=_log_status)
 
+    def _running_bot(self, name: str) -> Bot | None:
+        """The ``Bot`` of a running bot, for its ``on_state_expired`` hook."""
+        runner = self.runners.get(name)
+        return None if runner is None else runner.bot
+
     async def _stop_bots(self, names: list[str]) -> None:
         runners = [self.runners.pop(name) for name in names if name in self.runners]
         results = await asyncio.gather(
@@ -183,6 +194,8 @@ class Supervisor:
                     logger.error("bot=%s cannot start:\n%s", bot.name, error)
             to_start = [bot for bot in new.enabled_bots if bot.name in routers]
             await self._start_bots(to_start, routers)
+            if self.cleanup is not None:
+                self.cleanup.rebuild()
             logger.info(
                 "registry reloaded: %d added, %d removed, %d changed, %d unchanged",
                 len(diff.added),

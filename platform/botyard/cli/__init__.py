@@ -6,6 +6,7 @@ import click
 
 from botyard import __version__
 from botyard.cli.run import check, run, schema
+from botyard.cli.states import cleanup, states
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,3 +21,5 @@ def main() -> None:
 main.add_command(run)
 main.add_command(check)
 main.add_command(schema)
+main.add_command(cleanup)
+main.add_command(states)

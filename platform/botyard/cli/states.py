@@ -1,0 +1,338 @@
+"""``botyard cleanup`` and ``botyard states``: the FSM records, seen and pruned by hand.
+
+They connect to the registry's storage like ``botyard run`` does (the embedded
+store when ``storage.uri`` is empty) and query through the indexes the sweep
+uses; no command loads records to count them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from botyard.cleanup import BotSweep, Sweeper, delete_in_batches, stale_filter
+from botyard.cli.options import load_or_exit, registry_argument
+from botyard.config import BotConfig, Registry
+from botyard.durations import format_duration, parse_duration
+from botyard.logs import configure_logging
+from botyard.storage import COLLECTION_NAME, prepare_database, utcnow
+from botyard.store import open_store
+from botyard.tokens import mask_uri
+
+Document = dict[str, Any]
+T = TypeVar("T")
+
+#: A command that cannot reach the database says so after this long.
+SERVER_SELECTION_TIMEOUT_MS = 10_000
+NO_STATE = "(no state)"
+
+
+# --- cleanup -----------------------------------------------------------------------
+
+
+@click.command()
+@registry_argument
+@click.option("--bot", "bot_name", metavar="NAME", help="Sweep only this bot.")
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; delete nothing.")
+def cleanup(registry_path: Path, bot_name: str | None, dry_run: bool) -> None:
+    """Sweep the stale FSM state of REGISTRY's bots now, and print per-bot counts.
+
+    The same sweep `botyard run` runs on cleanup.schedule: records idle longer
+    than their bot's state_ttl are removed (after its on_state_expired hook,
+    which gets a Bot made from the registry's token), and expiry times are
+    brought in line with the current state_ttl. Exits 1 if any bot's sweep failed.
+    """
+    registry = _load(registry_path)
+    bots = [_bot_or_exit(registry, bot_name)] if bot_name else list(registry.bots)
+
+    async def sweep(database: AsyncDatabase[Document]) -> list[BotSweep]:
+        return await Sweeper.for_registry(database, registry).run(bots, dry_run=dry_run)
+
+    results = _run(registry, sweep)
+    console = _console()
+    console.print(_sweep_table(results, dry_run))
+    removed = sum(result.removed for result in results)
+    if dry_run:
+        console.print(f"dry run: {removed} stale record(s) would be removed; nothing was deleted")
+    else:
+        seconds = sum(result.seconds for result in results)
+        console.print(f"removed {removed} stale record(s) in {seconds:.2f}s")
+    failed = [result.bot for result in results if result.error]
+    if failed:
+        click.echo(f"error: the sweep failed for {', '.join(failed)} (see above)", err=True)
+        raise SystemExit(1)
+
+
+def _sweep_table(results: list[BotSweep], dry_run: bool) -> Table:
+    title = "cleanup (dry run: nothing deleted)" if dry_run else "cleanup"
+    table = Table(title=title, title_justify="left")
+    table.add_column("bot")
+    table.add_column("state_ttl")
+    table.add_column("stale" if dry_run else "removed", justify="right")
+    table.add_column("to realign" if dry_run else "realigned", justify="right")
+    if not dry_run:
+        table.add_column("hook errors", justify="right")
+        table.add_column("seconds", justify="right")
+    table.add_column("problem")
+    for result in results:
+        row = [result.bot, format_duration(result.state_ttl), str(result.removed)]
+        row.append(str(result.realigned))
+        if not dry_run:
+            row += [str(result.hook_errors), f"{result.seconds:.2f}"]
+        row.append(result.error or "")
+        table.add_row(*row)
+    return table
+
+
+# --- states ------------------------------------------------------------------------
+
+
+@click.group()
+@registry_argument
+@click.pass_context
+def states(context: click.Context, registry_path: Path) -> None:
+    """Inspect or delete the FSM records of REGISTRY's bots."""
+    context.obj = registry_path
+
+
+@states.command()
+@click.pass_obj
+def stats(registry_path: Path) -> None:
+    """Per bot: records, records per state, expired but not yet removed, oldest activity.
+
+    "expired" counts records idle longer than the bot's state_ttl, which the
+    next cleanup removes.
+    """
+    registry = _load(registry_path)
+    now = utcnow()
+
+    async def gather(database: AsyncDatabase[Document]) -> list[_BotStats]:
+        return await _collect_stats(database, registry.bots, now)
+
+    table = Table(title=f"FSM state in {registry.storage.database}", title_justify="left")
+    table.add_column("bot")
+    table.add_column("state_ttl")
+    table.add_column("records", justify="right")
+    table.add_column("expired", justify="right")
+    table.add_column("oldest activity")
+    table.add_column("states")
+    for entry in _run(registry, gather):
+        table.add_row(
+            entry.bot.name,
+            format_duration(entry.bot.state_ttl),
+            str(entry.records),
+            str(entry.expired),
+            f"{entry.oldest:%Y-%m-%d %H:%M:%S} UTC" if entry.oldest else "-",
+            ", ".join(f"{state} {count}" for state, count in entry.per_state) or "-",
+        )
+    _console().print(table)
+
+
+class _BotStats:
+    def __init__(self, bot: BotConfig) -> None:
+        self.bot = bot
+        self.records = 0
+        self.expired = 0
+        self.oldest: datetime | None = None
+        self.per_state: list[tuple[str, int]] = []
+
+
+async def _collect_stats(
+    database: AsyncDatabase[Document], bots: tuple[BotConfig, ...], now: datetime
+) -> list[_BotStats]:
+    """One aggregation over every bot's namespace (via the key index), one count per bot."""
+    collection = database[COLLECTION_NAME]
+    by_namespace = {bot.namespace: _BotStats(bot) for bot in bots}
+    pipeline: list[Document] = [
+        {"$match": {"namespace": {"$in": list(by_namespace)}}},
+        {
+            "$group": {
+                "_id": {"namespace": "$namespace", "state": "$state"},
+                "records": {"$sum": 1},
+                "oldest": {"$min": "$updated_at"},
+            }
+        },
+        {"$sort": {"_id.namespace": 1, "records": -1, "_id.state": 1}},
+    ]
+    async for group in await collection.aggregate(pipeline):
+        entry = by_namespace[group["_id"]["namespace"]]
+        entry.records += group["records"]
+        entry.per_state.append((group["_id"].get("state") or NO_STATE, group["records"]))
+        oldest = group["oldest"]
+        if oldest is not None and (entry.oldest is None or oldest < entry.oldest):
+            entry.oldest = oldest
+    for entry in by_namespace.values():
+        stale = stale_filter(entry.bot.namespace, entry.bot.state_ttl, now)
+        if stale is not None and entry.records:
+            entry.expired = await collection.count_documents(stale)
+    return list(by_namespace.values())
+
+
+@states.command()
+@click.option("--bot", "bot_name", metavar="NAME", required=True, help="Whose records.")
+@click.option("--state", metavar="STATE", help="Only records in this FSM state.")
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    callback=lambda _context, _param, value: _duration(value),
+    help="Only records idle for longer than this (30s, 15m, 12h, 7d).",
+)
+@click.option("--dry-run", is_flag=True, help="Count the selected records; delete nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def purge(
+    registry_path: Path,
+    bot_name: str,
+    state: str | None,
+    older_than: timedelta | None,
+    dry_run: bool,
+    yes: bool,
+) -> None:
+    """Delete the selected FSM records of one bot, after confirmation.
+
+    Without --yes the command asks first, and refuses when there is no terminal
+    to ask on. The bot's on_state_expired hook is not called: a purge is not an
+    expiry. A bot that keeps running sees its users start over.
+    """
+    registry = _load(registry_path)
+    bot = _bot_or_exit(registry, bot_name)
+    query: Document = {"namespace": bot.namespace}
+    if state is not None:
+        query["state"] = state
+    if older_than is not None:
+        query["updated_at"] = {"$lte": utcnow() - older_than}
+    selection = _describe_selection(bot, state, older_than)
+    console = _console()
+
+    async def purge_selected(database: AsyncDatabase[Document]) -> None:
+        collection = database[COLLECTION_NAME]
+        count = await collection.count_documents(query)
+        if count == 0:
+            console.print(f"no records match: {selection}")
+            return
+        if dry_run:
+            console.print(f"dry run: would delete {count} record(s): {selection}")
+            return
+        if not yes:
+            await _confirm(f"Delete {count} record(s): {selection}?")
+        with Progress(
+            TextColumn("deleting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=count <= registry.cleanup.batch_size,
+        ) as progress:
+            task = progress.add_task("purge", total=count)
+            deleted = await delete_in_batches(
+                collection,
+                query,
+                registry.cleanup.batch_size,
+                on_batch=lambda removed: progress.advance(task, removed),
+            )
+        console.print(f"deleted {deleted} record(s): {selection}")
+
+    _run(registry, purge_selected)
+
+
+def _describe_selection(bot: BotConfig, state: str | None, older_than: timedelta | None) -> str:
+    parts = [f"bot {bot.name}"]
+    if state is not None:
+        parts.append(f"state {state}")
+    if older_than is not None:
+        parts.append(f"idle for more than {format_duration(older_than)}")
+    return ", ".join(parts)
+
+
+async def _confirm(question: str) -> None:
+    if not sys.stdin.isatty():
+        click.echo(
+            "error: purge asks for confirmation, and stdin is not a terminal; "
+            "pass --yes to delete without asking",
+            err=True,
+        )
+        raise SystemExit(1)
+    # click.confirm blocks on the terminal: keep it off the event loop.
+    await asyncio.to_thread(click.confirm, question, abort=True)
+
+
+def _duration(value: str | None) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value, allow_never=False)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+# --- shared ------------------------------------------------------------------------
+
+
+def _load(registry_path: Path) -> Registry:
+    """The registry, tokens optional: only a bot's on_state_expired hook needs its token."""
+    redactor = configure_logging("WARNING")
+    registry = load_or_exit(registry_path, require_tokens=False)
+    redactor.tokens.update(bot.token_value for bot in registry.bots if bot.token)
+    return registry
+
+
+def _bot_or_exit(registry: Registry, name: str) -> BotConfig:
+    try:
+        return registry.bot(name)
+    except KeyError as error:
+        click.echo(f"error: {error.args[0]}", err=True)
+        raise SystemExit(1) from None
+
+
+def _run(registry: Registry, action: Callable[[AsyncDatabase[Document]], Awaitable[T]]) -> T:
+    """Run ``action`` against the registry's database; a database error exits 1, named."""
+
+    async def main() -> T:
+        async with _database(registry) as database:
+            return await action(database)
+
+    try:
+        return asyncio.run(main())
+    except PyMongoError as error:
+        where = mask_uri(registry.storage.uri) if registry.storage.uri else "the embedded store"
+        click.echo(f"error: database {where}: {error}", err=True)
+        raise SystemExit(1) from None
+
+
+@contextlib.asynccontextmanager
+async def _database(registry: Registry) -> AsyncIterator[AsyncDatabase[Document]]:
+    async with open_store(registry) as uri:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(
+            uri,
+            tz_aware=True,
+            appname="botyard-cli",
+            serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+        )
+        try:
+            database = client[registry.storage.database]
+            await prepare_database(database)  # the indexes these commands rely on
+            yield database
+        finally:
+            await client.close()
+
+
+def _console() -> Console:
+    """Rich output on stdout; not a terminal (a pipe, a test) gets wide, plain lines."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=200, color_system=None)
+    return console
