@@ -10,6 +10,7 @@ import time
 import venv
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pymongo import MongoClient
@@ -62,12 +63,13 @@ class Project:
     def ask(self, user: int, text: str) -> str:
         """Send ``text`` and return the bot's reply, once Telegram has it confirmed."""
         update = self.emulator.send_message(self.token, user, text)
-        reply = str(self.emulator.wait_for_reply(self.token, user, timeout=30)["text"])
+        reply = self.emulator.wait_for_reply(self.token, user, timeout=30)
+        assert isinstance(reply, dict)
         deadline = time.monotonic() + 10
         while self.emulator.confirmed_offset(self.token) <= update["update_id"]:
             assert time.monotonic() < deadline, f"update {update['update_id']} never confirmed"
             time.sleep(0.05)
-        return reply
+        return str(reply["text"])
 
     def pids(self) -> dict[str, int]:
         text = (self.home / "embedded.pid").read_text()
@@ -128,7 +130,7 @@ def test_embedded_store_survives_sigkill_and_is_reused(project: Project) -> None
         assert project.ask(user, "/start") == QUESTIONS[1], "resumes at the question reached"
         assert project.ask(user, "cat") == QUESTIONS[2]
         assert project.ask(user, "pizza") == THANKS
-        with MongoClient(uri) as client:
+        with MongoClient[dict[str, Any]](uri) as client:
             record = client["botyard"]["fsm_records"].find_one({"user_id": user})
         assert record is not None
         assert record["data"] == {"q1": "blue", "q2": "cat", "q3": "pizza"}
@@ -154,7 +156,7 @@ def test_server_left_by_a_killed_run_is_stopped(project: Project) -> None:
     leftover.start()
     try:
         assert leftover.process is not None
-        with MongoClient(leftover.uri) as client:
+        with MongoClient[dict[str, Any]](leftover.uri) as client:
             client["botyard"]["notes"].insert_one({"_id": "kept"})
         (project.home / "embedded.pid").write_text(
             f"server={leftover.process.pid} botyard=999999999\n"
@@ -166,7 +168,7 @@ def test_server_left_by_a_killed_run_is_stopped(project: Project) -> None:
             botyard.wait_for_log(r"bot=questionnaire status=running", timeout=60)
             assert process.poll() is not None
             assert project.ask(7002, "/start") == QUESTIONS[0]
-            with MongoClient(uri) as client:
+            with MongoClient[dict[str, Any]](uri) as client:
                 assert client["botyard"]["notes"].find_one({"_id": "kept"}) == {"_id": "kept"}
             assert botyard.stop() == 0
     finally:

@@ -23,7 +23,9 @@ from pathlib import Path
 import click
 
 SERVER_COMMAND = "secantusd-py"
-INSTALL_HINT = "pip install 'botyard[embedded]'"
+INSTALL_HINT = (
+    "pip install 'botyard[embedded]' (in a source checkout: pip install -e '.[embedded]')"
+)
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
