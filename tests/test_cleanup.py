@@ -36,12 +36,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 import botyard.cleanup as cleanup_module
 from botyard.cleanup import Sweeper, realign_filter, stale_filter
 from botyard.cli import main
-from botyard.config import BotConfig, RegistryError
+from botyard.config import BotConfig, CleanupConfig, RegistryError
+from botyard.embedded import free_port
 from botyard.registry import load_registry
 from botyard.roundtrips import DRIVER_COMMANDS
+from botyard.scheduler import misfire_grace_time
 from botyard.storage import COLLECTION_NAME, BeanieStorage, prepare_database, update_scope
 from botyard.supervisor import Supervisor
-from botyard.testing import BotAPIEmulator
+from botyard.testing import BotAPIEmulator, EmulatorThread
 
 from e2e import REPO
 
@@ -456,6 +458,20 @@ async def test_two_sweeps_at_once_remove_every_record_once(
     assert await chats(database, "quiz") == []
 
 
+@pytest.mark.parametrize(
+    ("schedule", "grace"),
+    [
+        ("1s", 1),
+        ("10m", 300),
+        ("*/10 * * * *", 300),
+        ("0 3 * * 1-5", 3 * 86400 // 2),  # weekdays: the weekend is the longest gap
+        ("0 0 31 2 *", 366 * 86400 // 2),  # never fires: counted as yearly
+    ],
+)
+def test_a_run_may_start_half_a_schedule_period_late(schedule: str, grace: int) -> None:
+    assert misfire_grace_time(CleanupConfig(schedule=schedule)) == grace
+
+
 # --- the schedule in a running supervisor --------------------------------------------
 
 
@@ -540,7 +556,10 @@ async def test_scheduled_cleanup_in_a_running_supervisor(
         with caplog.at_level(logging.INFO, logger="botyard"):
             bot_api.send_message(quiz_token, 7, "/start")
             await bot_api.wait_for_reply(quiz_token, 7, text="Question 1?")
-            assert await chats(database, "quiz") == [7]
+            # The reply goes out inside the handler; the state is written when it returns.
+            async with asyncio.timeout(10):
+                while await chats(database, "quiz") != [7]:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
             clock.advance(timedelta(minutes=90))  # the quiz user has been silent for 1.5 h
             expired = await bot_api.wait_for_reply(
                 quiz_token,
@@ -549,14 +568,17 @@ async def test_scheduled_cleanup_in_a_running_supervisor(
                 text="your quiz expired at Quiz:q1 with {'started': True}",
             )
             assert expired["chat"]["id"] == 7
-            async with asyncio.timeout(10):
-                while await collection.count_documents({}) != 1:  # noqa: ASYNC110
-                    await asyncio.sleep(0.1)
+            wanted = {
+                re.compile(r"cleanup bot=quiz removed=1 in \S+s"),
+                re.compile(r"cleanup bot=plain removed=1 in \S+s"),
+            }
+            async with asyncio.timeout(10):  # the sweep logs when the bot's sweep is over
+                while wanted:
+                    lines = [r.getMessage() for r in caplog.records]
+                    wanted = {w for w in wanted if not any(w.fullmatch(line) for line in lines)}
+                    await asyncio.sleep(0.05)
         assert await chats(database, "quiz") == []
         assert await chats(database, "plain") == [2], "the 1-day bot keeps its 2-hour-old state"
-        lines = [r.getMessage() for r in caplog.records]
-        assert any(re.fullmatch(r"cleanup bot=quiz removed=1 in \S+s", line) for line in lines)
-        assert any(re.fullmatch(r"cleanup bot=plain removed=1 in \S+s", line) for line in lines)
         calls = importlib.import_module(hook).CALLS
         assert calls
         assert all(bot is supervisor.runners["quiz"].bot for bot in calls)
@@ -564,7 +586,9 @@ async def test_scheduled_cleanup_in_a_running_supervisor(
         write_registry(path, "2h", bots, mongo_uri, database.name)
         assert await supervisor.reload()
         assert supervisor.cleanup is not None
-        until_next = supervisor.cleanup.next_run_time - datetime.now(UTC)
+        job = supervisor.cleanup.job
+        assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 3600)
+        until_next = job.next_run_time - datetime.now(UTC)
         assert timedelta(minutes=119) < until_next <= timedelta(hours=2)
     finally:
         supervisor.request_stop()
@@ -652,25 +676,63 @@ def test_cleanup_command_dry_run_deletes_nothing_then_the_sweep_removes(
 
 
 @pytest.mark.usefixtures("restore_logging")
-def test_cleanup_command_refuses_an_unknown_bot_and_reports_a_failed_hook(
-    tmp_path: Path, mongo_uri: str, sync_db: Any, clock: Clock
+def test_cleanup_command_calls_hooks_with_a_bot_made_from_the_registry(
+    tmp_path: Path, mongo_uri: str, sync_db: Any, clock: Clock, bot_api_thread: EmulatorThread
 ) -> None:
+    hook = write_module(tmp_path, "cli_hook", HOOK_SOURCE)
+    token = bot_api_thread.add_bot().token
+    bot_api_thread.send_message(token, 7, "hi")  # the user's chat with the bot exists
     path = cli_registry(
         tmp_path,
         mongo_uri,
         sync_db.name,
-        [{"name": "quiz", "on_state_expired": "no_such_module:hook"}, {"name": "echo"}],
+        [
+            {
+                "name": "quiz",
+                "state_ttl": "1h",
+                "token": token,
+                "api_server": bot_api_thread.url,
+                "on_state_expired": f"{hook}:on_expired",
+            },
+            {"name": "tokenless", "state_ttl": "1h", "on_state_expired": f"{hook}:on_expired"},
+            {"name": "broken", "state_ttl": "1h", "on_state_expired": "no_such_module:hook"},
+        ],
     )
     unknown = invoke("cleanup", path, "--bot", "nope")
     assert unknown.exit_code == 1
-    assert "no bot named 'nope' in botyard.yaml (bots: quiz, echo)" in unknown.output
+    assert "no bot named 'nope' in botyard.yaml (bots: quiz, tokenless, broken)" in unknown.output
 
-    sync_db[COLLECTION_NAME].insert_one(record("quiz", 1, now=clock.now, idle=DAY, ttl=HOUR))
-    failed = invoke("cleanup", path)
-    assert failed.exit_code == 1
-    assert "cannot import no_such_module" in table_rows(failed.output)["quiz"][-1]
-    assert "the sweep failed for quiz" in failed.output
-    assert sync_db[COLLECTION_NAME].count_documents({}) == 1, "not removed without its hook"
+    sync_db[COLLECTION_NAME].insert_many(
+        [
+            record(name, 7, now=clock.now, idle=DAY, ttl=HOUR, data={"q1": "red"})
+            for name in ("quiz", "tokenless", "broken")
+        ]
+    )
+    result = invoke("cleanup", path)
+    assert result.exit_code == 1
+    rows = table_rows(result.output)
+    assert rows["quiz"][:4] == ["1h", "1", "0", "0"]
+    [notice] = bot_api_thread.sent_messages(token, 7)
+    assert notice["text"] == "your quiz expired at Quiz:q1 with {'q1': 'red'}"
+    assert "the bot has no token" in rows["tokenless"][-1]
+    assert "cannot import no_such_module" in rows["broken"][-1]
+    assert "the sweep failed for tokenless, broken" in result.output
+    assert token not in result.output
+    left = sorted(d["namespace"] for d in sync_db[COLLECTION_NAME].find())
+    assert left == ["broken", "tokenless"], "nothing is removed without its hook"
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_an_unreachable_database_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.modules["botyard.cli.states"], "SERVER_SELECTION_TIMEOUT_MS", 300)
+    uri = f"mongodb://127.0.0.1:{free_port()}/"
+    path = cli_registry(tmp_path, uri, "db", [{"name": "quiz"}])
+    result = invoke("states", path, "stats")
+    assert result.exit_code == 1
+    assert f"error: database {uri}: " in result.output
+    assert "Traceback" not in result.output
 
 
 @pytest.mark.usefixtures("restore_logging")
@@ -823,6 +885,7 @@ def test_purge_asks_on_a_terminal_and_deletes_in_batches_when_confirmed(
     confirmed, output = on_a_terminal(args, "y", tmp_path)
     assert confirmed == 0, output
     assert "deleted 35 record(s): bot quiz, state Quiz:q1" in output
+    assert re.search(r"deleting .*\d+/35", output), "a progress bar over the 4 batches"
     assert [d["chat_id"] for d in sync_db[COLLECTION_NAME].find()] == [99]
 
 

@@ -43,6 +43,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.fsm.storage.base import StorageKey
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 
 from botyard.config import BotConfig, CleanupConfig, Registry
 from botyard.routers import resolve_callable
@@ -87,6 +88,8 @@ _HOOK_PROJECTION: Document = {
 _BY_ID = [("_id", 1)]
 _BY_EXPIRY = [("namespace", 1), ("expires_at", 1)]
 _ANY_DATE = datetime.min.replace(tzinfo=UTC)
+#: Errors whose message says it all (bad hook, no token, database down): no traceback.
+_EXPLAINED = (ValueError, PyMongoError)
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,11 @@ def _within(batch: list[Document], query: Mapping[str, Any]) -> Document:
 @contextlib.asynccontextmanager
 async def temporary_bot(config: BotConfig) -> AsyncIterator[Bot]:
     """A ``Bot`` with the registry's token and API server, closed when the sweep is done."""
+    if config.token is None:
+        raise ValueError(
+            "its on_state_expired hook needs a Bot, and the bot has no token "
+            "(set the token's variable); nothing was removed"
+        )
     if config.api_server:
         session = AiohttpSession(api=TelegramAPIServer.from_base(config.api_server))
     else:
@@ -296,7 +304,13 @@ class Sweeper:
                 removed, realigned, hook_errors = await self._sweep(bot, now)
         except Exception as error:  # one bot's trouble must not stop the others' sweep
             seconds = time.perf_counter() - started
-            logger.error("cleanup bot=%s failed after %.2fs: %s", bot.name, seconds, error)
+            logger.error(
+                "cleanup bot=%s failed after %.2fs: %s",
+                bot.name,
+                seconds,
+                error,
+                exc_info=not isinstance(error, _EXPLAINED),
+            )
             return BotSweep(
                 bot.name, bot.namespace, bot.state_ttl, seconds=seconds, error=str(error)
             )
@@ -361,6 +375,7 @@ class Sweeper:
             result = await self.collection.update_many(_within(batch, query), expiry, hint=_BY_ID)
             return result.modified_count
 
+        # Hinted: the planner could pick (namespace, updated_at), a scan of every live record.
         return await _in_batches(self.collection, query, self.batch_size, update, hint=_BY_EXPIRY)
 
 

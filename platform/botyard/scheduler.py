@@ -64,10 +64,9 @@ class CleanupScheduler:
         self._sweep: asyncio.Task[Any] | None = None
 
     @property
-    def next_run_time(self) -> Any:
-        """When the job runs next (an aware ``datetime``), ``None`` if it never will."""
-        job = self._scheduler.get_job(JOB_ID) if self._scheduler is not None else None
-        return None if job is None else job.next_run_time
+    def job(self) -> Any:
+        """The APScheduler ``Job`` (``next_run_time``, ``trigger``...); ``None`` when stopped."""
+        return None if self._scheduler is None else self._scheduler.get_job(JOB_ID)
 
     def start(self) -> None:
         """Start the scheduler on the running event loop, with the registry's job."""
@@ -113,7 +112,7 @@ class CleanupScheduler:
             misfire_grace_time=misfire_grace_time(cleanup),
         )
         self._schedule = cleanup.schedule
-        next_run = self.next_run_time
+        next_run = self.job.next_run_time
         if next_run is None:
             logger.warning(
                 "cleanup.schedule %r never fires: stale state is left to MongoDB's TTL "
