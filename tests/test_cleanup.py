@@ -645,34 +645,34 @@ def test_cleanup_command_dry_run_deletes_nothing_then_the_sweep_removes(
         tmp_path,
         mongo_uri,
         sync_db.name,
-        [{"name": "quiz", "state_ttl": "1h"}, {"name": "keep", "state_ttl": "never"}],
+        [{"name": "quiz", "state_ttl": "1h"}, {"name": "echo", "state_ttl": "never"}],
     )
     sync_db[COLLECTION_NAME].insert_many(
         [
             *(record("quiz", chat, now=clock.now, idle=2 * HOUR, ttl=HOUR) for chat in range(3)),
             record("quiz", 9, now=clock.now, idle=HOUR / 2, ttl=HOUR),
-            record("keep", 1, now=clock.now, idle=90 * DAY, ttl=None),
+            record("echo", 1, now=clock.now, idle=90 * DAY, ttl=None),
         ]
     )
     dry = invoke("cleanup", path, "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert "cleanup (dry run: nothing deleted)" in dry.output
     assert table_rows(dry.output)["quiz"][:2] == ["1h", "3"]
-    assert table_rows(dry.output)["keep"][:2] == ["never", "0"]
+    assert table_rows(dry.output)["echo"][:2] == ["never", "0"]
     assert "dry run: 3 stale record(s) would be removed; nothing was deleted" in dry.output
     assert sync_db[COLLECTION_NAME].count_documents({}) == 5
 
-    only_keep = invoke("cleanup", path, "--bot", "keep")
-    assert only_keep.exit_code == 0, only_keep.output
-    assert set(table_rows(only_keep.output)) >= {"keep"}
-    assert "quiz" not in only_keep.output
+    only_echo = invoke("cleanup", path, "--bot", "echo")
+    assert only_echo.exit_code == 0, only_echo.output
+    assert set(table_rows(only_echo.output)) >= {"echo"}
+    assert "quiz" not in only_echo.output
 
     swept = invoke("cleanup", path)
     assert swept.exit_code == 0, swept.output
     assert table_rows(swept.output)["quiz"][:2] == ["1h", "3"]
     assert "removed 3 stale record(s)" in swept.output
     assert sorted(d["chat_id"] for d in sync_db[COLLECTION_NAME].find({"namespace": "quiz"})) == [9]
-    assert sync_db[COLLECTION_NAME].count_documents({"namespace": "keep"}) == 1
+    assert sync_db[COLLECTION_NAME].count_documents({"namespace": "echo"}) == 1
 
 
 @pytest.mark.usefixtures("restore_logging")
@@ -776,30 +776,39 @@ def test_purge_deletes_only_the_selection(tmp_path: Path, mongo_uri: str, sync_d
         tmp_path,
         mongo_uri,
         sync_db.name,
-        [{"name": "quiz", "state_ttl": "never"}, {"name": "other", "state_ttl": "never"}],
+        [{"name": "questionnaire", "state_ttl": "never"}, {"name": "other", "state_ttl": "never"}],
     )
     now = datetime.now(UTC)
     sync_db[COLLECTION_NAME].insert_many(
         [
-            record("quiz", 1, now=now, idle=40 * DAY, ttl=None, state="Quiz:q1"),
-            record("quiz", 2, now=now, idle=40 * DAY, ttl=None, state="Quiz:q2"),
-            record("quiz", 3, now=now, idle=10 * DAY, ttl=None, state="Quiz:q1"),
-            record("other", 1, now=now, idle=40 * DAY, ttl=None, state="Quiz:q1"),
+            record("questionnaire", 1, now=now, idle=40 * DAY, ttl=None, state="Questionnaire:q1"),
+            record("questionnaire", 2, now=now, idle=40 * DAY, ttl=None, state="Questionnaire:q2"),
+            record("questionnaire", 3, now=now, idle=10 * DAY, ttl=None, state="Questionnaire:q1"),
+            record("other", 1, now=now, idle=40 * DAY, ttl=None, state="Questionnaire:q1"),
         ]
     )
-    args = ("states", path, "purge", "--bot", "quiz", "--state", "Quiz:q1", "--older-than", "30d")
+    args = (
+        "states",
+        path,
+        "purge",
+        "--bot",
+        "questionnaire",
+        "--state",
+        "Questionnaire:q1",
+        "--older-than",
+        "30d",
+    )
     dry = invoke(*args, "--dry-run")
     assert dry.exit_code == 0, dry.output
-    assert "dry run: would delete 1 record(s): bot quiz, state Quiz:q1, idle for more than 30d" in (
-        dry.output
-    )
+    selection = "bot questionnaire, state Questionnaire:q1, idle for more than 30d"
+    assert f"dry run: would delete 1 record(s): {selection}" in dry.output
     assert sync_db[COLLECTION_NAME].count_documents({}) == 4
 
     done = invoke(*args, "--yes")
     assert done.exit_code == 0, done.output
-    assert "deleted 1 record(s): bot quiz, state Quiz:q1, idle for more than 30d" in done.output
+    assert f"deleted 1 record(s): {selection}" in done.output
     left = sorted((d["namespace"], d["chat_id"]) for d in sync_db[COLLECTION_NAME].find())
-    assert left == [("other", 1), ("quiz", 2), ("quiz", 3)]
+    assert left == [("other", 1), ("questionnaire", 2), ("questionnaire", 3)]
 
     nothing = invoke(*args, "--yes")
     assert nothing.exit_code == 0
