@@ -98,7 +98,12 @@ class BotyardProcess:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
         self.signal(signal.SIGTERM)
-        return self.wait(timeout)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"botyard did not exit within {timeout}s of SIGTERM; output:\n{self.output}"
+            ) from None
 
     def kill(self) -> None:
         assert self.process is not None

@@ -92,12 +92,20 @@ def make_router():
 
 @pytest.fixture(autouse=True)
 def _isolated_imports() -> Iterator[None]:
-    """Each test's bot modules live in its own tmp_path: forget them afterwards."""
-    path, modules = list(sys.path), set(sys.modules)
+    """Each test's bot modules live in its own tmp_path: forget them afterwards.
+
+    The repository's own ``bots`` package may already be imported by an earlier
+    test; it is set aside so that ``bots.*`` resolves under the test's tmp_path.
+    """
+    path, modules = list(sys.path), dict(sys.modules)
+    for name in modules:
+        if name == "bots" or name.startswith("bots."):
+            del sys.modules[name]
     yield
     sys.path[:] = path
-    for name in set(sys.modules) - modules:
+    for name in set(sys.modules) - set(modules):
         del sys.modules[name]
+    sys.modules.update(modules)
 
 
 def write(folder: Path, text: str, name: str = "botyard.yaml") -> Path:

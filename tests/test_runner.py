@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +18,11 @@ from aiogram.utils.backoff import BackoffConfig
 from pymongo import AsyncMongoClient
 
 from botyard import runner as runner_module
+from botyard.registry import load_registry
 from botyard.runner import BotRunner, BotSpec, BotStatus
 from botyard.sessions import SessionPool
 from botyard.storage import BeanieStorage, prepare_database
+from botyard.supervisor import Supervisor
 from botyard.testing import BotAPIEmulator
 
 FAST = BackoffConfig(min_delay=0.05, max_delay=0.2, factor=2.0, jitter=0.0)
@@ -191,3 +194,29 @@ async def test_session_pool_shares_sessions_per_api_server_and_grows() -> None:
     await pool.release("c")
     assert pool.acquire("e", "http://127.0.0.1:1") is not c, "an emptied session is closed"
     await pool.close()
+
+
+async def test_stop_requested_together_with_a_reload_still_stops(
+    bot_api: BotAPIEmulator, mongo_uri: str, database_name: str, tmp_path: Path
+) -> None:
+    """SIGHUP and SIGTERM in one loop iteration: on Python 3.11 ``asyncio.wait_for``
+    returned the set event's result and swallowed the watcher's cancellation, so
+    the supervisor waited for its registry watcher forever."""
+    path = tmp_path / "botyard.yaml"
+    (tmp_path / "quiet.py").write_text("from aiogram import Router\nrouter = Router()\n")
+    path.write_text(
+        f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n"
+        f"  - name: quiet\n    token: {bot_api.add_bot().token}\n"
+        f"    routers: [quiet:router]\n    api_server: {bot_api.url}\n"
+    )
+    supervisor = Supervisor(load_registry(path))
+    running = asyncio.create_task(supervisor.run())
+    try:
+        await wait_for(lambda: supervisor.cleanup is not None)
+        await asyncio.sleep(0.05)  # the watcher is waiting for a reload request
+        supervisor.request_reload()
+        supervisor.request_stop()
+        async with asyncio.timeout(10):
+            assert await running == 0
+    finally:
+        running.cancel()

@@ -398,7 +398,8 @@ class _HookCalls:
         data = dict(document.get("data") or {})
         async with self._slots:
             try:
-                await asyncio.wait_for(self.hook(self.telegram, key, state, data), HOOK_TIMEOUT)
+                async with asyncio.timeout(HOOK_TIMEOUT):
+                    await self.hook(self.telegram, key, state, data)
             except TimeoutError:
                 self.errors += 1
                 logger.error(

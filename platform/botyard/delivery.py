@@ -95,7 +95,8 @@ class KeyedExecutor:
     async def join(self, timeout: float | None = None) -> bool:
         """Wait until every queued job finished; ``False`` if ``timeout`` passed first."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True
@@ -156,4 +157,5 @@ class OffsetTracker:
         """Sleep until some update finishes, or ``timeout`` seconds."""
         self._progress.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._progress.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._progress.wait()

@@ -208,9 +208,12 @@ class Supervisor:
     async def _watch_registry(self) -> None:
         """Reload on SIGHUP, and when the YAML (or the .env beside it) changes."""
         fingerprint = _fingerprint(self.registry.path)
-        while True:
+        while not self._stop.is_set():
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+            # cancellation that arrives as the event is set (SIGHUP with SIGTERM).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload_requested.wait(), WATCH_INTERVAL)
+                async with asyncio.timeout(WATCH_INTERVAL):
+                    await self._reload_requested.wait()
             requested = self._reload_requested.is_set()
             self._reload_requested.clear()
             current = await asyncio.to_thread(_fingerprint, self.registry.path)

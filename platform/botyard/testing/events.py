@@ -43,7 +43,8 @@ class Signal:
             return
         if timeout > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await event.wait()
 
 
 @dataclass(frozen=True)
