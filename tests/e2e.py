@@ -36,9 +36,12 @@ class BotyardProcess:
         env: dict[str, str],
         cwd: Path,
         secrets: Iterable[str] = (),
+        program: Iterable[str] = BOTYARD,
+        inherit_env: bool = True,
     ) -> None:
-        self.args = [*BOTYARD, *args]
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.args = [*program, *args]
+        inherited = os.environ if inherit_env else {}
+        self.env = {**inherited, **env, "PYTHONUNBUFFERED": "1"}
         self.cwd = cwd
         self.secrets = set(secrets)
         self._lines: list[str] = []
