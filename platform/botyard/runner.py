@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiogram import Bot, Dispatcher, Router
 from aiogram.exceptions import (
@@ -68,6 +68,16 @@ class BotCounters:
     handling_seconds: float = 0.0
 
 
+class WebhookBinding(Protocol):
+    """How a bot in webhook mode receives updates (see :mod:`botyard.webhook`)."""
+
+    async def open(self, runner: BotRunner) -> None:
+        """Hand over the updates accepted earlier but not handled, then set the webhook."""
+
+    async def close(self, runner: BotRunner) -> None:
+        """Stop accepting this bot's requests (Telegram retries them later)."""
+
+
 @dataclass
 class BotSpec:
     """What a runner needs to know about its bot, resolved from the registry."""
@@ -81,6 +91,10 @@ class BotSpec:
     polling: bool = True
     #: Extra objects handed to every handler by aiogram's dependency injection.
     workflow_data: dict[str, Any] = field(default_factory=dict)
+    #: Set for a bot in webhook mode (``polling`` is then False).
+    webhook: WebhookBinding | None = None
+    #: Called with the seconds each finished update took (the latency histogram).
+    observe_handling: Callable[[float], None] | None = None
 
 
 StatusListener = Callable[["BotRunner", BotStatus, str], None]
@@ -128,10 +142,13 @@ class BotRunner:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self.spec.webhook is not None:
+            await self.spec.webhook.close(self)
         drained = await self.executor.join(timeout)
         if not drained:
             logger.warning(
-                "bot=%s updates still running after %.0fs; left unconfirmed for redelivery",
+                "bot=%s updates still running after %.0fs; left unconfirmed for redelivery"
+                + (" (kept in the journal)" if self.spec.webhook is not None else ""),
                 self.name,
                 timeout,
             )
@@ -196,6 +213,8 @@ class BotRunner:
         self._identity = f"@{me.username}"
         if self.spec.polling:
             await self.bot.delete_webhook(drop_pending_updates=False)
+        elif self.spec.webhook is not None:
+            await self.spec.webhook.open(self)
         self._set_status(BotStatus.RUNNING, self._identity)
         if self.spec.polling:
             await self._poll()
@@ -229,12 +248,17 @@ class BotRunner:
                 # Only updates still being handled came back: wait instead of spinning.
                 await self.offsets.wait_for_progress(REPOLL_WHILE_BUSY)
 
-    def accept(self, update: Update) -> None:
-        """Queue ``update`` for handling in order with the other updates of its FSM key."""
+    def accept(self, update: Update, on_done: Callable[[int], None] | None = None) -> None:
+        """Queue ``update`` for handling in order with the other updates of its FSM key.
+
+        ``on_done`` is called with the update id once the update is finished
+        (handled, or its handler failed for good), not when it is left for
+        redelivery at shutdown.
+        """
         self.counters.received += 1
         self.offsets.start(update.update_id)
         key = ordering_key(update, self.spec.fsm_strategy)
-        self.executor.submit(key, lambda: self._handle(update))
+        self.executor.submit(key, lambda: self._handle(update, on_done))
 
     async def _confirm_offset(self) -> None:
         offset = self.offsets.offset
@@ -247,7 +271,7 @@ class BotRunner:
 
     # handling
 
-    async def _handle(self, update: Update) -> None:
+    async def _handle(self, update: Update, on_done: Callable[[int], None] | None) -> None:
         retry = Backoff(RETRY_BACKOFF)
         started = time.perf_counter()
         try:
@@ -293,5 +317,10 @@ class BotRunner:
                     )
                     break
         finally:
-            self.counters.handling_seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.counters.handling_seconds += elapsed
+            if self.spec.observe_handling is not None:
+                self.spec.observe_handling(elapsed)
         self.offsets.finish(update.update_id)
+        if on_done is not None:
+            on_done(update.update_id)

@@ -17,11 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from aiogram import Bot, Router
+from aiogram.exceptions import TelegramAPIError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 
+from botyard.cleanup import BotSweep
 from botyard.config import BotConfig, Registry
+from botyard.health import Readiness
+from botyard.http_server import OpsServer, server_address
+from botyard.journal import HEARTBEAT_INTERVAL, UpdateJournal
 from botyard.logs import TokenRedactingFilter
+from botyard.metrics import PlatformMetrics
 from botyard.registry import RegistryError, diff_registries, load_registry
 from botyard.routers import RouterRegistry
 from botyard.runner import BotRunner, BotSpec, BotStatus
@@ -29,6 +36,9 @@ from botyard.scheduler import CleanupScheduler
 from botyard.sessions import SessionPool
 from botyard.storage import BeanieStorage, prepare_database
 from botyard.store import open_store
+from botyard.watchdog import LoopWatchdog
+from botyard.webhook import WebhookEndpoint
+from botyard.webhook_secrets import SecretStore
 
 logger = logging.getLogger("botyard.supervisor")
 
@@ -51,6 +61,7 @@ class Supervisor:
         redactor: TokenRedactingFilter | None = None,
         loader: RegistryLoader = load_registry,
         bot_factory: Callable[[BotConfig, SessionPool], Bot] | None = None,
+        serve_http: bool = True,
     ) -> None:
         self.registry = registry
         self.shutdown_timeout = shutdown_timeout
@@ -67,6 +78,12 @@ class Supervisor:
         self.client: AsyncMongoClient[dict[str, Any]] | None = None
         self.database: AsyncDatabase[dict[str, Any]] | None = None
         self.cleanup: CleanupScheduler | None = None
+        self.metrics = PlatformMetrics(lambda: self.runners)
+        self.webhooks: WebhookEndpoint | None = None
+        #: The webhook, health and metrics server, when the registry asks for one.
+        self.http: OpsServer | None = None
+        #: False: no HTTP server even if the registry has webhook: or ops: (the sandbox).
+        self.serve_http = serve_http
         self._remember_tokens(registry)
 
     # the whole life
@@ -78,11 +95,13 @@ class Supervisor:
         naming an unimportable router raises :class:`RegistryError` and no bot runs.
         """
         routers = self._routers.resolve_all(self.registry.enabled_bots)
-        async with self._shared_resources():
+        async with self._shared_resources(), self._operations():
             self._install_signal_handlers()
             await self._start_bots(self.registry.enabled_bots, routers)
             assert self.database is not None
-            self.cleanup = CleanupScheduler(self.database, lambda: self.registry, self._running_bot)
+            self.cleanup = _MeteredCleanup(
+                self.database, lambda: self.registry, self._running_bot, metrics=self.metrics
+            )
             self.cleanup.start()
             watcher = asyncio.create_task(self._watch_registry(), name="botyard-watch")
             try:
@@ -99,6 +118,11 @@ class Supervisor:
     def request_stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """Asked to stop: the process is draining and no longer ready."""
+        return self._stop.is_set()
+
     def request_reload(self) -> None:
         self._reload_requested.set()
 
@@ -110,6 +134,7 @@ class Supervisor:
                 tz_aware=True,
                 appname="botyard",
                 serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+                event_listeners=self.metrics.mongo_listeners,
             )
             self.database = self.client[self.registry.storage.database]
             try:
@@ -118,6 +143,53 @@ class Supervisor:
             finally:
                 await self._sessions.close()
                 await self.client.close()
+
+    @contextlib.asynccontextmanager
+    async def _operations(self) -> AsyncIterator[None]:
+        """The journal, the HTTP server, the watchdog and the samplers, around the bots."""
+        assert self.database is not None
+        journal = UpdateJournal(self.database)
+        await journal.prepare()
+        self.webhooks = WebhookEndpoint(
+            journal, SecretStore(self.database), lambda: self.registry.webhook, self.metrics
+        )
+        watchdog = LoopWatchdog(asyncio.get_running_loop(), self.metrics)
+        watchdog.start()
+        database = self.database
+        tasks = [
+            asyncio.create_task(
+                self.metrics.sample_fsm_records_forever(database, lambda: self.registry.bots),
+                name="botyard-fsm-sample",
+            ),
+            asyncio.create_task(self._maintain_webhooks(), name="botyard-webhooks"),
+        ]
+        try:
+            address = server_address(self.registry) if self.serve_http else None
+            if address is not None:
+                readiness = Readiness(
+                    database, lambda: self.registry, lambda: self.runners, lambda: self.stopping
+                )
+                self.http = OpsServer(self.webhooks, readiness, self.metrics)
+                await self.http.start(*address)
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.http is not None:
+                await self.http.stop()
+            watchdog.stop()
+            await journal.close()
+
+    async def _maintain_webhooks(self) -> None:
+        """Every heartbeat: recover orphaned updates, apply rotated secrets."""
+        assert self.webhooks is not None
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self.webhooks.maintain()
+            except (PyMongoError, TelegramAPIError) as error:
+                logger.warning("webhook maintenance failed, retrying later: %s", error)
 
     # bots
 
@@ -147,6 +219,12 @@ class Supervisor:
             max_concurrent_updates=config.max_concurrent_updates,
             polling=config.mode == "polling",
             workflow_data={"bot_config": config, "database": self.database},
+            webhook=(
+                self.webhooks.binding(config.name)
+                if config.mode == "webhook" and self.webhooks is not None
+                else None
+            ),
+            observe_handling=self.metrics.observer(config.name),
         )
         return BotRunner(spec, self._bot_factory(config, self._sessions), on_status=_log_status)
 
@@ -180,6 +258,11 @@ class Supervisor:
             diff = diff_registries(self.registry, new)
             if "storage" in diff.sections:
                 logger.warning("storage settings changed: they take effect after a restart")
+            if server_address(new) != server_address(self.registry):
+                logger.warning(
+                    "the HTTP server's address (webhook.listen / ops.listen) changed: "
+                    "it takes effect after a restart"
+                )
             to_stop = [name for name in (*diff.removed, *diff.changed) if name in self.runners]
             await self._stop_bots(to_stop)
             self._remember_tokens(new)
@@ -241,6 +324,19 @@ class Supervisor:
     def _remember_tokens(self, registry: Registry) -> None:
         if self._redactor is not None:
             self._redactor.tokens.update(bot.token_value for bot in registry.bots if bot.token)
+
+
+class _MeteredCleanup(CleanupScheduler):
+    """The cleanup job, counting each sweep's results in the metrics."""
+
+    def __init__(self, *args: Any, metrics: PlatformMetrics, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._metrics = metrics
+
+    async def run_once(self) -> list[BotSweep]:
+        sweeps = await super().run_once()
+        self._metrics.record_sweeps(sweeps)
+        return sweeps
 
 
 def _make_bot(config: BotConfig, sessions: SessionPool) -> Bot:

@@ -1,0 +1,182 @@
+"""The journal of accepted webhook updates: written before the 200, deleted once handled.
+
+Telegram delivers a webhook update again only when the request fails. Once
+botyard has answered 200, the update exists nowhere but in botyard, so before
+answering it is inserted into the ``webhook_updates`` collection (one round
+trip), and handled from memory. When handling ends, its entry is deleted; the
+deletes of all bots are batched (one ``delete_many`` per :data:`FLUSH_DELAY`,
+so under load they cost a fraction of a round trip per update).
+
+Each process has an instance id and writes a heartbeat to ``botyard_instances``
+every :data:`HEARTBEAT_INTERVAL`. Entries belong to the instance that accepted
+them. When a bot starts, and at every heartbeat, the entries of instances that
+are gone (no heartbeat for :data:`DEAD_AFTER`, or shut down) are claimed, one
+instance winning each entry, and handled, in ``update_id`` order. So an update
+accepted and then lost to a crash, a SIGKILL, or a shutdown that timed out is
+handled after the restart, or by another replica. Delivery is at-least-once:
+an update handled but not yet deleted when the process died is handled again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from botyard.storage import utcnow
+
+__all__ = [
+    "INSTANCES_COLLECTION",
+    "JOURNAL_COLLECTION",
+    "JournalEntry",
+    "UpdateJournal",
+]
+
+logger = logging.getLogger("botyard.journal")
+
+Document = dict[str, Any]
+JOURNAL_COLLECTION = "webhook_updates"
+INSTANCES_COLLECTION = "botyard_instances"
+#: Finished updates are deleted in one batch after this many seconds.
+FLUSH_DELAY = 0.2
+HEARTBEAT_INTERVAL = 10.0
+#: An instance without a heartbeat for this long is gone: its entries are claimed.
+DEAD_AFTER = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One accepted update waiting to be handled (again)."""
+
+    bot: str
+    update_id: int
+    update: Document
+
+
+class UpdateJournal:
+    """Accepted webhook updates of one process, in MongoDB until handled."""
+
+    def __init__(self, database: AsyncDatabase[Document]) -> None:
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.entries = database[JOURNAL_COLLECTION]
+        self.instances = database[INSTANCES_COLLECTION]
+        self._finished: list[str] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def prepare(self) -> None:
+        """Create the index claims and recovery query by, and write the first heartbeat."""
+        await self.entries.create_indexes(
+            [IndexModel([("bot", ASCENDING), ("owner", ASCENDING)], name="bot_owner")]
+        )
+        await self.heartbeat()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="botyard-journal-flush")
+
+    async def close(self) -> None:
+        """Delete what finished, and drop the heartbeat so what is left is claimed at once."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        with contextlib.suppress(PyMongoError):
+            await self.flush()
+            await self.instances.delete_one({"_id": self.instance})
+
+    # accepting and finishing
+
+    async def record(self, bot: str, update_id: int, update: Document) -> bool:
+        """Persist an accepted update; ``False`` if it is journaled already (a redelivery)."""
+        try:
+            await self.entries.insert_one(
+                {
+                    "_id": _entry_id(bot, update_id),
+                    "bot": bot,
+                    "update_id": update_id,
+                    "update": update,
+                    "owner": self.instance,
+                    "accepted_at": utcnow(),
+                }
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    def finished(self, bot: str, update_id: int) -> None:
+        """Mark an update handled; its entry goes with the next batch."""
+        self._finished.append(_entry_id(bot, update_id))
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Delete the entries of every update finished so far, in one round trip."""
+        batch, self._finished = self._finished, []
+        if not batch:
+            return
+        try:
+            await self.entries.delete_many({"_id": {"$in": batch}})
+        except BaseException:
+            self._finished[:0] = batch  # kept for the next try; nothing is handled twice
+            raise
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(FLUSH_DELAY)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except PyMongoError as error:
+                logger.warning("journal: could not delete handled updates yet: %s", error)
+                self._wake.set()
+
+    # instances and recovery
+
+    async def heartbeat(self) -> None:
+        """Tell other processes this one is alive."""
+        await self.instances.update_one(
+            {"_id": self.instance}, {"$set": {"seen_at": utcnow()}}, upsert=True
+        )
+
+    async def claim(self, bots: Iterable[str], *, own: bool = False) -> list[JournalEntry]:
+        """Take over the unhandled entries of ``bots`` whose instance is gone.
+
+        With ``own``, this instance's entries are taken too: a bot starting
+        again in this process (after a reload, or a shutdown that timed out)
+        owns what its previous runner left. Entries come in ``update_id`` order.
+        """
+        names = list(bots)
+        if not names:
+            return []
+        alive_since = utcnow() - DEAD_AFTER
+        alive = [
+            doc["_id"]
+            async for doc in self.instances.find({"seen_at": {"$gte": alive_since}}, {"_id": 1})
+        ]
+        foreign = [instance for instance in alive if instance != self.instance]
+        if not own:
+            foreign.append(self.instance)
+        claim = uuid.uuid4().hex
+        result = await self.entries.update_many(
+            {"bot": {"$in": names}, "owner": {"$nin": foreign}},
+            {"$set": {"owner": self.instance, "claim": claim}},
+        )
+        if result.modified_count == 0:
+            return []
+        cursor = self.entries.find(
+            {"bot": {"$in": names}, "owner": self.instance, "claim": claim}
+        ).sort("update_id", ASCENDING)
+        return [JournalEntry(doc["bot"], doc["update_id"], doc["update"]) async for doc in cursor]
+
+
+def _entry_id(bot: str, update_id: int) -> str:
+    return f"{bot}:{update_id}"

@@ -1,0 +1,128 @@
+"""The event-loop watchdog: who blocked the loop every bot shares, and for how long.
+
+All bots run on one event loop, so one handler making a synchronous call (a
+blocking database driver, ``time.sleep``, heavy CPU work) stalls every bot in
+the process. The watchdog runs in a thread of its own: every
+:data:`PROBE_INTERVAL` it asks the loop to run a tiny callback and times how
+late it runs, which is the loop lag. When the callback is more than
+:data:`BLOCK_THRESHOLD` late, it looks at the loop thread's Python stack
+(``sys._current_frames``) while the loop is still stuck, finds the bot (the
+runner handling the update) and the aiogram handler on it, and once the loop
+is free again logs one warning naming both, with the blocked time and the line
+the handler was on, and counts it in ``botyard_event_loop_blocked_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+from aiogram.dispatcher.event.handler import CallableObject
+
+from botyard.metrics import PlatformMetrics
+from botyard.runner import BotRunner
+
+__all__ = ["BLOCK_THRESHOLD", "Culprit", "LoopWatchdog", "find_culprit"]
+
+logger = logging.getLogger("botyard.watchdog")
+
+BLOCK_THRESHOLD = 0.1
+PROBE_INTERVAL = 0.05
+
+_HANDLE_CODE = BotRunner._handle.__code__
+_CALL_CODE = CallableObject.call.__code__
+
+
+@dataclass(frozen=True)
+class Culprit:
+    """What the loop thread was running: the bot and handler when inside one."""
+
+    bot: str
+    handler: str
+    where: str
+
+    def describe(self) -> str:
+        if not self.bot:
+            return f"outside any bot's handler, at {self.where}"
+        handler = self.handler or "(not in a handler: a filter or middleware)"
+        return f"bot={self.bot} handler={handler} at {self.where}"
+
+
+def find_culprit(frame: FrameType | None) -> Culprit:
+    """Read the bot and handler from a stack, innermost ``frame`` first."""
+    where = _location(frame) if frame is not None else "(no Python frame)"
+    bot = handler = ""
+    child: FrameType | None = None
+    while frame is not None:
+        if frame.f_code is _CALL_CODE and child is not None and not handler:
+            handler = f"{child.f_globals.get('__name__', '?')}.{child.f_code.co_qualname}"
+        elif frame.f_code is _HANDLE_CODE:
+            runner = frame.f_locals.get("self")
+            if isinstance(runner, BotRunner):
+                bot = runner.name
+            break
+        child, frame = frame, frame.f_back
+    return Culprit(bot, handler, where)
+
+
+def _location(frame: FrameType) -> str:
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_qualname}"
+
+
+class LoopWatchdog:
+    """Measures the lag of ``loop`` and names whoever blocks it for over the threshold."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        metrics: PlatformMetrics,
+        threshold: float = BLOCK_THRESHOLD,
+    ) -> None:
+        self._loop = loop
+        self._metrics = metrics
+        self._threshold = threshold
+        self._loop_thread = threading.get_ident()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start watching; call it on the loop's own thread."""
+        self._loop_thread = threading.get_ident()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="botyard-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(PROBE_INTERVAL):
+            ran = threading.Event()
+            sent = time.monotonic()
+            try:
+                self._loop.call_soon_threadsafe(ran.set)
+            except RuntimeError:  # the loop closed
+                return
+            if ran.wait(self._threshold):
+                self._metrics.loop_lag.observe(time.monotonic() - sent)
+                continue
+            culprit = find_culprit(sys._current_frames().get(self._loop_thread))
+            while not ran.wait(PROBE_INTERVAL):
+                if self._stop.is_set():
+                    return
+            blocked = time.monotonic() - sent
+            self._metrics.loop_lag.observe(blocked)
+            self._metrics.loop_blocked.labels(bot=culprit.bot, handler=culprit.handler).inc()
+            logger.warning(
+                "event loop blocked for %.2fs by %s; every bot in this process waited",
+                blocked,
+                culprit.describe(),
+            )
