@@ -7,6 +7,7 @@ import click
 from botyard import __version__
 from botyard.cli.run import check, run, schema
 from botyard.cli.states import cleanup, states
+from botyard.cli.webhook import webhook
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,3 +24,4 @@ main.add_command(check)
 main.add_command(schema)
 main.add_command(cleanup)
 main.add_command(states)
+main.add_command(webhook)
