@@ -7,11 +7,14 @@ trip), and handled from memory. When handling ends, its entry is deleted; the
 deletes of all bots are batched (one ``delete_many`` per :data:`FLUSH_DELAY`,
 so under load they cost a fraction of a round trip per update).
 
-Each process has an instance id and writes a heartbeat to ``botyard_instances``
-every :data:`HEARTBEAT_INTERVAL`. Entries belong to the instance that accepted
-them. When a bot starts, and at every heartbeat, the entries of instances that
-are gone (no heartbeat for :data:`DEAD_AFTER`, or shut down) are claimed, one
-instance winning each entry, and handled, in ``update_id`` order. So an update
+Each process has an instance id (``host:pid:random``) and writes a heartbeat to
+``botyard_instances`` every :data:`HEARTBEAT_INTERVAL`. Entries belong to the
+instance that accepted them. When a bot starts, and at every heartbeat, the
+entries of instances that are gone are claimed, one instance winning each
+entry, and handled, in ``update_id`` order. An instance is gone when it shut
+down, when it wrote no heartbeat for :data:`DEAD_AFTER`, or at once when it ran
+on this host and its process no longer exists (or is this one: a restarted
+container often gets the same pid). So an update
 accepted and then lost to a crash, a SIGKILL, or a shutdown that timed out is
 handled after the restart, or by another replica. Delivery is at-least-once:
 an update handled but not yet deleted when the process died is handled again.
@@ -162,7 +165,11 @@ class UpdateJournal:
             doc["_id"]
             async for doc in self.instances.find({"seen_at": {"$gte": alive_since}}, {"_id": 1})
         ]
-        foreign = [instance for instance in alive if instance != self.instance]
+        foreign = [
+            instance
+            for instance in alive
+            if instance != self.instance and not self._known_dead(instance)
+        ]
         if not own:
             foreign.append(self.instance)
         claim = uuid.uuid4().hex
@@ -176,6 +183,23 @@ class UpdateJournal:
             {"bot": {"$in": names}, "owner": self.instance, "claim": claim}
         ).sort("update_id", ASCENDING)
         return [JournalEntry(doc["bot"], doc["update_id"], doc["update"]) async for doc in cursor]
+
+
+    def _known_dead(self, instance: str) -> bool:
+        """An instance of this host whose process is gone, whatever its heartbeat says."""
+        host, _, rest = instance.partition(":")
+        pid = rest.partition(":")[0]
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
+        if int(pid) == os.getpid():
+            return True  # an earlier run that had the same pid: not this one, which is self
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
 
 def _entry_id(bot: str, update_id: int) -> str:

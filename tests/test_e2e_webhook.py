@@ -1,0 +1,224 @@
+"""``botyard run`` in webhook mode end to end: the emulator POSTs updates to a real subprocess."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from pymongo import MongoClient
+
+from botyard.cli import main
+from botyard.embedded import free_port
+from botyard.journal import JOURNAL_COLLECTION
+from botyard.testing import EmulatorThread
+
+from e2e import BotyardProcess, copy_example_bots
+
+pytestmark = pytest.mark.e2e
+
+QUESTIONS = [
+    "Question 1: What is your favorite color?",
+    "Question 2: What is your favorite animal?",
+    "Question 3: What is your favorite food?",
+]
+THANKS = "Thank you for completing the questionnaire."
+
+SLOW_BOT = """
+import asyncio
+import logging
+
+from aiogram import F, Router
+from aiogram.types import Message
+
+log = logging.getLogger("slowbot")
+
+
+def router() -> Router:
+    slow = Router()
+
+    @slow.message(F.text.startswith("slow"))
+    async def take_time(message: Message) -> None:
+        log.warning("slow handler started: %s", message.text)
+        await asyncio.sleep(float(message.text.split()[1]))
+        await message.answer(f"done {message.text}")
+
+    @slow.message(F.text)
+    async def quick(message: Message) -> None:
+        await message.answer(f"ok {message.text}")
+
+    return slow
+"""
+
+
+class WebhookWorld:
+    """A registry of webhook bots in a temporary folder, the emulator and the database."""
+
+    def __init__(self, directory: Path, emulator: EmulatorThread, mongo_uri: str, db: str) -> None:
+        self.directory = directory
+        self.emulator = emulator
+        self.mongo_uri = mongo_uri
+        self.database_name = db
+        self.port = free_port()
+        self.tokens: dict[str, str] = {}
+        self.path = directory / "botyard.yaml"
+        copy_example_bots(directory)
+        (directory / "slowbot.py").write_text(SLOW_BOT)
+
+    def write(self, bots: dict[str, str]) -> None:
+        for name in bots:
+            if name not in self.tokens:
+                username = f"{name}_{self.database_name}"
+                self.tokens[name] = self.emulator.add_bot(username=username).token
+        entries = "".join(
+            f"  - name: {name}\n"
+            f"    token: ${{{name.upper()}_TOKEN}}\n"
+            f"    routers: [{spec}]\n"
+            f"    api_server: ${{BOT_API_SERVER}}\n"
+            "    mode: webhook\n"
+            for name, spec in bots.items()
+        )
+        self.path.write_text(
+            "storage:\n"
+            "  uri: ${MONGODB_URI}\n"
+            f"  database: {self.database_name}\n"
+            "webhook:\n"
+            f"  base_url: http://127.0.0.1:{self.port}\n"
+            f"  listen: 127.0.0.1:{self.port}\n"
+            f"bots:\n{entries}"
+        )
+
+    def env(self) -> dict[str, str]:
+        return {
+            "MONGODB_URI": self.mongo_uri,
+            "BOT_API_SERVER": self.emulator.url,
+            **{f"{name.upper()}_TOKEN": token for name, token in self.tokens.items()},
+        }
+
+    def botyard(self) -> BotyardProcess:
+        return BotyardProcess(
+            ["run", str(self.path)],
+            env=self.env(),
+            cwd=self.directory,
+            secrets=self.tokens.values(),
+        )
+
+    def reply(self, bot: str, user: int, timeout: float = 30.0) -> str:
+        return str(self.emulator.wait_for_reply(self.tokens[bot], user, timeout=timeout)["text"])
+
+    def collection(self, name: str) -> list[dict[str, Any]]:
+        with MongoClient(self.mongo_uri) as client:
+            return list(client[self.database_name][name].find())
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorThread]:
+    with EmulatorThread() as thread:
+        yield thread
+
+
+@pytest.fixture
+def world(
+    tmp_path: Path, emulator: EmulatorThread, mongo_uri: str, database_name: str
+) -> Iterator[WebhookWorld]:
+    yield WebhookWorld(tmp_path, emulator, mongo_uri, database_name)
+    with MongoClient(mongo_uri) as client:
+        client.drop_database(database_name)
+
+
+def test_questionnaire_over_webhooks_with_a_secret_rotation(
+    world: WebhookWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.write({"questionnaire": "bots.questionnaire:router"})
+    token = world.tokens["questionnaire"]
+    users = [601, 602]
+    with world.botyard() as botyard:
+        botyard.wait_for_log(r"bot=questionnaire status=running", timeout=60)
+        url = world.emulator.webhook_info(token)["url"]
+        assert url.startswith(f"http://127.0.0.1:{world.port}/webhook/questionnaire/")
+        for user in users:
+            world.emulator.send_message(token, user, "/start")
+        for user in users:
+            assert world.reply("questionnaire", user) == QUESTIONS[0]
+            world.emulator.send_message(token, user, f"red {user}")
+            assert world.reply("questionnaire", user) == QUESTIONS[1]
+
+        for name, value in world.env().items():
+            monkeypatch.setenv(name, value)
+        rotated = CliRunner().invoke(main, ["webhook", "rotate", str(world.path)])
+        assert rotated.exit_code == 0, rotated.output
+        assert "rotated the webhook secrets of questionnaire" in rotated.output
+        botyard.wait_for_log(r"bot=questionnaire webhook secrets rotated", timeout=60)
+        assert world.emulator.webhook_info(token)["url"] != url
+
+        for user in users:
+            world.emulator.send_message(token, user, f"cat {user}")
+            assert world.reply("questionnaire", user) == QUESTIONS[2]
+            world.emulator.send_message(token, user, f"soup {user}")
+            assert world.reply("questionnaire", user) == THANKS
+        assert botyard.stop() == 0
+    records = {doc["user_id"]: doc for doc in world.collection("fsm_records")}
+    for user in users:
+        assert records[user]["data"] == {
+            "q1": f"red {user}",
+            "q2": f"cat {user}",
+            "q3": f"soup {user}",
+        }
+        assert records[user]["state"] is None
+    attempts = world.emulator.delivery_attempts(token)
+    assert len(attempts) >= 8
+    assert {attempt.update_id for attempt in attempts if attempt.status == 200} == {
+        attempt.update_id for attempt in attempts
+    }, "every update was eventually accepted"
+    assert world.collection(JOURNAL_COLLECTION) == []
+    assert world.emulator.pending_updates(token) == []
+
+
+def test_sigterm_during_a_burst_drains_every_accepted_update(world: WebhookWorld) -> None:
+    world.write({"slow": "slowbot:router"})
+    token = world.tokens["slow"]
+    with world.botyard() as botyard:
+        botyard.wait_for_log(r"bot=slow status=running", timeout=60)
+        sent = [world.emulator.send_message(token, 700 + i, "slow 2") for i in range(8)]
+        sent += [world.emulator.send_message(token, 799, f"quick {i}") for i in range(5)]
+        botyard.wait_for_log(r"slow handler started", count=8, timeout=60)
+        # Every update has had its 200: from here on, only botyard holds them.
+        assert world.emulator.pending_updates(token) == []
+        botyard.signal(signal.SIGTERM)
+        assert botyard.wait(60) == 0
+    assert "SIGTERM received" in botyard.output
+    for i in range(8):
+        assert [m["text"] for m in world.emulator.sent_messages(token, 700 + i)] == ["done slow 2"]
+    # Telegram (and the emulator) POST concurrently: one chat's arrival order may differ.
+    assert sorted(m["text"] for m in world.emulator.sent_messages(token, 799)) == [
+        f"ok quick {i}" for i in range(5)
+    ]
+    accepted = {a.update_id for a in world.emulator.delivery_attempts(token) if a.status == 200}
+    assert accepted == {update["update_id"] for update in sent}
+    assert world.collection(JOURNAL_COLLECTION) == []
+
+
+def test_an_accepted_update_survives_sigkill_and_is_handled_after_restart(
+    world: WebhookWorld,
+) -> None:
+    world.write({"slow": "slowbot:router"})
+    token = world.tokens["slow"]
+    with world.botyard() as first:
+        first.wait_for_log(r"bot=slow status=running", timeout=60)
+        update = world.emulator.send_message(token, 801, "slow 5")
+        first.wait_for_log(r"slow handler started: slow 5", timeout=60)
+        assert world.emulator.pending_updates(token) == [], "answered 200: Telegram forgot it"
+        first.kill()
+    [entry] = world.collection(JOURNAL_COLLECTION)
+    assert entry["update_id"] == update["update_id"]
+    assert entry["bot"] == "slow"
+
+    with world.botyard() as second:
+        second.wait_for_log(r"bot=slow handling 1 update\(s\) accepted earlier", timeout=60)
+        assert world.reply("slow", 801, timeout=60) == "done slow 5"
+        assert second.stop() == 0
+    assert [m["text"] for m in world.emulator.sent_messages(token, 801)] == ["done slow 5"]
+    assert world.collection(JOURNAL_COLLECTION) == []
