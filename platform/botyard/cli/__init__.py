@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from botyard import __version__
+from botyard.cli.migrate import import_state, migrate
 from botyard.cli.run import check, run, schema
 from botyard.cli.states import cleanup, states
 from botyard.cli.webhook import webhook
@@ -25,3 +26,5 @@ main.add_command(schema)
 main.add_command(cleanup)
 main.add_command(states)
 main.add_command(webhook)
+main.add_command(migrate)
+main.add_command(import_state)

@@ -1,0 +1,446 @@
+"""``botyard migrate`` (the schema in migrations/) and ``botyard import`` (other bots' state).
+
+Both connect to the registry's storage like ``botyard run`` does: the embedded
+store when ``storage.uri`` is empty (only while no ``botyard run`` uses it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from beanie import init_beanie
+from click.core import ParameterSource
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from botyard.cli.options import load_or_exit, registry_argument
+from botyard.config import Registry
+from botyard.durations import format_duration
+from botyard.importers import (
+    FORMATS,
+    Aiogram2Source,
+    Aiogram3Source,
+    ImportReport,
+    KeyLayout,
+    RecordWriter,
+    SeedSource,
+    Source,
+    SourceError,
+    import_records,
+)
+from botyard.importers.source import source_label
+from botyard.logs import configure_logging
+from botyard.migrations_runner import (
+    LockHolder,
+    LockLost,
+    LockTimeout,
+    MigrationError,
+    MigrationLock,
+    Migrations,
+    MigrationsNotFound,
+    TransactionSupport,
+    find_migrations,
+)
+from botyard.storage import FSMRecord, prepare_database
+from botyard.store import open_store
+from botyard.tokens import mask_uri
+
+Document = dict[str, Any]
+T = TypeVar("T")
+
+#: A command that cannot reach the database says so after this long.
+SERVER_SELECTION_TIMEOUT_MS = 10_000
+#: Errors that are bad input or a busy lock, not bugs: one line, exit status 1.
+_EXPECTED = (MigrationError, MigrationsNotFound, LockTimeout, LockLost, SourceError)
+
+
+@click.group()
+@registry_argument
+@click.pass_context
+def migrate(context: click.Context, registry_path: Path) -> None:
+    """Apply, roll back or list REGISTRY's schema migrations (Beanie migrations).
+
+    Migrations run in a transaction when the server has them (a replica set, or
+    SecantusDB) and one by one without otherwise; the output says which. A lock
+    document makes a second concurrent run wait, then find nothing left to do.
+    """
+    context.obj = registry_path
+
+
+_path_option = click.option(
+    "--path",
+    "folder",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The migrations folder. Default: migrations/ beside REGISTRY, or one folder up "
+    "(/app/migrations for the image's /app/config/botyard.yaml).",
+)
+_steps_help = "How many migrations to {}."
+_transaction_option = click.option(
+    "--no-transaction",
+    is_flag=True,
+    help="Do not use transactions even where the server supports them.",
+)
+_lock_timeout_option = click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for another run's lock before giving up.",
+)
+
+
+@migrate.command()
+@click.option("--steps", type=click.IntRange(min=1), help=_steps_help.format("apply; default all"))
+@_path_option
+@_transaction_option
+@_lock_timeout_option
+@click.pass_obj
+def up(
+    registry_path: Path,
+    steps: int | None,
+    folder: Path | None,
+    no_transaction: bool,
+    lock_timeout: float,
+) -> None:
+    """Apply the pending migrations, oldest first."""
+    _move(registry_path, folder, "up", steps, no_transaction, lock_timeout)
+
+
+@migrate.command()
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help=_steps_help.format("roll back"),
+)
+@_path_option
+@_transaction_option
+@_lock_timeout_option
+@click.pass_obj
+def down(
+    registry_path: Path, steps: int, folder: Path | None, no_transaction: bool, lock_timeout: float
+) -> None:
+    """Roll back the last applied migration(s), newest first."""
+    _move(registry_path, folder, "down", steps, no_transaction, lock_timeout)
+
+
+@migrate.command()
+@_path_option
+@click.pass_obj
+def status(registry_path: Path, folder: Path | None) -> None:
+    """List the migrations, applied and pending, in order."""
+    registry, folder = _prepare(registry_path, folder)
+
+    async def report(database: AsyncDatabase[Document]) -> None:
+        states = await Migrations(database, folder).status()
+        width = max(len(state.name) for state in states)
+        for state in states:
+            when = f"  {state.applied_at:%Y-%m-%d %H:%M:%S}" if state.applied_at else ""
+            label = "applied" if state.applied else "pending"
+            click.echo(f"{label:8} {state.name:{width}}{when}".rstrip())
+        applied = sum(state.applied for state in states)
+        click.echo(f"{applied} applied, {len(states) - applied} pending")
+
+    run_on_database(registry, report)
+
+
+def _move(
+    registry_path: Path,
+    explicit: Path | None,
+    direction: str,
+    steps: int | None,
+    no_transaction: bool,
+    lock_timeout: float,
+) -> None:
+    registry, folder = _prepare(registry_path, explicit)
+
+    def waiting(holder: LockHolder) -> None:
+        click.echo(f"waiting for the migration lock held by {holder.describe()}")
+
+    def applied(name: str, seconds: float) -> None:
+        verb = "applied" if direction == "up" else "rolled back"
+        click.echo(f"{verb} {name} in {seconds:.2f}s")
+
+    async def move(database: AsyncDatabase[Document]) -> None:
+        migrations = Migrations(database, folder)
+        if no_transaction:
+            support = TransactionSupport(False, "--no-transaction was given")
+        else:
+            support = await migrations.transaction_support()
+        mode = "on" if support.supported else "off"
+        click.echo(f"transactions: {mode} ({support.reason})")
+        async with MigrationLock(database).held(lock_timeout, waiting) as lock:
+            options: dict[str, Any] = {
+                "lock": lock,
+                "use_transaction": support.supported,
+                "on_step": applied,
+            }
+            if direction == "up":
+                done = await migrations.up(steps=steps, **options)
+            else:
+                done = await migrations.down(steps=steps or 1, **options)
+        if direction == "up":
+            click.echo(
+                f"{len(done)} migration(s) applied; the database is up to date"
+                if done
+                else "nothing to apply: the database is up to date"
+            )
+        else:
+            click.echo(f"{len(done)} migration(s) rolled back" if done else "nothing to roll back")
+
+    run_on_database(registry, move)
+
+
+def _prepare(registry_path: Path, folder: Path | None) -> tuple[Registry, Path]:
+    registry = load_quietly(registry_path)
+    try:
+        found = find_migrations(registry.path, folder)
+    except MigrationsNotFound as error:
+        click.echo(f"error: {error}", err=True)
+        raise SystemExit(1) from None
+    click.echo(f"migrations: {found} (database {registry.storage.database})")
+    return registry, found
+
+
+# --- shared with `botyard import` ---------------------------------------------------
+
+
+def load_quietly(registry_path: Path) -> Registry:
+    """The registry, tokens optional, with warnings only (the embedded store's among them)."""
+    redactor = configure_logging("WARNING")
+    registry = load_or_exit(registry_path, require_tokens=False)
+    redactor.tokens.update(bot.token_value for bot in registry.bots if bot.token)
+    return registry
+
+
+def run_on_database(
+    registry: Registry, action: Callable[[AsyncDatabase[Document]], Awaitable[T]]
+) -> T:
+    """Run ``action`` on the registry's database; expected failures exit 1 with one line."""
+
+    async def main() -> T:
+        async with botyard_database(registry) as database:
+            return await action(database)
+
+    try:
+        return asyncio.run(main())
+    except PyMongoError as error:
+        where = mask_uri(registry.storage.uri) if registry.storage.uri else "the embedded store"
+        click.echo(f"error: database {where}: {error}", err=True)
+        raise SystemExit(1) from None
+    except _EXPECTED as error:
+        click.echo(f"error: {error}", err=True)
+        raise SystemExit(1) from None
+
+
+@contextlib.asynccontextmanager
+async def botyard_database(registry: Registry) -> AsyncIterator[AsyncDatabase[Document]]:
+    """The registry's database, on a client of its own; nothing is created in it."""
+    async with open_store(registry) as uri:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(
+            uri,
+            tz_aware=True,
+            appname="botyard-migrate",
+            serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+        )
+        try:
+            yield client[registry.storage.database]
+        finally:
+            await client.close()
+
+
+# --- import ------------------------------------------------------------------------
+
+_KEY_OPTIONS = ("prefix", "separator", "with_bot_id", "with_destiny", "with_business_connection_id")
+
+
+@click.command("import")
+@registry_argument
+@click.option(
+    "--from",
+    "source_format",
+    type=click.Choice(FORMATS),
+    required=True,
+    help="aiogram: aiogram 3 MongoStorage/PyMongoStorage; aiogram2: aiogram 2's contrib "
+    "MongoStorage (aiogram_state + aiogram_data); seed: {user_id, chat_id, state, data}.",
+)
+@click.option("--uri", required=True, metavar="URI", help="The old bot's MongoDB (only read).")
+@click.option("--database", required=True, metavar="DB", help="The old bot's database.")
+@click.option(
+    "--collection",
+    metavar="COLL",
+    help="The old bot's collection (aiogram, seed); aiogram2 reads its two fixed ones.",
+)
+@click.option("--bot", "bot_name", required=True, metavar="NAME", help="The registry's bot.")
+@click.option("--prefix", default="fsm", show_default=True, help="aiogram: key prefix.")
+@click.option("--separator", default=":", show_default=True, help="aiogram: key separator.")
+@click.option("--with-bot-id", is_flag=True, help="aiogram: keys hold the bot id.")
+@click.option("--with-destiny", is_flag=True, help="aiogram: keys end with the destiny.")
+@click.option(
+    "--with-business-connection-id",
+    is_flag=True,
+    help="aiogram: keys hold business connection ids.",
+)
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=500, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace records botyard has newer versions of.")
+@click.option("--dry-run", is_flag=True, help="Read and count everything; write nothing.")
+def import_state(
+    registry_path: Path,
+    source_format: str,
+    uri: str,
+    database: str,
+    collection: str | None,
+    bot_name: str,
+    batch_size: int,
+    overwrite: bool,
+    dry_run: bool,
+    **key_options: Any,
+) -> None:
+    """Copy the FSM state of an existing aiogram bot into REGISTRY's bot NAME.
+
+    The source is only read. Records get the bot's state_ttl from now. A record
+    botyard already has is kept when it is newer (botyard wrote it, or its user
+    talked to botyard since the last import) unless --overwrite; running the same
+    import again writes nothing. Unparseable source documents are listed by id.
+    """
+    context = click.get_current_context()
+    _check_import_options(context, source_format, uri, collection, key_options)
+    registry = load_quietly(registry_path)
+    try:
+        bot = registry.bot(bot_name)
+    except KeyError as error:
+        raise click.UsageError(str(error.args[0])) from None
+    bot_id = int(bot.token_value.partition(":")[0]) if bot.token else None
+    if key_options["with_bot_id"] and bot_id is None:
+        raise click.UsageError(
+            f"--with-bot-id: bot {bot.name}'s token is not set, and its id (the part "
+            "before ':') tells its keys from other bots' keys; set the token's variable"
+        )
+    label = source_label(uri, database, collection or "")
+
+    async def copy(target: AsyncDatabase[Document]) -> ImportReport:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(
+            uri,
+            tz_aware=True,
+            appname="botyard-import",
+            serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+        )
+        try:
+            source = _source(source_format, client[database], collection or "", label, key_options)
+            click.echo(f"source: {source.describe()}")
+            click.echo(
+                f"target: bot {bot.name} (namespace {bot.namespace}, "
+                f"state_ttl {format_duration(bot.state_ttl)})"
+            )
+            total = await source.count()
+            if dry_run:  # bind the model without creating indexes: nothing is written
+                await init_beanie(database=target, document_models=[FSMRecord], skip_indexes=True)
+            else:
+                await prepare_database(target)
+            writer = RecordWriter(
+                target,
+                bot.namespace,
+                state_ttl=bot.state_ttl,
+                bot_id=bot_id,
+                overwrite=overwrite,
+                dry_run=dry_run,
+            )
+            console = Console(stderr=True)
+            with Progress(
+                TextColumn("importing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+                disable=not console.is_terminal,
+            ) as progress:
+                task = progress.add_task("import", total=total)
+                return await import_records(
+                    source,
+                    writer,
+                    batch_size=batch_size,
+                    on_batch=lambda documents: progress.advance(task, documents),
+                )
+        finally:
+            await client.close()
+
+    _print_report(run_on_database(registry, copy), dry_run)
+
+
+def _check_import_options(
+    context: click.Context,
+    source_format: str,
+    uri: str,
+    collection: str | None,
+    key_options: dict[str, Any],
+) -> None:
+    if not uri.startswith(("mongodb://", "mongodb+srv://")):
+        raise click.BadParameter(
+            f"expected a MongoDB URI starting with mongodb:// or mongodb+srv://, "
+            f"got {mask_uri(uri)!r}",
+            param_hint="--uri",
+        )
+    if source_format == "aiogram2":
+        if collection is not None:
+            raise click.BadParameter(
+                "aiogram2 reads the collections aiogram_state and aiogram_data; drop --collection",
+                param_hint="--collection",
+            )
+    elif not collection:
+        raise click.BadParameter(f"--from {source_format} needs it", param_hint="--collection")
+    given = [
+        name
+        for name in _KEY_OPTIONS
+        if context.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    ]
+    if source_format != "aiogram" and given:
+        names = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise click.UsageError(f"{names}: only for --from aiogram (aiogram 3 key strings)")
+    if not key_options["separator"]:
+        raise click.BadParameter("must not be empty", param_hint="--separator")
+
+
+def _source(
+    source_format: str,
+    database: AsyncDatabase[Document],
+    collection: str,
+    label: str,
+    key_options: dict[str, Any],
+) -> Source:
+    if source_format == "aiogram":
+        return Aiogram3Source(database[collection], label, KeyLayout(**key_options))
+    if source_format == "seed":
+        return SeedSource(database[collection], label)
+    return Aiogram2Source(database, label)
+
+
+def _print_report(report: ImportReport, dry_run: bool) -> None:
+    skipped = sum(report.skipped.values())
+    verb = "would import" if dry_run else "imported"
+    click.echo(f"read {report.read} source document(s)")
+    click.echo(
+        f"{verb} {report.imported}, skipped {skipped}, unparseable {len(report.unparseable)}"
+    )
+    if skipped:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in report.skipped.items())
+        click.echo(f"skipped: {reasons}")
+    if report.duplicates:
+        click.echo("duplicate keys (the first document of each key was used):")
+        for line in report.duplicates:
+            click.echo(f"  {line}")
+    if report.unparseable:
+        click.echo("unparseable (not imported; the source is unchanged):")
+        for entry in report.unparseable:
+            click.echo(f"  {entry.source_id}: {entry.reason}")
+    if dry_run:
+        click.echo("dry run: nothing was written")
