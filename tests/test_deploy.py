@@ -130,6 +130,20 @@ def test_botyard_gets_longer_to_stop_than_it_gives_in_flight_updates(
     assert "--shutdown-timeout" not in botyard["command"], "the default is what the grace covers"
 
 
+def test_botyard_healthcheck_probes_healthz_on_the_registry_ops_port(
+    compose: dict[str, Any],
+) -> None:
+    check = service(compose, "botyard")["healthcheck"]
+    assert check["test"][:3] == ["CMD", "python", "-c"], "the slim image has no curl"
+    registry = yaml.safe_load((REPO / "deploy" / "botyard.yaml").read_text())
+    port = registry["ops"]["listen"].rsplit(":", 1)[1]
+    assert f"http://127.0.0.1:{port}/healthz" in check["test"][3]
+    assert not any(bot.get("mode") == "webhook" for bot in registry["bots"]), (
+        "with a webhook bot the server listens on webhook.listen instead"
+    )
+    compile(check["test"][3], "healthcheck", "exec")
+
+
 def test_registry_folder_is_mounted_read_only_and_tokens_come_from_env_file(
     compose: dict[str, Any],
 ) -> None:

@@ -112,12 +112,12 @@ class WebhookEndpoint:
         if not route.accepting:
             self._metrics.count_webhook(name, "unavailable")
             return _text(503, "bot is stopping; deliver again later")
-        problem, update = await self._read_update(request, route.runner)
-        if update is None:
+        try:
+            raw, parsed = await _read_update(request, route.runner)
+        except _BadUpdate as problem:
             self._metrics.count_webhook(name, "bad_request")
             logger.warning("bot=%s webhook request rejected: %s", name, problem)
-            return _text(400, problem)
-        raw, parsed = update
+            return _text(400, str(problem))
         try:
             fresh = await self.journal.record(name, parsed.update_id, raw)
         except PyMongoError as error:
@@ -135,27 +135,6 @@ class WebhookEndpoint:
         else:  # delivered again while still journaled: it is handled once, from there
             self._metrics.count_webhook(name, "duplicate")
         return web.json_response({})
-
-    async def _read_update(
-        self, request: web.Request, runner: BotRunner
-    ) -> tuple[str, tuple[dict[str, Any], Update] | None]:
-        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            return f"body of {request.content_length} bytes exceeds {MAX_BODY_BYTES}", None
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return f"body exceeds {MAX_BODY_BYTES} bytes", None
-        try:
-            raw = json.loads(body)
-        except ValueError as error:
-            return f"body is not JSON ({error})", None
-        if not isinstance(raw, dict) or not isinstance(raw.get("update_id"), int):
-            return "body is not a Telegram update (no integer update_id)", None
-        try:
-            update = Update.model_validate(raw, context={"bot": runner.bot})
-        except ValidationError as error:
-            return f"body is not a valid update ({error.error_count()} errors)", None
-        return "", (raw, update)
 
     def _submit(self, name: str, runner: BotRunner, update: Update) -> None:
         runner.accept(update, on_done=lambda update_id: self.journal.finished(name, update_id))
@@ -248,6 +227,31 @@ class _Binding:
 
     async def close(self, runner: BotRunner) -> None:
         self._endpoint.detach(self._bot, runner)
+
+
+class _BadUpdate(ValueError):
+    """The body is not an update; the message says why (answered 400)."""
+
+
+async def _read_update(request: web.Request, runner: BotRunner) -> tuple[dict[str, Any], Update]:
+    """The body as JSON and as an aiogram ``Update`` bound to the runner's bot."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise _BadUpdate(f"body of {request.content_length} bytes exceeds {MAX_BODY_BYTES}")
+    try:
+        body = await request.read()  # the application's client_max_size is MAX_BODY_BYTES
+    except web.HTTPRequestEntityTooLarge:
+        raise _BadUpdate(f"body exceeds {MAX_BODY_BYTES} bytes") from None
+    try:
+        raw = json.loads(body)
+    except ValueError as error:
+        raise _BadUpdate(f"body is not JSON ({error})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("update_id"), int):
+        raise _BadUpdate("body is not a Telegram update (no integer update_id)")
+    try:
+        update = Update.model_validate(raw, context={"bot": runner.bot})
+    except ValidationError as error:
+        raise _BadUpdate(f"body is not a valid update ({error.error_count()} errors)") from None
+    return raw, update
 
 
 def _text(status: int, reason: str) -> web.Response:
