@@ -7,6 +7,7 @@ import click
 from botyard import __version__
 from botyard.cli.migrate import import_state, migrate
 from botyard.cli.run import check, run, schema
+from botyard.cli.sandbox import sandbox
 from botyard.cli.states import cleanup, states
 from botyard.cli.webhook import webhook
 
@@ -28,3 +29,4 @@ main.add_command(states)
 main.add_command(webhook)
 main.add_command(migrate)
 main.add_command(import_state)
+main.add_command(sandbox)

@@ -1,0 +1,56 @@
+"""``botyard sandbox``: chat with every bot of a registry in a browser, no Telegram needed.
+
+The registry runs under the same Supervisor, storage and handlers as ``botyard
+run``; the Telegram side is the in-process Bot API emulator (on a loopback
+port of its own), each bot under a generated token. The page, served at the
+printed URL, shows the bot list with live status, a chat per bot and simulated
+user, and the user's FSM record straight from MongoDB.
+
+Simulated users 1001 (Alice), 1002 (Bob) and 1003 (Carol) exist from the start;
+a user's id is also their private chat's id. ``{bot}`` below is the bot's name
+in the registry, ``{user}`` a simulated user's id.
+
+JSON API (answers are JSON; errors are ``{"error": "<message>"}`` with status
+400 bad input, 404 unknown bot, user or endpoint, 409 bot disabled or not
+started, 503 database starting):
+
+``GET /api/bots``
+    ``{"registry": "botyard.yaml", "storage": "ready" | "starting", "bots": [{"name",
+    "enabled", "status", "detail", "username", "bot_id", "revoked", "received",
+    "handled", "errors", "fsm_records"}]}``, every bot of the file in file order.
+    ``status`` is a runner status (``starting``, ``running``, ``backing_off``,
+    ``unauthorized``, ``conflict``, ``stopped``), ``disabled``, or ``not_running``
+    (the bot could not start; the log says why). ``fsm_records`` is ``null``
+    while the database starts.
+``GET /api/users``
+    ``{"users": [{"id", "is_bot", "first_name", ...}]}``.
+``POST /api/users`` with ``{"first_name": "Dave"}``
+    201 and the new user (the next free id).
+``POST /api/bots/{bot}/users/{user}/messages`` with ``{"text": "/start"}``
+    The user writes to the bot (a leading ``/command`` is a command):
+    ``{"update_id": 1, "message_id": 1}``. Text Telegram could not carry
+    (empty, longer than 4096 characters, not valid Unicode) is a 400.
+``GET /api/bots/{bot}/users/{user}/chat[?wait=SECONDS[&after=MESSAGE_ID]]``
+    ``{"bot", "user": {...}, "messages": [{"message_id", "from": "user" | "bot",
+    "text", "date", "edited", "previous_texts", "buttons": [[{"text",
+    "callback_data" | "url"}]], "keyboard": [["text"]]}], "fsm": {"state",
+    "data", "updated_at", "expires_at", "stored"}}``. With ``wait`` (at most 60)
+    it first waits for a bot message newer than ``after`` (default: the user's
+    last message), then answers in any case.
+``POST /api/bots/{bot}/users/{user}/buttons`` with ``{"message_id": 3, "callback_data": "inc"}``
+    The user presses an inline button: ``{"update_id", "callback_query_id"}``.
+``POST /api/bots/{bot}/users/{user}/reset``
+    Clears the user's FSM state and data; answers the ``fsm`` object as it is now.
+``GET /api/stream[?bot={bot}&user={user}]``
+    Server-sent events, each sent when it changed: ``bots`` (as ``GET
+    /api/bots``), ``chat`` (as the chat endpoint) and ``problem`` (``{"error"}``
+    when the chosen bot or user does not exist).
+
+The page itself is ``/``, ``/bots/{bot}`` or ``/bots/{bot}/users/{user}``; a URL
+naming an unknown bot or user answers 404 and the page says which are known.
+"""
+
+from botyard.sandbox.service import DEFAULT_USERS, Sandbox, SandboxError
+from botyard.sandbox.views import PageError
+
+__all__ = ["DEFAULT_USERS", "PageError", "Sandbox", "SandboxError"]

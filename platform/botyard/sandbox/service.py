@@ -1,0 +1,360 @@
+"""The sandbox: the registry's Supervisor on the in-process emulator, plus the page's server.
+
+It runs the very Supervisor, storage and handlers ``botyard run`` uses; only
+the Telegram side is the emulator (see :mod:`botyard.sandbox.emulated`). The
+methods below are what the page can do, each checking its input and raising
+:class:`~botyard.sandbox.views.PageError` with a message for the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from aiogram.fsm.context import FSMContext
+from aiohttp import web
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from botyard.config import BotConfig
+from botyard.logs import TokenRedactingFilter
+from botyard.sandbox.emulated import EmulatedRegistryLoader, emulated_bot_factory, register
+from botyard.sandbox.routes import build_app
+from botyard.sandbox.views import (
+    JSON,
+    MAX_WAIT,
+    PageError,
+    bot_status,
+    chat_messages,
+    check_text,
+    fsm_record,
+    record_count,
+    storage_key,
+)
+from botyard.storage import BeanieStorage, update_scope
+from botyard.supervisor import Supervisor
+from botyard.testing import BotAPIEmulator, ControlError, EmulatedBot, SimulatedUser
+
+logger = logging.getLogger("botyard.sandbox")
+
+#: The simulated users every sandbox starts with (ids are also their private chat ids).
+DEFAULT_USERS = ((1001, "Alice"), (1002, "Bob"), (1003, "Carol"))
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: How often a chat read waiting for a reply checks whether the bot finished handling it.
+SETTLE_POLL = 0.02
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not start (the port is taken, say); the message says why."""
+
+
+class Sandbox:
+    """One registry served to a browser; use ``async with`` or :meth:`run`."""
+
+    def __init__(
+        self,
+        registry_path: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        redactor: TokenRedactingFilter | None = None,
+        shutdown_timeout: float = 5.0,
+        watch: bool = True,
+    ) -> None:
+        self.registry_path = registry_path
+        self.host = host
+        self.port = port
+        self.emulator = BotAPIEmulator()
+        self.supervisor: Supervisor | None = None
+        self.url = ""
+        self._redactor = redactor
+        self._shutdown_timeout = shutdown_timeout
+        self._watch = watch
+        self._users: dict[int, SimulatedUser] = {}
+        self._web: web.AppRunner | None = None
+        self._task: asyncio.Task[int] | None = None
+
+    # lifecycle
+
+    async def start(self) -> str:
+        """Start the emulator, the page's server and the bots; return the page's URL.
+
+        Raises :class:`~botyard.config.RegistryError` for an invalid registry and
+        :class:`SandboxError` when the page cannot listen.
+        """
+        await self.emulator.start("127.0.0.1", 0)  # bots are in this process: never exposed
+        try:
+            loader = EmulatedRegistryLoader(self.emulator.url, self._redactor)
+            registry = await asyncio.to_thread(loader, self.registry_path)
+            self.supervisor = Supervisor(
+                registry,
+                shutdown_timeout=self._shutdown_timeout,
+                watch=self._watch,
+                redactor=self._redactor,
+                loader=loader,
+                bot_factory=emulated_bot_factory(self.emulator),
+                serve_http=False,  # no webhook or ops server: this page is the only one
+            )
+            for config in registry.enabled_bots:
+                register(self.emulator, config)
+            for user_id, name in DEFAULT_USERS:
+                self._users[user_id] = self.emulator.user(user_id, name)
+            self._web = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=1.0)
+            await self._web.setup()
+            try:
+                await web.TCPSite(self._web, self.host, self.port).start()
+            except OSError as error:
+                raise SandboxError(
+                    f"cannot serve the sandbox on {self.host}:{self.port}: {error.strerror}; "
+                    "choose another --port"
+                ) from None
+            host, port = self._web.addresses[0][:2]
+            self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+            self._handle_stop_signals()
+            self._task = asyncio.create_task(self.supervisor.run(), name="botyard-sandbox")
+        except BaseException:
+            await self._close()
+            raise
+        return self.url
+
+    def _handle_stop_signals(self) -> None:
+        """Stop gracefully on SIGINT/SIGTERM from the moment the URL is announced.
+
+        The Supervisor installs the same handlers once its database is open;
+        until then a signal would kill the process with the database starting.
+        """
+        loop = asyncio.get_running_loop()
+        for signum in STOP_SIGNALS:
+            with contextlib.suppress(RuntimeError, ValueError):  # not the main thread
+                loop.add_signal_handler(signum, self.request_stop)
+
+    def request_stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.request_stop()
+
+    async def stop(self, *, request: bool = True) -> int:
+        """Stop the bots, then the page and the emulator; the Supervisor's exit code.
+
+        With ``request=False``, wait for the Supervisor to stop by itself (on a signal).
+        """
+        if request:
+            self.request_stop()
+        try:
+            return await self._task if self._task is not None else 0
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in STOP_SIGNALS:
+            with contextlib.suppress(RuntimeError, ValueError):
+                loop.remove_signal_handler(signum)
+        if self._web is not None:
+            await self._web.cleanup()
+            self._web = None
+        await self.emulator.stop()
+
+    async def run(self, announce: Callable[[str], None] = print) -> int:
+        """Serve until SIGINT/SIGTERM; ``announce`` is told the page's URL once it listens."""
+        announce(await self.start())
+        return await self.stop(request=False)
+
+    async def __aenter__(self) -> Sandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # what the page reads
+
+    @property
+    def database(self) -> AsyncDatabase[JSON] | None:
+        """The shared database, once the Supervisor opened it."""
+        return self.supervisor.database if self.supervisor is not None else None
+
+    def bot(self, name: str) -> BotConfig:
+        """The registry's bot called ``name``; 404 naming the known bots otherwise."""
+        assert self.supervisor is not None
+        registry = self.supervisor.registry
+        for config in registry.bots:
+            if config.name == name:
+                return config
+        known = ", ".join(config.name for config in registry.bots)
+        raise PageError(404, f"no bot named {name!r} in {registry.path.name} (bots: {known})")
+
+    def user(self, user_id: str | int) -> SimulatedUser:
+        """A simulated user by id; 404 naming the known users otherwise."""
+        try:
+            found = self._users.get(int(user_id))
+        except ValueError:
+            found = None
+        if found is None:
+            known = ", ".join(f"{user.id} ({user.first_name})" for user in self._users.values())
+            raise PageError(404, f"no simulated user {str(user_id)!r} (users: {known})")
+        return found
+
+    def users(self) -> list[JSON]:
+        return [user.as_json() for user in self._users.values()]
+
+    def add_user(self, first_name: object) -> SimulatedUser:
+        """A new simulated user with the next free id."""
+        if not isinstance(first_name, str) or not first_name.strip():
+            raise PageError(400, "'first_name' is required: the new user's name, as a string")
+        if len(first_name) > 64:
+            raise PageError(400, "a Telegram first name holds at most 64 characters")
+        user_id = max(self._users, default=1000) + 1
+        user = self._users[user_id] = self.emulator.user(user_id, first_name.strip())
+        return user
+
+    def emulated(self, config: BotConfig) -> EmulatedBot | None:
+        """The emulator's bot for ``config``; ``None`` until the bot first started."""
+        if config.token is None:
+            return None
+        token = config.token_value
+        return next((bot for bot in self.emulator.bots if bot.token == token), None)
+
+    async def statuses(self) -> JSON:
+        """The bot list: every bot in the registry, disabled ones too, in file order."""
+        assert self.supervisor is not None
+        registry = self.supervisor.registry
+        bots = []
+        for config in registry.bots:
+            records = await self._record_count(config)
+            runner = self.supervisor.runners.get(config.name)
+            bots.append(bot_status(config, runner, self.emulated(config), records))
+        return {
+            "registry": registry.path.name,
+            "storage": "ready" if self.database is not None else "starting",
+            "bots": bots,
+        }
+
+    async def _record_count(self, config: BotConfig) -> int | None:
+        if self.database is None:
+            return None
+        try:
+            return await record_count(self.database, config)
+        except PyMongoError as error:
+            logger.warning("cannot count bot=%s's FSM records: %s", config.name, error)
+            return None
+
+    async def chat(
+        self, bot_name: str, user_id: str | int, *, after: int | None = None, wait: float = 0.0
+    ) -> JSON:
+        """The user's chat with the bot and their FSM record.
+
+        With ``wait``, first wait up to that many seconds for a bot message
+        newer than message ``after`` (by default the user's last message).
+        """
+        config, user = self.bot(bot_name), self.user(user_id)
+        emulated = self.emulated(config)
+        if wait > 0 and emulated is not None:
+            await self._wait_for_reply(config, emulated, user, after, min(wait, MAX_WAIT))
+        return {
+            "bot": config.name,
+            "user": user.as_json(),
+            "messages": chat_messages(emulated, user.id),
+            "fsm": await self.fsm(config, emulated, user),
+        }
+
+    async def _wait_for_reply(
+        self,
+        config: BotConfig,
+        emulated: EmulatedBot,
+        user: SimulatedUser,
+        after: int | None,
+        timeout: float,
+    ) -> None:
+        """Wait for the bot's reply, then for the bot to finish handling what it received.
+
+        The reply is sent while the handler runs, and the FSM writes are made
+        when it returns: waiting for both lets a client read the new state.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            await self.emulator.wait_for_reply(
+                emulated.token, user.id, timeout=timeout, after_message_id=after
+            )
+        except TimeoutError:
+            return
+        assert self.supervisor is not None
+        while loop.time() < deadline:
+            runner = self.supervisor.runners.get(config.name)
+            if runner is None:
+                return
+            counters = runner.counters
+            if counters.handled + counters.errors >= counters.received:
+                return
+            await asyncio.sleep(SETTLE_POLL)
+
+    async def fsm(
+        self, config: BotConfig, emulated: EmulatedBot | None, user: SimulatedUser
+    ) -> JSON:
+        """The user's FSM state and data in the bot's namespace, straight from MongoDB."""
+        if self.database is None:
+            return {"state": None, "data": {}, "error": "the database is starting"}
+        bot_id = emulated.id if emulated is not None else 0
+        try:
+            return await fsm_record(self.database, config, storage_key(config, bot_id, user.id))
+        except PyMongoError as error:
+            return {"state": None, "data": {}, "error": f"cannot read the database: {error}"}
+
+    # what the page does
+
+    def _running_bot(self, bot_name: str) -> tuple[BotConfig, EmulatedBot]:
+        config = self.bot(bot_name)
+        if not config.enabled:
+            raise PageError(
+                409, f"bot {config.name!r} is disabled (enabled: false in the registry)"
+            )
+        emulated = self.emulated(config)
+        if emulated is None:
+            raise PageError(409, f"bot {config.name!r} has not started: see the sandbox's log")
+        return config, emulated
+
+    def send(self, bot_name: str, user_id: str | int, text: object) -> JSON:
+        """The user writes ``text`` to the bot; a leading ``/command`` is a command."""
+        _, emulated = self._running_bot(bot_name)
+        user = self.user(user_id)
+        update = self.emulator.send_message(emulated.token, user.id, check_text(text))
+        return {"update_id": update["update_id"], "message_id": update["message"]["message_id"]}
+
+    def press(
+        self, bot_name: str, user_id: str | int, message_id: object, callback_data: object
+    ) -> JSON:
+        """The user presses an inline button of one of the bot's messages."""
+        _, emulated = self._running_bot(bot_name)
+        user = self.user(user_id)
+        if not isinstance(message_id, int) or isinstance(message_id, bool):
+            raise PageError(400, "'message_id' is required: the bot message's id, an integer")
+        if not isinstance(callback_data, str):
+            raise PageError(400, "'callback_data' is required: the button's data, a string")
+        try:
+            update = self.emulator.press_button(emulated.token, user.id, message_id, callback_data)
+        except ControlError as error:
+            raise PageError(400, str(error)) from None
+        query = update["callback_query"]
+        return {"update_id": update["update_id"], "callback_query_id": query["id"]}
+
+    async def reset(self, bot_name: str, user_id: str | int) -> JSON:
+        """Clear the user's FSM state and data, as ``state.clear()`` in a handler would."""
+        config, user = self.bot(bot_name), self.user(user_id)
+        if self.database is None:
+            raise PageError(503, "the database is starting; try again in a moment")
+        emulated = self.emulated(config)
+        key = storage_key(config, emulated.id if emulated is not None else 0, user.id)
+        storage = BeanieStorage(self.database, config.namespace, state_ttl=config.state_ttl)
+        async with update_scope():  # one delete instead of two writes
+            await FSMContext(storage, key).clear()
+        return await self.fsm(config, emulated, user)

@@ -1,0 +1,315 @@
+// The sandbox page: plain JavaScript, no build step. Everything it shows comes from
+// the JSON API and the /api/stream server-sent events (see botyard/sandbox/__init__.py).
+// Text from bots and users is only ever set with textContent, never parsed as HTML.
+"use strict";
+
+const page = { bot: null, user: null, users: [], stream: null, shownMessages: 0 };
+
+const $ = (id) => document.getElementById(id);
+
+function element(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (name === "text") node.textContent = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+async function api(method, path, body) {
+  const options = { method, headers: {} };
+  if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (error) {
+    throw new Error(`the sandbox does not answer (${error.message}); is it still running?`);
+  }
+  const payload = await response
+    .json()
+    .catch(() => ({ error: `${response.status} ${response.statusText}` }));
+  if (!response.ok) throw new Error(payload.error || `${response.status} ${response.statusText}`);
+  return payload;
+}
+
+function show(id, message) {
+  const node = $(id);
+  node.textContent = message || "";
+  node.hidden = !message;
+}
+
+// -- where we are -------------------------------------------------------------
+
+function fromLocation() {
+  const match = location.pathname.match(/^\/bots\/([^/]+)(?:\/users\/([^/]+))?\/?$/);
+  if (!match) return { bot: null, user: null };
+  return { bot: decodeURIComponent(match[1]), user: match[2] ? decodeURIComponent(match[2]) : null };
+}
+
+function select(bot, user, { push = true } = {}) {
+  page.bot = bot;
+  page.user = user === null ? null : String(user);
+  page.shownMessages = 0;
+  const path = `/bots/${encodeURIComponent(bot)}/users/${encodeURIComponent(page.user)}`;
+  if (location.pathname !== path) {
+    if (push) history.pushState(null, "", path);
+    else history.replaceState(null, "", path);
+  }
+  show("notice", "");
+  renderUsers();
+  openStream();
+}
+
+function openStream() {
+  if (page.stream) page.stream.close();
+  const query = page.bot === null
+    ? ""
+    : `?bot=${encodeURIComponent(page.bot)}&user=${encodeURIComponent(page.user)}`;
+  const stream = new EventSource(`/api/stream${query}`);
+  page.stream = stream;
+  stream.addEventListener("open", () => setConnection("live", true));
+  stream.addEventListener("error", () => setConnection("reconnecting…", false));
+  stream.addEventListener("bots", (event) => renderBots(JSON.parse(event.data)));
+  stream.addEventListener("chat", (event) => {
+    show("problem", "");
+    renderChat(JSON.parse(event.data));
+  });
+  stream.addEventListener("problem", (event) => {
+    show("problem", JSON.parse(event.data).error);
+    renderChat(null);
+  });
+}
+
+function setConnection(text, live) {
+  const node = $("connection");
+  node.textContent = text;
+  node.classList.toggle("live", live);
+}
+
+// -- the bot list -------------------------------------------------------------
+
+function renderBots(payload) {
+  $("registry").textContent = payload.registry
+    + (payload.storage === "ready" ? "" : " · database starting…");
+  const list = $("bots");
+  list.replaceChildren(
+    ...payload.bots.map((bot) => {
+      const records = bot.fsm_records === null ? "…" : bot.fsm_records;
+      const item = element(
+        "li",
+        { class: "bot", "data-bot": bot.name, "data-status": bot.status, title: bot.detail || "" },
+        element(
+          "div",
+          { class: "bot-line" },
+          element("span", { class: "bot-name", text: bot.name }),
+          element("span", { class: `status status-${bot.status}`, text: bot.status.replace("_", " ") }),
+        ),
+        element(
+          "div",
+          { class: "counters" },
+          element("span", { class: "handled", text: `handled ${bot.handled}` }),
+          element("span", { class: "errors", text: `errors ${bot.errors}` }),
+          element("span", { class: "records", text: `FSM records ${records}` }),
+        ),
+      );
+      if (bot.detail) item.append(element("div", { class: "detail muted", text: bot.detail }));
+      item.classList.toggle("selected", bot.name === page.bot);
+      item.addEventListener("click", () => select(bot.name, page.user ?? page.users[0]?.id ?? 1001));
+      return item;
+    }),
+  );
+  if (page.bot === null && payload.bots.length > 0) {
+    const first = payload.bots.find((bot) => bot.enabled) ?? payload.bots[0];
+    select(first.name, page.users[0]?.id ?? 1001, { push: false });
+  }
+}
+
+// -- users --------------------------------------------------------------------
+
+function renderUsers() {
+  $("users").replaceChildren(
+    ...page.users.map((user) =>
+      element("button", {
+        type: "button",
+        class: String(user.id) === page.user ? "user selected" : "user",
+        "data-user": String(user.id),
+        title: `user id ${user.id}`,
+        text: user.first_name,
+        onclick: () => select(page.bot, user.id),
+      }),
+    ),
+  );
+}
+
+async function addUser(event) {
+  event.preventDefault();
+  try {
+    const user = await api("POST", "/api/users", { first_name: $("new-user").value });
+    page.users.push(user);
+    $("new-user").value = "";
+    select(page.bot, user.id);
+  } catch (error) {
+    show("notice", error.message);
+  }
+}
+
+// -- the chat -----------------------------------------------------------------
+
+function renderChat(chat) {
+  const messages = $("messages");
+  const enabled = chat !== null;
+  $("text").disabled = $("send").disabled = $("reset").disabled = !enabled;
+  if (!enabled) {
+    $("chat-title").textContent = "No chat";
+    messages.replaceChildren();
+    $("reply-keyboard").replaceChildren();
+    renderFsm(null);
+    return;
+  }
+  $("chat-title").textContent = `${chat.bot} · ${chat.user.first_name}`;
+  const atBottom = messages.scrollTop + messages.clientHeight >= messages.scrollHeight - 8;
+  messages.replaceChildren(...chat.messages.map(renderMessage));
+  if (chat.messages.length === 0) {
+    messages.append(element("li", { class: "empty muted", text: "No messages yet: try /start." }));
+  }
+  if (atBottom || chat.messages.length > page.shownMessages) messages.scrollTop = messages.scrollHeight;
+  page.shownMessages = chat.messages.length;
+  const lastBot = [...chat.messages].reverse().find((message) => message.from === "bot");
+  renderReplyKeyboard(lastBot ? lastBot.keyboard : []);
+  renderFsm(chat);
+}
+
+function renderMessage(message) {
+  const item = element("li", {
+    class: `message from-${message.from}`,
+    "data-message-id": String(message.message_id),
+    "data-from": message.from,
+  });
+  item.append(element("div", { class: "text", text: message.text }));
+  if (message.edited) {
+    item.append(
+      element("span", {
+        class: "edited",
+        text: "edited",
+        title: `before: ${message.previous_texts.join(" → ")}`,
+      }),
+    );
+  }
+  for (const row of message.buttons) {
+    const line = element("div", { class: "buttons" });
+    for (const button of row) {
+      if (button.callback_data !== undefined) {
+        line.append(
+          element("button", {
+            type: "button",
+            class: "inline",
+            "data-callback": button.callback_data,
+            text: button.text,
+            onclick: () => press(message.message_id, button.callback_data),
+          }),
+        );
+      } else if (button.url !== undefined) {
+        line.append(element("a", { class: "inline", href: button.url, target: "_blank", rel: "noopener", text: button.text }));
+      } else {
+        line.append(element("span", { class: "inline muted", text: button.text }));
+      }
+    }
+    item.append(line);
+  }
+  return item;
+}
+
+function renderReplyKeyboard(rows) {
+  $("reply-keyboard").replaceChildren(
+    ...rows.map((row) =>
+      element(
+        "div",
+        { class: "buttons" },
+        ...row.map((text) => element("button", { type: "button", class: "keyboard", text, onclick: () => sendText(text) })),
+      ),
+    ),
+  );
+}
+
+function chatPath(suffix) {
+  return `/api/bots/${encodeURIComponent(page.bot)}/users/${encodeURIComponent(page.user)}/${suffix}`;
+}
+
+async function sendText(text) {
+  try {
+    await api("POST", chatPath("messages"), { text });
+    show("notice", "");
+    return true;
+  } catch (error) {
+    show("notice", error.message);
+    return false;
+  }
+}
+
+async function send(event) {
+  event.preventDefault();
+  if (await sendText($("text").value)) $("text").value = "";
+  $("text").focus();
+}
+
+async function press(messageId, callbackData) {
+  try {
+    await api("POST", chatPath("buttons"), { message_id: messageId, callback_data: callbackData });
+    show("notice", "");
+  } catch (error) {
+    show("notice", error.message);
+  }
+}
+
+// -- FSM state beside the chat ------------------------------------------------
+
+function renderFsm(chat) {
+  const fsm = chat ? chat.fsm : { state: null, data: {} };
+  $("fsm-who").textContent = chat ? `${chat.user.first_name} (${chat.user.id}) in ${chat.bot}` : "";
+  $("fsm-state").textContent = fsm.state ?? "none";
+  $("fsm-data").textContent = JSON.stringify(fsm.data ?? {}, null, 2);
+  $("fsm-updated").textContent = fsm.updated_at ?? "–";
+  $("fsm-expires").textContent = fsm.expires_at ?? (fsm.stored ? "never" : "–");
+  show("fsm-error", fsm.error || "");
+}
+
+async function reset() {
+  try {
+    const fsm = await api("POST", chatPath("reset"));
+    $("fsm-state").textContent = fsm.state ?? "none";
+    $("fsm-data").textContent = JSON.stringify(fsm.data ?? {}, null, 2);
+    show("notice", "");
+  } catch (error) {
+    show("notice", error.message);
+  }
+}
+
+// -- start --------------------------------------------------------------------
+
+async function start() {
+  $("composer").addEventListener("submit", send);
+  $("add-user").addEventListener("submit", addUser);
+  $("reset").addEventListener("click", reset);
+  window.addEventListener("popstate", () => {
+    const where = fromLocation();
+    if (where.bot !== null) select(where.bot, where.user ?? page.users[0]?.id, { push: false });
+  });
+  try {
+    page.users = (await api("GET", "/api/users")).users;
+  } catch (error) {
+    show("problem", error.message);
+  }
+  const where = fromLocation();
+  if (where.bot !== null) select(where.bot, where.user ?? page.users[0]?.id ?? 1001, { push: false });
+  else {
+    renderUsers();
+    openStream();
+  }
+}
+
+start();
