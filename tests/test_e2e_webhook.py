@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import runpy
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,16 +17,14 @@ from botyard.embedded import free_port
 from botyard.journal import JOURNAL_COLLECTION
 from botyard.testing import EmulatorThread
 
-from e2e import BotyardProcess, copy_example_bots
+from e2e import REPO, BotyardProcess, copy_example_bots
 
 pytestmark = pytest.mark.e2e
 
-QUESTIONS = [
-    "Question 1: What is your favorite color?",
-    "Question 2: What is your favorite animal?",
-    "Question 3: What is your favorite food?",
-]
-THANKS = "Thank you for completing the questionnaire."
+# The questionnaire bot's own texts, so this test follows the bot.
+_QUESTIONNAIRE = runpy.run_path(str(REPO / "bots" / "questionnaire" / "__init__.py"))
+QUESTIONS: list[str] = list(_QUESTIONNAIRE["QUESTIONS"].values())
+THANKS: str = _QUESTIONNAIRE["THANKS"]
 
 SLOW_BOT = """
 import asyncio

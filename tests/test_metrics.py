@@ -7,16 +7,14 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pymongo import AsyncMongoClient
 
 from botyard import metrics as metrics_module
 from botyard.embedded import SecantusServer
 from botyard.testing import BotAPIEmulator
-from webhook_harness import Yard, wait_until
+from webhook_harness import Yard, open_yard, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -25,13 +23,8 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 async def yard(
     tmp_path: Path, bot_api: BotAPIEmulator, mongo_uri: str, database_name: str
 ) -> AsyncIterator[Yard]:
-    yard = Yard(tmp_path, bot_api, mongo_uri, database_name)
-    yield yard
-    if yard.supervisor is not None and not yard.supervisor.stopping:
-        await yard.stop()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
-    await client.drop_database(database_name)
-    await client.close()
+    async with open_yard(tmp_path, bot_api, mongo_uri, database_name) as opened:
+        yield opened
 
 
 async def scrape(yard: Yard) -> tuple[str, Samples]:

@@ -15,20 +15,15 @@ from botyard.journal import JOURNAL_COLLECTION, UpdateJournal
 from botyard.testing import BotAPIEmulator
 from botyard.webhook import MAX_BODY_BYTES, SECRET_HEADER
 from botyard.webhook_secrets import SECRETS_COLLECTION, SecretStore
-from webhook_harness import Yard, wait_until
+from webhook_harness import Yard, open_yard, wait_until
 
 
 @pytest.fixture
 async def yard(
     tmp_path: Path, bot_api: BotAPIEmulator, mongo_uri: str, database_name: str
 ) -> AsyncIterator[Yard]:
-    yard = Yard(tmp_path, bot_api, mongo_uri, database_name)
-    yield yard
-    if yard.supervisor is not None and not yard.supervisor.stopping:
-        await yard.stop()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
-    await client.drop_database(database_name)
-    await client.close()
+    async with open_yard(tmp_path, bot_api, mongo_uri, database_name) as opened:
+        yield opened
 
 
 def webhook_of(yard: Yard, bot: str) -> tuple[str, str]:

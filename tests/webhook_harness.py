@@ -7,8 +7,9 @@ process (runner counters, the metrics registry) while it serves real HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,22 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> No
     async with asyncio.timeout(timeout):
         while not predicate():  # noqa: ASYNC110 - polling plain attributes
             await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def open_yard(
+    directory: Path, emulator: BotAPIEmulator, mongo_uri: str, database: str
+) -> AsyncIterator[Yard]:
+    """A :class:`Yard`, stopped (if still running) and its database dropped afterwards."""
+    yard = Yard(directory, emulator, mongo_uri, database)
+    try:
+        yield yard
+    finally:
+        if yard.supervisor is not None and not yard.supervisor.stopping:
+            await yard.stop()
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
+        await client.drop_database(database)
+        await client.close()
 
 
 class Yard:
