@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
+from click.testing import CliRunner
+from pymongo import AsyncMongoClient, MongoClient
 
 from botyard import supervisor as supervisor_module
+from botyard.cli import main
 from botyard.journal import JOURNAL_COLLECTION, UpdateJournal
 from botyard.testing import BotAPIEmulator
 from botyard.webhook import MAX_BODY_BYTES, SECRET_HEADER
@@ -188,3 +190,51 @@ async def test_switching_a_bot_to_polling_deletes_its_webhook(yard: Yard) -> Non
     assert yard.emulator.webhook_info(token)["url"] == ""
     yard.emulator.send_message(token, 3, "polled")
     assert (await yard.emulator.wait_for_reply(token, 3))["text"] == "polled"
+
+
+def test_rotate_command_rotates_webhook_bots_and_names_bad_input(
+    tmp_path: Path, mongo_uri: str, database_name: str
+) -> None:
+    registry = tmp_path / "botyard.yaml"
+    bots = "".join(
+        f"  - name: {name}\n    token: 12345678{index}:{'A' * 35}\n"
+        f"    routers: [bots.echo:router]\n    mode: {mode}\n"
+        for index, (name, mode) in enumerate([("hook", "webhook"), ("poll", "polling")])
+    )
+    registry.write_text(
+        f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\n"
+        f"webhook:\n  base_url: https://bots.example.com\nbots:\n{bots}"
+    )
+
+    def rotate(*args: str) -> Any:
+        return CliRunner().invoke(main, ["webhook", "rotate", str(registry), *args])
+
+    def stored() -> dict[str, Any]:
+        with MongoClient(mongo_uri) as client:
+            return {doc["_id"]: doc for doc in client[database_name][SECRETS_COLLECTION].find()}
+
+    try:
+        first = rotate()
+        assert first.exit_code == 0, first.output
+        assert "rotated the webhook secrets of hook;" in first.output
+        before = stored()
+        assert set(before) == {"hook"}
+        assert before["hook"]["path"] not in first.output
+        assert before["hook"]["token"] not in first.output
+        again = rotate("--bot", "hook")
+        assert again.exit_code == 0, again.output
+        assert stored()["hook"]["token"] != before["hook"]["token"]
+
+        polling = rotate("--bot", "poll")
+        assert polling.exit_code == 1
+        assert "not in webhook mode: poll" in polling.output
+        unknown = rotate("--bot", "nope")
+        assert unknown.exit_code == 1
+        assert "no bot named 'nope'" in unknown.output
+        registry.write_text(registry.read_text().replace("mode: webhook", "mode: polling"))
+        none = rotate()
+        assert none.exit_code == 1
+        assert "no bot in botyard.yaml uses mode: webhook" in none.output
+    finally:
+        with MongoClient(mongo_uri) as client:
+            client.drop_database(database_name)
