@@ -6,21 +6,18 @@ store when ``storage.uri`` is empty (only while no ``botyard run`` uses it).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from beanie import init_beanie
 from click.core import ParameterSource
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from botyard.cli.database import connect, run_on_database
 from botyard.cli.options import load_or_exit, registry_argument
 from botyard.config import Registry
 from botyard.durations import format_duration
@@ -50,14 +47,11 @@ from botyard.migrations_runner import (
     find_migrations,
 )
 from botyard.storage import FSMRecord, prepare_database
-from botyard.store import open_store
 from botyard.tokens import mask_uri
 
 Document = dict[str, Any]
 T = TypeVar("T")
 
-#: A command that cannot reach the database says so after this long.
-SERVER_SELECTION_TIMEOUT_MS = 10_000
 #: Errors that are bad input or a busy lock, not bugs: one line, exit status 1.
 _EXPECTED = (MigrationError, MigrationsNotFound, LockTimeout, LockLost, SourceError)
 
@@ -150,7 +144,7 @@ def status(registry_path: Path, folder: Path | None) -> None:
         applied = sum(state.applied for state in states)
         click.echo(f"{applied} applied, {len(states) - applied} pending")
 
-    run_on_database(registry, report)
+    _run(registry, report)
 
 
 def _move(
@@ -197,7 +191,7 @@ def _move(
         else:
             click.echo(f"{len(done)} migration(s) rolled back" if done else "nothing to roll back")
 
-    run_on_database(registry, move)
+    _run(registry, move)
 
 
 def _prepare(registry_path: Path, folder: Path | None) -> tuple[Registry, Path]:
@@ -211,7 +205,11 @@ def _prepare(registry_path: Path, folder: Path | None) -> tuple[Registry, Path]:
     return registry, found
 
 
-# --- shared with `botyard import` ---------------------------------------------------
+# --- shared by `botyard migrate` and `botyard import` ----------------------------
+
+
+def _run(registry: Registry, action: Callable[[AsyncDatabase[Document]], Awaitable[T]]) -> T:
+    return run_on_database(registry, action, appname="botyard-migrate", expected=_EXPECTED)
 
 
 def load_quietly(registry_path: Path) -> Registry:
@@ -220,42 +218,6 @@ def load_quietly(registry_path: Path) -> Registry:
     registry = load_or_exit(registry_path, require_tokens=False)
     redactor.tokens.update(bot.token_value for bot in registry.bots if bot.token)
     return registry
-
-
-def run_on_database(
-    registry: Registry, action: Callable[[AsyncDatabase[Document]], Awaitable[T]]
-) -> T:
-    """Run ``action`` on the registry's database; expected failures exit 1 with one line."""
-
-    async def main() -> T:
-        async with botyard_database(registry) as database:
-            return await action(database)
-
-    try:
-        return asyncio.run(main())
-    except PyMongoError as error:
-        where = mask_uri(registry.storage.uri) if registry.storage.uri else "the embedded store"
-        click.echo(f"error: database {where}: {error}", err=True)
-        raise SystemExit(1) from None
-    except _EXPECTED as error:
-        click.echo(f"error: {error}", err=True)
-        raise SystemExit(1) from None
-
-
-@contextlib.asynccontextmanager
-async def botyard_database(registry: Registry) -> AsyncIterator[AsyncDatabase[Document]]:
-    """The registry's database, on a client of its own; nothing is created in it."""
-    async with open_store(registry) as uri:
-        client: AsyncMongoClient[Document] = AsyncMongoClient(
-            uri,
-            tz_aware=True,
-            appname="botyard-migrate",
-            serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-        )
-        try:
-            yield client[registry.storage.database]
-        finally:
-            await client.close()
 
 
 # --- import ------------------------------------------------------------------------
@@ -328,12 +290,7 @@ def import_state(
     label = source_label(uri, database, collection or "")
 
     async def copy(target: AsyncDatabase[Document]) -> ImportReport:
-        client: AsyncMongoClient[Document] = AsyncMongoClient(
-            uri,
-            tz_aware=True,
-            appname="botyard-import",
-            serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-        )
+        client = connect(uri, "botyard-import")
         try:
             source = _source(source_format, client[database], collection or "", label, key_options)
             click.echo(f"source: {source.describe()}")
@@ -374,7 +331,7 @@ def import_state(
         finally:
             await client.close()
 
-    _print_report(run_on_database(registry, copy), dry_run)
+    _print_report(_run(registry, copy), dry_run)
 
 
 def _check_import_options(

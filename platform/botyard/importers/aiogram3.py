@@ -36,9 +36,9 @@ class KeyLayout:
             raise ParseError(f"does not start with {head!r} (see --prefix, --separator)")
         parts = key[len(head) :].split(self.separator)
         bot_id = parse_id(parts.pop(0), "bot id") if self.with_bot_id and parts else 0
-        destiny = DEFAULT_DESTINY
-        if self.with_destiny and len(parts) > 2:
-            destiny = parts.pop()
+        if self.with_destiny and len(parts) < 3:
+            raise ParseError(f"expected {self._shape()}: no destiny after the user id")
+        destiny = parts.pop() if self.with_destiny else DEFAULT_DESTINY
         business_connection_id = None
         if self.with_business_connection_id and len(parts) > 2 and not _is_int(parts[0]):
             business_connection_id = parts.pop(0)

@@ -1,0 +1,73 @@
+"""Commands' access to the registry's database, as ``botyard run`` has it.
+
+The embedded store when ``storage.uri`` is empty (only while no ``botyard run``
+uses it), a client of the command's own, and database errors turned into one
+line naming the database (its password masked) and exit status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from botyard.config import Registry
+from botyard.store import open_store
+from botyard.tokens import mask_uri
+
+Document = dict[str, Any]
+T = TypeVar("T")
+
+#: A command that cannot reach the database says so after this long.
+SERVER_SELECTION_TIMEOUT_MS = 10_000
+
+
+def connect(uri: str, appname: str) -> AsyncMongoClient[Document]:
+    """A client for a command: timezone-aware dates, a short wait for an unreachable server."""
+    return AsyncMongoClient(
+        uri, tz_aware=True, appname=appname, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS
+    )
+
+
+@contextlib.asynccontextmanager
+async def registry_database(
+    registry: Registry, appname: str
+) -> AsyncIterator[AsyncDatabase[Document]]:
+    """The registry's database on a client of its own; nothing is created in it."""
+    async with open_store(registry) as uri:
+        client = connect(uri, appname)
+        try:
+            yield client[registry.storage.database]
+        finally:
+            await client.close()
+
+
+def run_on_database(
+    registry: Registry,
+    action: Callable[[AsyncDatabase[Document]], Awaitable[T]],
+    *,
+    appname: str,
+    expected: tuple[type[Exception], ...] = (),
+) -> T:
+    """Run ``action`` on the registry's database; a database error or an ``expected``
+    one is printed as one line, with exit status 1."""
+
+    async def main() -> T:
+        async with registry_database(registry, appname) as database:
+            return await action(database)
+
+    try:
+        return asyncio.run(main())
+    except PyMongoError as error:
+        where = mask_uri(registry.storage.uri) if registry.storage.uri else "the embedded store"
+        click.echo(f"error: database {where}: {error}", err=True)
+        raise SystemExit(1) from None
+    except expected as error:
+        click.echo(f"error: {error}", err=True)
+        raise SystemExit(1) from None
