@@ -55,12 +55,14 @@ function select(bot, user, { push = true } = {}) {
   page.bot = bot;
   page.user = user === null ? null : String(user);
   page.shownMessages = 0;
+  $("messages").replaceChildren();  // another chat: nothing of the last one stays
   const path = `/bots/${encodeURIComponent(bot)}/users/${encodeURIComponent(page.user)}`;
   if (location.pathname !== path) {
     if (push) history.pushState(null, "", path);
     else history.replaceState(null, "", path);
   }
   show("notice", "");
+  for (const item of $("bots").children) item.classList.toggle("selected", item.dataset.bot === bot);
   renderUsers();
   openStream();
 }
@@ -97,36 +99,65 @@ function renderBots(payload) {
   $("registry").textContent = payload.registry
     + (payload.storage === "ready" ? "" : " · database starting…");
   const list = $("bots");
-  list.replaceChildren(
-    ...payload.bots.map((bot) => {
-      const records = bot.fsm_records === null ? "…" : bot.fsm_records;
-      const item = element(
-        "li",
-        { class: "bot", "data-bot": bot.name, "data-status": bot.status, title: bot.detail || "" },
-        element(
-          "div",
-          { class: "bot-line" },
-          element("span", { class: "bot-name", text: bot.name }),
-          element("span", { class: `status status-${bot.status}`, text: bot.status.replace("_", " ") }),
-        ),
-        element(
-          "div",
-          { class: "counters" },
-          element("span", { class: "handled", text: `handled ${bot.handled}` }),
-          element("span", { class: "errors", text: `errors ${bot.errors}` }),
-          element("span", { class: "records", text: `FSM records ${records}` }),
-        ),
-      );
-      if (bot.detail) item.append(element("div", { class: "detail muted", text: bot.detail }));
-      item.classList.toggle("selected", bot.name === page.bot);
-      item.addEventListener("click", () => select(bot.name, page.user ?? page.users[0]?.id ?? 1001));
-      return item;
-    }),
-  );
+  const known = new Map([...list.children].map((item) => [item.dataset.bot, item]));
+  const items = payload.bots.map((bot) => {
+    const item = known.get(bot.name) ?? newBotItem(bot.name);
+    updateBotItem(item, bot);
+    return item;
+  });
+  keepChildren(list, items);
   if (page.bot === null && payload.bots.length > 0) {
     const first = payload.bots.find((bot) => bot.enabled) ?? payload.bots[0];
     select(first.name, page.users[0]?.id ?? 1001, { push: false });
   }
+}
+
+function newBotItem(name) {
+  const item = element(
+    "li",
+    { class: "bot", "data-bot": name },
+    element(
+      "div",
+      { class: "bot-line" },
+      element("span", { class: "bot-name", text: name }),
+      element("span", { class: "status" }),
+    ),
+    element(
+      "div",
+      { class: "counters" },
+      element("span", { class: "handled" }),
+      element("span", { class: "errors" }),
+      element("span", { class: "records" }),
+    ),
+    element("div", { class: "detail muted" }),
+  );
+  item.addEventListener("click", () => select(name, page.user ?? page.users[0]?.id ?? 1001));
+  return item;
+}
+
+function updateBotItem(item, bot) {
+  const records = bot.fsm_records === null ? "…" : bot.fsm_records;
+  item.dataset.status = bot.status;
+  item.title = bot.detail || "";
+  item.classList.toggle("selected", bot.name === page.bot);
+  const status = item.querySelector(".status");
+  status.className = `status status-${bot.status}`;
+  setText(status, bot.status.replace("_", " "));
+  setText(item.querySelector(".handled"), `handled ${bot.handled}`);
+  setText(item.querySelector(".errors"), `errors ${bot.errors}`);
+  setText(item.querySelector(".records"), `FSM records ${records}`);
+  setText(item.querySelector(".detail"), bot.detail || "");
+}
+
+// Nodes are updated in place, never rebuilt: a click or a text selection survives a refresh.
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function keepChildren(parent, children) {
+  const same = parent.children.length === children.length
+    && children.every((child, index) => parent.children[index] === child);
+  if (!same) parent.replaceChildren(...children);
 }
 
 // -- users --------------------------------------------------------------------
@@ -171,12 +202,24 @@ function renderChat(chat) {
     renderFsm(null);
     return;
   }
-  $("chat-title").textContent = `${chat.bot} · ${chat.user.first_name}`;
+  setText($("chat-title"), `${chat.bot} · ${chat.user.first_name}`);
   const atBottom = messages.scrollTop + messages.clientHeight >= messages.scrollHeight - 8;
-  messages.replaceChildren(...chat.messages.map(renderMessage));
-  if (chat.messages.length === 0) {
-    messages.append(element("li", { class: "empty muted", text: "No messages yet: try /start." }));
+  const known = new Map(
+    [...messages.querySelectorAll(".message")].map((item) => [item.dataset.messageId, item]),
+  );
+  const items = chat.messages.map((message) => {
+    const item = known.get(String(message.message_id));
+    const shape = JSON.stringify(message);
+    if (item && item.shape === shape) return item;
+    const fresh = renderMessage(message);
+    fresh.shape = shape;
+    if (item) item.replaceWith(fresh);  // an edit: the message changes where it is
+    return fresh;
+  });
+  if (items.length === 0) {
+    items.push(element("li", { class: "empty muted", text: "No messages yet: try /start." }));
   }
+  keepChildren(messages, items);
   if (atBottom || chat.messages.length > page.shownMessages) messages.scrollTop = messages.scrollHeight;
   page.shownMessages = chat.messages.length;
   const lastBot = [...chat.messages].reverse().find((message) => message.from === "bot");
@@ -214,7 +257,9 @@ function renderMessage(message) {
           }),
         );
       } else if (button.url !== undefined) {
-        line.append(element("a", { class: "inline", href: button.url, target: "_blank", rel: "noopener", text: button.text }));
+        line.append(
+          element("a", { class: "inline", href: button.url, target: "_blank", rel: "noopener", text: button.text }),
+        );
       } else {
         line.append(element("span", { class: "inline muted", text: button.text }));
       }
@@ -273,9 +318,14 @@ function renderFsm(chat) {
   $("fsm-who").textContent = chat ? `${chat.user.first_name} (${chat.user.id}) in ${chat.bot}` : "";
   $("fsm-state").textContent = fsm.state ?? "none";
   $("fsm-data").textContent = JSON.stringify(fsm.data ?? {}, null, 2);
-  $("fsm-updated").textContent = fsm.updated_at ?? "–";
-  $("fsm-expires").textContent = fsm.expires_at ?? (fsm.stored ? "never" : "–");
+  $("fsm-updated").textContent = when(fsm.updated_at) ?? "–";
+  $("fsm-expires").textContent = when(fsm.expires_at) ?? (fsm.stored ? "never" : "–");
   show("fsm-error", fsm.error || "");
+}
+
+function when(iso) {
+  if (!iso) return null;
+  return `${new Date(iso).toISOString().slice(0, 19).replace("T", " ")} UTC`;
 }
 
 async function reset() {
