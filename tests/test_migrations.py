@@ -7,6 +7,8 @@ subprocesses when two must run at once), against the session's database.
 from __future__ import annotations
 
 import asyncio
+import re
+import shlex
 import shutil
 import subprocess
 import textwrap
@@ -23,6 +25,7 @@ from botyard.cli import main
 from botyard.migrations_runner import LOCK_COLLECTION, find_migrations, transaction_support
 from botyard.migrations_runner.paths import MigrationsNotFound
 from botyard.storage import COLLECTION_NAME, prepare_database, utcnow
+from test_deploy import assert_parses
 
 from e2e import BOTYARD, REPO
 
@@ -452,3 +455,21 @@ def test_an_empty_storage_uri_migrates_the_embedded_store(tmp_path: Path) -> Non
     assert (tmp_path / ".botyard" / "data").is_dir()
     status = runner.invoke(main, [*args, "status", *path], catch_exceptions=False)
     assert "1 applied, 0 pending" in status.output, "the same embedded data, reopened"
+
+
+def test_every_command_the_readme_shows_parses() -> None:
+    """The README's section shows each command and option as the CLI takes them."""
+    section = (REPO / "README.md").read_text().split("## Migrations and importing state", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    shown = [
+        shlex.split(line, comments=True)
+        for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+        for line in block.splitlines()
+        if line.startswith("botyard ")
+    ]
+    assert {words[1] for words in shown} == {"migrate", "import"}
+    assert {"status", "up", "down", "--steps", "--path"} <= {w for ws in shown for w in ws}
+    formats = {words[words.index("--from") + 1] for words in shown if "--from" in words}
+    assert formats == {"aiogram", "aiogram2", "seed"}
+    for words in shown:
+        assert_parses(words[1:])
