@@ -22,7 +22,13 @@ from click.testing import CliRunner, Result
 from pymongo import AsyncMongoClient, MongoClient
 
 from botyard.cli import main
-from botyard.migrations_runner import LOCK_COLLECTION, find_migrations, transaction_support
+from botyard.migrations_runner import (
+    LOCK_COLLECTION,
+    LockLost,
+    MigrationLock,
+    find_migrations,
+    transaction_support,
+)
 from botyard.migrations_runner.paths import MigrationsNotFound
 from botyard.storage import COLLECTION_NAME, prepare_database, utcnow
 from test_deploy import assert_parses
@@ -121,7 +127,9 @@ def test_up_status_down_round_trip(setup: Setup) -> None:
     assert status.exit_code == 0, status.output
     assert f"pending  {FIRST}" in lines(status)
     assert "0 applied, 1 pending" in status.output
-    assert setup.indexes() == {}, "status writes nothing"
+    client, db = setup.db()
+    with client:
+        assert db.list_collection_names() == [], "status writes nothing"
 
     up = setup.migrate("up")
     assert up.exit_code == 0, up.output
@@ -332,6 +340,33 @@ def test_up_waits_for_a_held_lock_and_applies_after_its_release(setup: Setup) ->
     assert run.returncode == 0, rest
     assert f"applied {FIRST}" in rest
     assert "fsm_key" in setup.indexes()
+
+
+async def test_a_run_that_lost_its_lock_stops_before_the_next_migration(
+    mongo_client: AsyncMongoClient[dict[str, Any]], database_name: str
+) -> None:
+    database = mongo_client[database_name]
+    lock = MigrationLock(database, owner="slow:1:aa", ttl=timedelta(seconds=30))
+    other = MigrationLock(database, owner="fast:2:bb")
+    try:
+        assert await lock.try_acquire() is None
+        holder = await other.try_acquire()
+        assert holder is not None
+        assert holder.owner == "slow:1:aa"
+        assert await lock.renew()
+        lock.check()  # still ours: carry on
+        # the holder stalled past its expiry and another run took the lock over
+        await database[LOCK_COLLECTION].update_one(
+            {"_id": "migrate"}, {"$set": {"expires_at": utcnow() - timedelta(seconds=1)}}
+        )
+        assert await other.try_acquire() is None
+        assert not await lock.renew()
+        with pytest.raises(LockLost, match="stopped before the next migration"):
+            lock.check()
+        await lock.release()  # not ours any more: left alone
+        assert (await database[LOCK_COLLECTION].find_one())["owner"] == "fast:2:bb"  # type: ignore[index]
+    finally:
+        await mongo_client.drop_database(database_name)
 
 
 def test_up_gives_up_on_a_held_lock_after_the_timeout(setup: Setup) -> None:
