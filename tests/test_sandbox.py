@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from pymongo import AsyncMongoClient
 
+from botyard.embedded import free_port
 from botyard.sandbox import Sandbox
 from botyard.storage import COLLECTION_NAME
 from botyard.tokens import redact
@@ -435,12 +436,6 @@ async def test_editing_the_registry_changes_the_bot_list(
 
 
 # --- the command line ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_json(method: str, url: str, body: Any = None) -> Any:
