@@ -56,6 +56,8 @@ FLUSH_DELAY = 0.2
 HEARTBEAT_INTERVAL = 10.0
 #: An instance without a heartbeat for this long is gone: its entries are claimed.
 DEAD_AFTER = timedelta(seconds=30)
+#: Heartbeats of instances that died (no clean shutdown) are deleted after this long.
+FORGET_AFTER = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,11 @@ class UpdateJournal:
         self._flusher: asyncio.Task[None] | None = None
 
     async def prepare(self) -> None:
-        """Create the index claims and recovery query by, and write the first heartbeat."""
+        """Create the index claims query by, forget long-dead instances, write a heartbeat."""
         await self.entries.create_indexes(
             [IndexModel([("bot", ASCENDING), ("owner", ASCENDING)], name="bot_owner")]
         )
+        await self.instances.delete_many({"seen_at": {"$lt": utcnow() - FORGET_AFTER}})
         await self.heartbeat()
         self._flusher = asyncio.create_task(self._flush_loop(), name="botyard-journal-flush")
 

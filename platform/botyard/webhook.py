@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiogram.exceptions import TelegramAPIError
 from aiogram.types import Update
 from aiohttp import web
 from pydantic import ValidationError
@@ -129,11 +130,14 @@ class WebhookEndpoint:
                 type(error).__name__,
             )
             return _text(503, "storage unavailable; deliver again later")
-        if fresh:
-            self._metrics.count_webhook(name, "accepted")
-            self._submit(name, route.runner, parsed)
-        else:  # delivered again while still journaled: it is handled once, from there
+        if not fresh:  # delivered again while still journaled: it is handled once, from there
             self._metrics.count_webhook(name, "duplicate")
+            return web.json_response({})
+        self._metrics.count_webhook(name, "accepted")
+        current = self._routes.get(name)  # a reload may have replaced the runner meanwhile
+        if current is not None and current.accepting:
+            self._submit(name, current.runner, parsed)
+        # else the bot is stopping: the journal keeps the update for its next start.
         return web.json_response({})
 
     def _submit(self, name: str, runner: BotRunner, update: Update) -> None:
@@ -178,16 +182,22 @@ class WebhookEndpoint:
         stored = await self.secret_store.current(running)
         for name, route in running.items():
             secret = stored.get(name)
-            if secret is not None and secret.path != route.secrets[0].path:
+            if secret is None or secret.path == route.secrets[0].path:
+                continue
+            try:
                 await self._apply_rotation(route, secret)
+            except TelegramAPIError as error:  # one bot's trouble must not hold the others
+                logger.warning("bot=%s rotated secrets not applied yet: %s", name, error)
 
     async def _apply_rotation(self, route: _Route, secret: WebhookSecret) -> None:
         """Accept old and new secrets until Telegram has the new ones, then only the new."""
         route.secrets.insert(0, secret)
         try:
             await self._set_webhook(route.runner, secret)
-        finally:
-            del route.secrets[1:]
+        except BaseException:  # Telegram still has the old ones; the next heartbeat retries
+            route.secrets.remove(secret)
+            raise
+        del route.secrets[1:]
         logger.info("bot=%s webhook secrets rotated; setWebhook called", route.runner.name)
 
     def _recover(self, runner: BotRunner, entry: JournalEntry) -> None:
