@@ -151,3 +151,38 @@ async def test_the_watchdog_names_the_bot_and_handler_that_block_the_loop(
     blocked = value(samples, "botyard_event_loop_blocked_total", bot="blocker", handler=handler)
     assert blocked == 1
     assert supervisor.runners["innocent"].counters.errors == 0
+
+
+async def test_cleanup_sweeps_are_counted_per_bot(yard: Yard) -> None:
+    token = yard.add("hook")
+    yard.write()
+    supervisor = await yard.start()
+    yard.emulator.send_message(token, 11, "remember")
+    await yard.emulator.wait_for_reply(token, 11)
+    assert supervisor.cleanup is not None
+    await supervisor.cleanup.run_once()  # what the schedule runs
+    _, samples = await scrape(yard)
+    assert value(samples, "botyard_cleanup_runs_total", bot="hook") == 1
+    assert value(samples, "botyard_cleanup_removed_records_total", bot="hook") == 0
+    assert value(samples, "botyard_cleanup_failures_total", bot="hook") == 0
+
+
+async def test_readyz_is_not_ready_while_an_enabled_bot_is_down(yard: Yard) -> None:
+    token = yard.add("doomed", mode="polling")
+    yard.add("fine", mode="polling")
+    yard.write(webhook=False, ops=True)
+    supervisor = await yard.start()
+    yard.emulator.revoke(token)
+    await wait_until(lambda: supervisor.runners["doomed"].status.value == "unauthorized")
+    status, text = await yard.request("GET", "/readyz")
+    assert status == 503
+    bots = {bot["name"]: bot for bot in json.loads(text)["bots"]}
+    assert bots["doomed"] == {
+        "name": "doomed",
+        "mode": "polling",
+        "status": "unauthorized",
+        "ready": False,
+    }
+    assert bots["fine"]["ready"] is True
+    _, samples = await scrape(yard)
+    assert value(samples, "botyard_bot_status", bot="doomed", status="unauthorized") == 1
