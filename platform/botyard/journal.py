@@ -187,7 +187,6 @@ class UpdateJournal:
         ).sort("update_id", ASCENDING)
         return [JournalEntry(doc["bot"], doc["update_id"], doc["update"]) async for doc in cursor]
 
-
     def _known_dead(self, instance: str) -> bool:
         """An instance of this host whose process is gone, whatever its heartbeat says."""
         host, _, rest = instance.partition(":")
