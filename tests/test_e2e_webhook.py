@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import runpy
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,15 @@ def test_an_accepted_update_survives_sigkill_and_is_handled_after_restart(
         assert second.stop() == 0
     assert [m["text"] for m in world.emulator.sent_messages(token, 801)] == ["done slow 5"]
     assert world.collection(JOURNAL_COLLECTION) == []
+
+
+def test_a_busy_listen_address_is_one_line_and_exit_1(world: WebhookWorld) -> None:
+    world.write({"echo": "bots.echo:router"})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", world.port))
+        taken.listen()
+        with world.botyard() as botyard:
+            assert botyard.wait(60) == 1
+    assert f"Error: cannot listen on 127.0.0.1:{world.port} (webhook.listen" in botyard.output
+    assert "Traceback" not in botyard.output
+    assert "bot=echo started" not in botyard.output

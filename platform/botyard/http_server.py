@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import click
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -17,9 +18,13 @@ from botyard.health import Readiness
 from botyard.metrics import PlatformMetrics
 from botyard.webhook import MAX_BODY_BYTES, WEBHOOK_PREFIX, WebhookEndpoint
 
-__all__ = ["OpsServer", "server_address"]
+__all__ = ["ListenError", "OpsServer", "server_address"]
 
 logger = logging.getLogger("botyard.http")
+
+
+class ListenError(click.ClickException, OSError):
+    """The server cannot bind its address; ``botyard run`` reports it in one line, exit 1."""
 
 
 def server_address(registry: Registry) -> tuple[str, int] | None:
@@ -62,8 +67,10 @@ class OpsServer:
             await web.TCPSite(runner, host, port).start()
         except OSError as error:
             await runner.cleanup()
-            message = f"cannot listen on {host}:{port}: {error.strerror}"
-            raise OSError(error.errno, message) from None
+            raise ListenError(
+                f"cannot listen on {host}:{port} (webhook.listen or ops.listen): "
+                f"{error.strerror or error}"
+            ) from None
         self._runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
