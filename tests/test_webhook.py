@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -238,3 +239,36 @@ def test_rotate_command_rotates_webhook_bots_and_names_bad_input(
     finally:
         with MongoClient(mongo_uri) as client:
             client.drop_database(database_name)
+
+
+async def test_a_running_process_takes_over_only_what_dead_replicas_left(
+    yard: Yard, mongo_uri: str, database_name: str
+) -> None:
+    token = yard.add("shop")
+    yard.write()
+    supervisor = await yard.start()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        database = client[database_name]
+        alive, dead = UpdateJournal(database), UpdateJournal(database)
+        alive.instance, dead.instance = "other-host:1:alive", "other-host:2:dead"
+        await alive.heartbeat()  # the dead one never wrote one
+        orphan = yard.emulator.send_message(token, 51, "orphan")
+        busy = yard.emulator.send_message(token, 52, "in hand elsewhere")
+        yard.emulator.bot(token).drop_pending()
+        assert await dead.record("shop", orphan["update_id"], orphan)
+        assert await alive.record("shop", busy["update_id"], busy)
+        assert supervisor.webhooks is not None
+        await supervisor.webhooks.maintain()  # what every heartbeat does
+        assert (await yard.emulator.wait_for_reply(token, 51))["text"] == "orphan"
+        await wait_until(lambda: supervisor.runners["shop"].counters.handled == 1)
+        async with asyncio.timeout(30):  # the handled update's delete is batched
+            while await database[JOURNAL_COLLECTION].count_documents({}) > 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        remaining = await database[JOURNAL_COLLECTION].find().to_list()
+        assert [(entry["update_id"], entry["owner"]) for entry in remaining] == [
+            (busy["update_id"], alive.instance)
+        ], "the live replica's update is left to it"
+        assert yard.emulator.sent_messages(token, 52) == []
+    finally:
+        await client.close()
