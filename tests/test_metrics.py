@@ -147,6 +147,8 @@ async def test_the_watchdog_names_the_bot_and_handler_that_block_the_loop(
     assert "event loop blocked for " in line
     assert f"bot=blocker handler={handler} at " in line
     assert f"{yard.module}.py:" in line
+    assert line.endswith("in synchronous_driver_call; every bot in this process waited")
+    assert ", blocked in " in line, "the handler's line, then where it is stuck"
     _, samples = await scrape(yard)
     blocked = value(samples, "botyard_event_loop_blocked_total", bot="blocker", handler=handler)
     assert blocked == 1

@@ -32,12 +32,16 @@ from aiogram.fsm.context import FSMContext
 from aiogram.types import Message
 
 
+def synchronous_driver_call() -> None:
+    time.sleep(0.4)  # a blocking call: every bot in the process waits
+
+
 def router() -> Router:
     bot = Router()
 
     @bot.message(F.text == "block")
     async def block_the_loop(message: Message) -> None:
-        time.sleep(0.4)  # a synchronous call: every bot in the process waits
+        synchronous_driver_call()
         await message.answer("unblocked")
 
     @bot.message(F.text == "poison")

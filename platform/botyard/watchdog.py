@@ -54,13 +54,20 @@ class Culprit:
 
 
 def find_culprit(frame: FrameType | None) -> Culprit:
-    """Read the bot and handler from a stack, innermost ``frame`` first."""
-    where = _location(frame) if frame is not None else "(no Python frame)"
+    """Read the bot and handler from a stack, innermost ``frame`` first.
+
+    ``where`` is the handler's current line, followed by the innermost Python
+    frame when the handler is blocked inside a library (a synchronous driver).
+    """
+    innermost = _location(frame) if frame is not None else "(no Python frame)"
+    where = innermost
     bot = handler = ""
     child: FrameType | None = None
     while frame is not None:
         if frame.f_code is _CALL_CODE and child is not None and not handler:
             handler = f"{child.f_globals.get('__name__', '?')}.{child.f_code.co_qualname}"
+            if _location(child) != innermost:
+                where = f"{_location(child)}, blocked in {innermost}"
         elif frame.f_code is _HANDLE_CODE:
             runner = frame.f_locals.get("self")
             if isinstance(runner, BotRunner):
