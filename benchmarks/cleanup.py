@@ -107,33 +107,52 @@ async def one_run(
     return seconds, removed, trips
 
 
-async def main(args: argparse.Namespace) -> None:
-    uri = args.uri or os.environ.get("MONGODB_URI")
-    server = None if uri else SecantusServer().start()
+async def measure(uri: str, records: int, runs: int, batch_size: int) -> dict[str, Any]:
+    """Sweep ``runs`` times on the server at ``uri``; medians of the time and round trips."""
     counter = RoundTripCounter()
-    client: AsyncMongoClient[Any] = AsyncMongoClient(
-        uri or server.uri,  # type: ignore[union-attr]
-        tz_aware=True,
-        event_listeners=[counter],
-    )
+    client: AsyncMongoClient[Any] = AsyncMongoClient(uri, tz_aware=True, event_listeners=[counter])
     try:
-        runs = [
-            await one_run(client, counter, args.records, args.batch_size) for _ in range(args.runs)
-        ]
+        results = [await one_run(client, counter, records, batch_size) for _ in range(runs)]
         await client.drop_database(DATABASE)
     finally:
         await client.close()
+    seconds = statistics.median(run[0] for run in results)
+    removed = results[0][1]
+    trips = statistics.median(sum(run[2].values()) for run in results)
+    return {
+        "bots": BOTS,
+        "stale_records": removed,
+        "live_records": removed,
+        "batch_size": batch_size,
+        "runs": runs,
+        "seconds": seconds,
+        "removed_per_second": removed / seconds,
+        "round_trips": trips,
+        "round_trips_by_command": dict(sorted(results[0][2].items())),
+        "round_trips_per_1000_removed": trips * 1000 / removed,
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    uri = args.uri or os.environ.get("MONGODB_URI")
+    server = None if uri else SecantusServer().start()
+    try:
+        result = await measure(
+            uri or server.uri,  # type: ignore[union-attr]
+            args.records,
+            args.runs,
+            args.batch_size,
+        )
+    finally:
         if server is not None:
             server.stop()
-    seconds = statistics.median(run[0] for run in runs)
-    removed = runs[0][1]
-    trips = statistics.median(sum(run[2].values()) for run in runs)
     print(f"server: {'MongoDB at ' + uri if uri else 'SecantusDB (in memory)'}")
+    removed = result["stale_records"]
     print(f"{BOTS} bots, {removed} stale + {removed} live records, batch_size {args.batch_size}")
-    print(f"sweep: median {seconds:.3f}s over {args.runs} run(s)")
-    print(f"removed/s: {removed / seconds:,.0f}")
-    print(f"round trips: {trips:.0f} ({dict(sorted(runs[0][2].items()))})")
-    print(f"round trips per 1,000 removed: {trips * 1000 / removed:.1f}")
+    print(f"sweep: median {result['seconds']:.3f}s over {args.runs} run(s)")
+    print(f"removed/s: {result['removed_per_second']:,.0f}")
+    print(f"round trips: {result['round_trips']:.0f} ({result['round_trips_by_command']})")
+    print(f"round trips per 1,000 removed: {result['round_trips_per_1000_removed']:.1f}")
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,0 +1,63 @@
+"""The three contenders, each started as its own process by :meth:`World.launch`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from benchmarks.harness import Contender, Launch, python
+
+
+@dataclass(frozen=True)
+class Botyard:
+    """``botyard run`` on a generated registry; tokens in a ``.env`` beside it."""
+
+    name: str = "botyard"
+
+    def prepare(self, launch: Launch) -> tuple[list[str], dict[str, str]]:
+        entries = []
+        secrets = []
+        for index, token in enumerate(launch.tokens):
+            variable = f"BOT{index}_TOKEN"
+            secrets.append(f"{variable}={token}\n")
+            entries.append(
+                f"  - name: bot{index}\n"
+                f"    token: ${{{variable}}}\n"
+                f"    routers: [{launch.router}]\n"
+                f"    api_server: {launch.api_server}\n"
+            )
+        (launch.workdir / ".env").write_text("".join(secrets))
+        registry = launch.workdir / "botyard.yaml"
+        registry.write_text(
+            "storage:\n"
+            "  uri: ${MONGODB_URI}\n"
+            f"  database: {launch.database}\n"
+            "defaults:\n"
+            "  state_ttl: 1d\n"
+            "bots:\n" + "".join(entries)
+        )
+        argv = [python(), "-m", "botyard", "run", str(registry), "--no-watch"]
+        return [*argv, "--log-level", "WARNING"], {"MONGODB_URI": launch.uri}
+
+
+@dataclass(frozen=True)
+class PlainAiogram:
+    """:mod:`benchmarks.aiogram_app` with one of its two storages."""
+
+    name: str
+    storage: str
+
+    def prepare(self, launch: Launch) -> tuple[list[str], dict[str, str]]:
+        tokens = launch.workdir / "tokens.txt"
+        tokens.write_text("".join(f"{token}\n" for token in launch.tokens))
+        argv = [python(), "-m", "benchmarks.aiogram_app", "--storage", self.storage]
+        argv += ["--uri", launch.uri, "--database", launch.database]
+        argv += ["--api-server", launch.api_server, "--tokens", str(tokens)]
+        return [*argv, "--router", launch.router], {}
+
+
+BOTYARD = Botyard()
+AIOGRAM_PYMONGO = PlainAiogram("aiogram-pymongo", "pymongo")
+HAND_WRITTEN = PlainAiogram("hand-written", "handwritten")
+#: Every contender, botyard first; the ratios in the table are botyard / each baseline.
+CONTENDERS: tuple[Contender, ...] = (BOTYARD, AIOGRAM_PYMONGO, HAND_WRITTEN)
+BASELINES = (AIOGRAM_PYMONGO, HAND_WRITTEN)

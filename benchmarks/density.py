@@ -1,0 +1,106 @@
+"""Figures 3 and 5: many idle bots in one process, and the time to the first answer.
+
+For each size, the contender starts with that many bots (``bots.echo:router``)
+while one message already waits for the last bot of the list. Measured from
+spawning the process: seconds until that bot answered (figure 5), seconds
+until every bot has called ``getUpdates`` (figure 3); then resident memory and
+CPU over an idle window, as a percentage of one core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from typing import Any
+
+from benchmarks.harness import Contender, World
+
+ROUTER = "bots.echo:router"
+PROBE_USER = 777
+#: Sizes up to this many bots run ``runs`` times (medians); larger ones once, for time.
+REPEATED_UP_TO = 10
+#: How long a start may take before the size is reported as not reached.
+START_TIMEOUT = 180.0
+
+
+async def run_once(
+    world: World, contender: Contender, bots: int, idle_seconds: float
+) -> dict[str, Any]:
+    """One contender at one size."""
+    world.add_bots(bots)
+    tokens = world.tokens[:bots]
+    before = world.polls_made(tokens)
+    database = f"bench_density_{contender.name.replace('-', '_')}"
+    started = time.perf_counter()
+    process = await world.launch(contender, bots, ROUTER, database)
+    probe = tokens[-1]
+    world.emulator.send_message(probe, PROBE_USER, "ping")  # after launch dropped leftovers
+
+    async def first_answer() -> float:
+        await world.emulator.wait_for_reply(probe, PROBE_USER, timeout=START_TIMEOUT)
+        return time.perf_counter() - started
+
+    try:
+        answered = asyncio.create_task(first_answer())
+        polling = await world.wait_all_polling(process, tokens, before, START_TIMEOUT)
+        all_polling = time.perf_counter() - started
+        result: dict[str, Any] = {
+            "bots": bots,
+            "all_polling": polling,
+            "seconds_to_all_polling": all_polling if polling else None,
+            "seconds_to_first_answer": await answered,
+        }
+        if idle_seconds > 0:
+            cpu = process.cpu_seconds()
+            await asyncio.sleep(idle_seconds)
+            process.check_alive()
+            result["idle_cpu_percent"] = 100 * (process.cpu_seconds() - cpu) / idle_seconds
+        result["rss_mb"] = process.rss_bytes() / 2**20
+    finally:
+        await process.stop()
+        await world.drop_database(database)
+    return result
+
+
+async def measure(
+    world: World,
+    contenders: tuple[Contender, ...],
+    sizes: list[int],
+    *,
+    runs: int,
+    idle_seconds: float,
+    baseline_max_bots: int,
+) -> dict[str, Any]:
+    """Every size for every contender, alternating; sizes over 10 bots run once.
+
+    Baselines run only up to ``baseline_max_bots``: with a session per bot they
+    need about 0.7 MB per bot, so 10,000 of them would take gigabytes of a
+    machine other work shares; their cost per bot is reported instead.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for size in sizes:
+        rows: dict[str, list[dict[str, Any]]] = {c.name: [] for c in contenders}
+        for run in range(runs if size <= REPEATED_UP_TO else 1):
+            shift = run % len(contenders)
+            # The idle window is long and steady: once per size is enough; none for one bot.
+            idle = idle_seconds if run == 0 and size > 1 else 0.0
+            for contender in contenders[shift:] + contenders[:shift]:
+                if contender.name != "botyard" and size > baseline_max_bots:
+                    continue
+                rows[contender.name].append(await run_once(world, contender, size, idle))
+        results[str(size)] = {
+            name: {"runs": found, "median": median_row(found)} if found else {"skipped": True}
+            for name, found in rows.items()
+        }
+    return {"sizes": sizes, "idle_seconds": idle_seconds, "results": results}
+
+
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for key in dict.fromkeys(key for row in rows for key in row):
+        values = [row[key] for row in rows if key in row]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        merged[key] = statistics.median(numbers) if len(numbers) == len(values) else values[0]
+    merged["all_polling"] = all(row["all_polling"] for row in rows)
+    return merged

@@ -1,0 +1,136 @@
+"""Smoke test of ``python -m benchmarks``: every figure, every contender, at a tiny size.
+
+Timings are never asserted (they depend on the machine); the shape of
+``results.json`` and the round-trip counts, which do not, are asserted exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONTENDERS = ["botyard", "aiogram-pymongo", "hand-written"]
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
+
+#: Round trips per update, per contender, in the order of benchmarks.roundtrips.STEPS.
+EXPECTED_ROUND_TRIPS = {
+    "botyard": {
+        "echo (no FSM use)": 1,
+        "/start": 2,
+        "questionnaire step": 2,
+        "second step": 2,
+        "last step": 2,
+        "whole questionnaire, per update": 2.0,
+    },
+    "aiogram-pymongo": {
+        "echo (no FSM use)": 1,
+        "/start": 4,  # get_state twice, set_data({}) as find_one_and_update, set_state
+        "questionnaire step": 3,
+        "second step": 3,
+        "last step": 3,  # set_state(None) is a find_one_and_update (no delete: data remains)
+        "whole questionnaire, per update": 3.25,
+    },
+    "hand-written": {
+        "echo (no FSM use)": 1,
+        "/start": 4,
+        "questionnaire step": 4,  # get_state, get_data + set_data (update_data), set_state
+        "second step": 4,
+        "last step": 4,
+        "whole questionnaire, per update": 4.0,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def results(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    output = tmp_path_factory.mktemp("bench") / "results.json"
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "--quick",
+        "--uri",
+        mongo_uri,
+        "--output",
+        str(output),
+        "--runs",
+        "1",
+        "--bots",
+        "2",
+        "--users",
+        "2",
+        "--density-sizes",
+        "1,2",
+        "--idle-seconds",
+        "0.5",
+        "--cleanup-records",
+        "20",
+    ]
+    finished = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=420, check=False
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    data: dict[str, Any] = json.loads(output.read_text())
+    data["stdout"] = finished.stdout
+    return data
+
+
+def test_round_trips_are_exact(results: dict[str, Any]) -> None:
+    assert results["figures"]["roundtrips"]["counts"] == EXPECTED_ROUND_TRIPS
+    rows = [row for row in results["rows"] if row["figure"] == 1]
+    assert len(rows) == 6
+    assert all(row["met"] for row in rows), rows
+
+
+def test_throughput_ran_every_contender(results: dict[str, Any]) -> None:
+    figure = results["figures"]["throughput"]
+    assert (figure["bots"], figure["users_per_bot"], figure["updates_per_run"]) == (2, 2, 16)
+    assert set(figure["runs"]) == set(CONTENDERS)
+    for name in CONTENDERS:
+        [run] = figure["runs"][name]
+        assert run["updates"] == 16
+        assert run["updates_per_second"] > 0
+        assert 0 < run["p50_ms"] <= run["p99_ms"]
+        assert run["server_cpu_seconds_per_1000_updates"] is None  # an external server
+
+
+def test_density_and_startup_ran_every_contender_at_every_size(results: dict[str, Any]) -> None:
+    figure = results["figures"]["density"]
+    assert figure["sizes"] == [1, 2]
+    for size in ("1", "2"):
+        for name in CONTENDERS:
+            median = figure["results"][size][name]["median"]
+            assert median["bots"] == int(size)
+            assert median["all_polling"] is True
+            assert median["seconds_to_first_answer"] > 0
+            assert median["rss_mb"] > 10
+    # the idle window is measured from two bots on, once per size
+    assert "idle_cpu_percent" not in figure["results"]["1"]["botyard"]["median"]
+    for name in CONTENDERS:
+        assert figure["results"]["2"][name]["median"]["idle_cpu_percent"] >= 0
+
+
+def test_cleanup_counts_its_round_trips(results: dict[str, Any]) -> None:
+    figure = results["figures"]["cleanup"]
+    assert figure["stale_records"] == 20
+    # per bot: one query for stale ids, one delete, one query for expiries to realign
+    assert figure["round_trips_by_command"] == {"delete": 10, "find": 20}
+    assert figure["round_trips_per_1000_removed"] == 1500
+
+
+def test_table_has_every_contender_and_ratio(results: dict[str, Any]) -> None:
+    header = results["stdout"].splitlines()[0]
+    for column in [*CONTENDERS, "botyard / aiogram-pymongo", "botyard / hand-written", "target"]:
+        assert f" {column} |" in header
+    assert results["table"] in results["stdout"]
+    figures = {row["figure"] for row in results["rows"]}
+    assert figures == {1, 2, 3, 4, 5}
+    assert results["mode"] == "quick"
+    assert results["machine"]["cpus"] >= 1
