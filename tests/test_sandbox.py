@@ -71,7 +71,10 @@ class Client:
         self, method: str, path: str, body: Any = None, raw: str | None = None
     ) -> tuple[int, Any]:
         data = raw if raw is not None else (None if body is None else json.dumps(body))
-        async with self.session.request(method, self.url + path, data=data) as response:
+        headers = {"Content-Type": "application/json"} if method == "POST" else {}
+        async with self.session.request(
+            method, self.url + path, data=data, headers=headers
+        ) as response:
             text = await response.text()
             try:
                 return response.status, json.loads(text)
@@ -215,6 +218,7 @@ async def test_inline_buttons_edit_the_message_in_place(sandbox: tuple[Sandbox, 
     assert edited["message_id"] == shown["message_id"]
     assert edited["edited"] is True
     assert edited["previous_texts"] == ["Count: 0", "Count: 1"]
+    assert chat["callback_answer"] == {"show_alert": False, "text": "now 2"}
 
     status, answer = await client.request(
         "POST", f"{path}/buttons", {"message_id": shown["message_id"], "callback_data": "nope"}
@@ -304,6 +308,19 @@ async def test_bad_input_gets_a_message_naming_the_problem(
     assert chat["messages"][-1]["text"] == "still alive", "nothing crashed"
 
 
+async def test_a_post_that_is_not_json_is_refused(sandbox: tuple[Sandbox, Client]) -> None:
+    """A form or text/plain POST, which any web site can make a browser send, does nothing."""
+    running, client = sandbox
+    url = client.url + "/api/bots/echo/users/1001/messages"
+    for data in ('{"text": "hi"}', b'{"text": "hi"}', {"text": "hi"}):  # text, bytes, a form
+        async with client.session.post(url, data=data) as response:
+            assert response.status == 415
+            assert "Content-Type: application/json" in (await response.json())["error"]
+    echo = running.emulated(running.bot("echo"))
+    assert echo is not None
+    assert echo.chats == {}, "nothing reached the bot"
+
+
 async def test_page_urls_naming_unknown_bots_or_users_answer_404_with_the_page(
     sandbox: tuple[Sandbox, Client],
 ) -> None:
@@ -334,10 +351,11 @@ async def test_page_urls_naming_unknown_bots_or_users_answer_404_with_the_page(
 
 
 async def read_events(response: aiohttp.ClientResponse, wanted: set[str]) -> dict[str, Any]:
-    """Read server-sent events until each kind in ``wanted`` arrived; the latest of each."""
+    """Read server-sent events until each kind in ``wanted`` arrived (at least one event);
+    the latest of each kind."""
     events: dict[str, Any] = {}
     async with asyncio.timeout(30):
-        while not wanted <= events.keys():
+        while not events or not wanted <= events.keys():
             block = (await response.content.readuntil(b"\n\n")).decode()
             fields = dict(
                 line.split(": ", 1) for line in block.strip().splitlines() if ": " in line
@@ -357,15 +375,15 @@ async def test_the_stream_pushes_replies_state_and_counters(
         first = await read_events(response, {"bots", "chat"})
         assert first["chat"]["messages"] == []
         await client.call("POST", "/api/bots/questionnaire/users/1002/messages", {"text": "/start"})
+        latest = dict(first)
+
+        def records() -> int:
+            return {b["name"]: b for b in latest["bots"]["bots"]}["questionnaire"]["fsm_records"]
+
         async with asyncio.timeout(30):
-            chat = first["chat"]
-            while chat["fsm"]["state"] != "Questionnaire:q1" or len(chat["messages"]) < 2:
-                chat = (await read_events(response, {"chat"}))["chat"]
-        assert [m["text"] for m in chat["messages"]] == ["/start", QUESTIONS[0]]
-        async with asyncio.timeout(30):
-            bots = first["bots"]
-            while {b["name"]: b for b in bots["bots"]}["questionnaire"]["fsm_records"] != 1:
-                bots = (await read_events(response, {"bots"}))["bots"]
+            while latest["chat"]["fsm"]["state"] != "Questionnaire:q1" or records() != 1:
+                latest.update(await read_events(response, set()))
+        assert [m["text"] for m in latest["chat"]["messages"]] == ["/start", QUESTIONS[0]]
 
 
 async def test_users_can_be_added(sandbox: tuple[Sandbox, Client]) -> None:
@@ -440,7 +458,8 @@ async def test_editing_the_registry_changes_the_bot_list(
 
 def http_json(method: str, url: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
+    headers = {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
 

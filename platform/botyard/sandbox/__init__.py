@@ -10,18 +10,20 @@ Simulated users 1001 (Alice), 1002 (Bob) and 1003 (Carol) exist from the start;
 a user's id is also their private chat's id. ``{bot}`` below is the bot's name
 in the registry, ``{user}`` a simulated user's id.
 
-JSON API (answers are JSON; errors are ``{"error": "<message>"}`` with status
-400 bad input, 404 unknown bot, user or endpoint, 409 bot disabled or not
-started, 503 database starting):
+JSON API (answers are JSON; a POST must send ``Content-Type: application/json``,
+which keeps other web sites from posting to it; errors are ``{"error": "<message>"}``
+with status 400 bad input, 404 unknown bot, user or endpoint, 409 bot disabled or
+not started, 415 not JSON, 503 database starting):
 
 ``GET /api/bots``
-    ``{"registry": "botyard.yaml", "storage": "ready" | "starting", "bots": [{"name",
-    "enabled", "status", "detail", "username", "bot_id", "revoked", "received",
-    "handled", "errors", "fsm_records"}]}``, every bot of the file in file order.
+    ``{"registry": "botyard.yaml", "storage": "ready" | "starting" | "unreachable: ...",
+    "bots": [{"name", "enabled", "status", "detail", "username", "bot_id", "revoked",
+    "received", "handled", "errors", "fsm_records"}]}``, every bot of the file in
+    file order.
     ``status`` is a runner status (``starting``, ``running``, ``backing_off``,
     ``unauthorized``, ``conflict``, ``stopped``), ``disabled``, or ``not_running``
     (the bot could not start; the log says why). ``fsm_records`` is ``null``
-    while the database starts.
+    while the database is not ready.
 ``GET /api/users``
     ``{"users": [{"id", "is_bot", "first_name", ...}]}``.
 ``POST /api/users`` with ``{"first_name": "Dave"}``
@@ -34,7 +36,9 @@ started, 503 database starting):
     ``{"bot", "user": {...}, "messages": [{"message_id", "from": "user" | "bot",
     "text", "date", "edited", "previous_texts", "buttons": [[{"text",
     "callback_data" | "url"}]], "keyboard": [["text"]]}], "fsm": {"state",
-    "data", "updated_at", "expires_at", "stored"}}``. With ``wait`` (at most 60)
+    "data", "updated_at", "expires_at", "stored"}, "callback_answer": null |
+    {"text", "show_alert", "url"}}``; ``callback_answer`` is the bot's answer to
+    the user's latest button press (``null`` until it answers). With ``wait`` (at most 60)
     it first waits for a bot message newer than ``after`` (default: the user's
     last message), then answers in any case.
 ``POST /api/bots/{bot}/users/{user}/buttons`` with ``{"message_id": 3, "callback_data": "inc"}``

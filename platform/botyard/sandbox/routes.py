@@ -2,7 +2,8 @@
 
 Every answer under ``/api`` is JSON; an error is ``{"error": "<what is wrong>"}``
 with 400 (bad input), 404 (unknown bot, user or endpoint), 405, 409 (the bot
-is disabled or not started) or 503 (the database is starting). The API is
+is disabled or not started), 415 (a POST without a JSON content type) or 503
+(the database is starting). The API is
 described in :mod:`botyard.sandbox`.
 """
 
@@ -103,6 +104,11 @@ def build_app(sandbox: Sandbox) -> web.Application:
 @web.middleware
 async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if request.method == "POST" and request.content_type != "application/json":
+            # Browsers send only JSON cross-site after a CORS preflight this server refuses.
+            raise PageError(
+                415, "send the request body as JSON, with Content-Type: application/json"
+            )
         return await handler(request)
     except PageError as error:
         return _json({"error": error.message}, status=error.status)

@@ -33,7 +33,7 @@ from botyard.sandbox.views import (
     chat_messages,
     check_text,
     fsm_record,
-    record_count,
+    record_counts,
     storage_key,
 )
 from botyard.storage import BeanieStorage, update_scope
@@ -76,6 +76,8 @@ class Sandbox:
         self._shutdown_timeout = shutdown_timeout
         self._watch = watch
         self._users: dict[int, SimulatedUser] = {}
+        #: The latest button press of each (bot, user), to show the bot's answer to it.
+        self._presses: dict[tuple[str, int], str] = {}
         self._web: web.AppRunner | None = None
         self._task: asyncio.Task[int] | None = None
 
@@ -228,25 +230,23 @@ class Sandbox:
         """The bot list: every bot in the registry, disabled ones too, in file order."""
         assert self.supervisor is not None
         registry = self.supervisor.registry
-        bots = []
-        for config in registry.bots:
-            records = await self._record_count(config)
-            runner = self.supervisor.runners.get(config.name)
-            bots.append(bot_status(config, runner, self.emulated(config), records))
-        return {
-            "registry": registry.path.name,
-            "storage": "ready" if self.database is not None else "starting",
-            "bots": bots,
-        }
-
-    async def _record_count(self, config: BotConfig) -> int | None:
-        if self.database is None:
-            return None
-        try:
-            return await record_count(self.database, config)
-        except PyMongoError as error:
-            logger.warning("cannot count bot=%s's FSM records: %s", config.name, error)
-            return None
+        storage, counts = "starting", None
+        if self.database is not None:
+            try:
+                counts = await record_counts(self.database, [b.namespace for b in registry.bots])
+                storage = "ready"
+            except PyMongoError as error:
+                storage = f"unreachable: {error}"
+        bots = [
+            bot_status(
+                config,
+                self.supervisor.runners.get(config.name),
+                self.emulated(config),
+                None if counts is None else counts.get(config.namespace, 0),
+            )
+            for config in registry.bots
+        ]
+        return {"registry": registry.path.name, "storage": storage, "bots": bots}
 
     async def chat(
         self, bot_name: str, user_id: str | int, *, after: int | None = None, wait: float = 0.0
@@ -265,7 +265,16 @@ class Sandbox:
             "user": user.as_json(),
             "messages": chat_messages(emulated, user.id),
             "fsm": await self.fsm(config, emulated, user),
+            "callback_answer": self._callback_answer(config, emulated, user),
         }
+
+    def _callback_answer(
+        self, config: BotConfig, emulated: EmulatedBot | None, user: SimulatedUser
+    ) -> JSON | None:
+        query_id = self._presses.get((config.name, user.id))
+        if emulated is None or query_id is None:
+            return None
+        return self.emulator.callback_answer(emulated.token, query_id)
 
     async def _wait_for_reply(
         self,
@@ -345,6 +354,7 @@ class Sandbox:
         except ControlError as error:
             raise PageError(400, str(error)) from None
         query = update["callback_query"]
+        self._presses[(bot_name, user.id)] = query["id"]
         return {"update_id": update["update_id"], "callback_query_id": query["id"]}
 
     async def reset(self, bot_name: str, user_id: str | int) -> JSON:

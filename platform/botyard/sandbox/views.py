@@ -124,9 +124,14 @@ async def fsm_record(database: AsyncDatabase[JSON], config: BotConfig, key: Stor
     }
 
 
-async def record_count(database: AsyncDatabase[JSON], config: BotConfig) -> int:
-    """How many FSM records the bot's namespace holds (counted through the index)."""
-    return await database[COLLECTION_NAME].count_documents({"namespace": config.namespace})
+async def record_counts(database: AsyncDatabase[JSON], namespaces: list[str]) -> dict[str, int]:
+    """How many FSM records each namespace holds: one query for all bots, through the index."""
+    pipeline: list[JSON] = [
+        {"$match": {"namespace": {"$in": namespaces}}},
+        {"$group": {"_id": "$namespace", "records": {"$sum": 1}}},
+    ]
+    cursor = await database[COLLECTION_NAME].aggregate(pipeline)
+    return {group["_id"]: group["records"] async for group in cursor}
 
 
 def _iso(value: Any) -> str | None:

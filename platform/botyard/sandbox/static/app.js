@@ -97,7 +97,7 @@ function setConnection(text, live) {
 
 function renderBots(payload) {
   $("registry").textContent = payload.registry
-    + (payload.storage === "ready" ? "" : " · database starting…");
+    + (payload.storage === "ready" ? "" : ` · database ${payload.storage}`);
   const list = $("bots");
   const known = new Map([...list.children].map((item) => [item.dataset.bot, item]));
   const items = payload.bots.map((bot) => {
@@ -199,6 +199,7 @@ function renderChat(chat) {
     $("chat-title").textContent = "No chat";
     messages.replaceChildren();
     $("reply-keyboard").replaceChildren();
+    show("toast", "");
     renderFsm(null);
     return;
   }
@@ -224,6 +225,8 @@ function renderChat(chat) {
   page.shownMessages = chat.messages.length;
   const lastBot = [...chat.messages].reverse().find((message) => message.from === "bot");
   renderReplyKeyboard(lastBot ? lastBot.keyboard : []);
+  const answer = chat.callback_answer?.text;
+  show("toast", answer ? `${chat.bot} answered the button: ${answer}` : "");
   renderFsm(chat);
 }
 
@@ -330,7 +333,7 @@ function when(iso) {
 
 async function reset() {
   try {
-    const fsm = await api("POST", chatPath("reset"));
+    const fsm = await api("POST", chatPath("reset"), {});
     $("fsm-state").textContent = fsm.state ?? "none";
     $("fsm-data").textContent = JSON.stringify(fsm.data ?? {}, null, 2);
     show("notice", "");
