@@ -121,10 +121,14 @@ class LoopWatchdog:
             if ran.wait(self._threshold):
                 self._metrics.loop_lag.observe(time.monotonic() - sent)
                 continue
+            # A loop that is not running (between run_until_complete calls) is idle, not blocked.
+            running = self._loop.is_running()
             culprit = find_culprit(sys._current_frames().get(self._loop_thread))
             while not ran.wait(PROBE_INTERVAL):
                 if self._stop.is_set():
                     return
+            if not running:
+                continue
             blocked = time.monotonic() - sent
             self._metrics.loop_lag.observe(blocked)
             self._metrics.loop_blocked.labels(bot=culprit.bot, handler=culprit.handler).inc()
