@@ -131,7 +131,7 @@ class UpdateJournal:
         try:
             await self.entries.delete_many({"_id": {"$in": batch}})
         except BaseException:
-            self._finished[:0] = batch  # kept for the next try; nothing is handled twice
+            self._finished[:0] = batch  # kept for the next try
             raise
 
     async def _flush_loop(self) -> None:
