@@ -319,7 +319,7 @@ async function press(messageId, callbackData) {
 function renderFsm(chat) {
   const fsm = chat ? chat.fsm : { state: null, data: {} };
   $("fsm-who").textContent = chat ? `${chat.user.first_name} (${chat.user.id}) in ${chat.bot}` : "";
-  $("fsm-state").textContent = fsm.state ?? "none";
+  $("fsm-state").textContent = chat ? fsm.state ?? "none" : "–";
   $("fsm-data").textContent = JSON.stringify(fsm.data ?? {}, null, 2);
   $("fsm-updated").textContent = when(fsm.updated_at) ?? "–";
   $("fsm-expires").textContent = when(fsm.expires_at) ?? (fsm.stored ? "never" : "–");
