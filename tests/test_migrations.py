@@ -477,7 +477,6 @@ def test_bad_input_gets_one_line_and_status_1(setup: Setup, tmp_path: Path) -> N
     assert "Traceback" not in unreachable.output
 
 
-@pytest.mark.slow
 def test_an_empty_storage_uri_migrates_the_embedded_store(tmp_path: Path) -> None:
     registry = tmp_path / "botyard.yaml"
     registry.write_text(f"storage:\n  uri: \n{BOTS}")
