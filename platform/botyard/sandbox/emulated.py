@@ -16,7 +16,6 @@ from pathlib import Path
 from aiogram import Bot
 
 from botyard.config import BotConfig, Registry
-from botyard.logs import TokenRedactingFilter
 from botyard.registry import load_registry
 from botyard.sessions import SessionPool
 from botyard.testing import BotAPIEmulator, EmulatedBot
@@ -32,22 +31,20 @@ class EmulatedRegistryLoader:
     (under a lock) and never the emulator, which belongs to the event loop.
     """
 
-    def __init__(self, emulator_url: str, redactor: TokenRedactingFilter | None = None) -> None:
+    def __init__(self, emulator_url: str) -> None:
         self._url = emulator_url
-        self._redactor = redactor
         self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def __call__(self, path: Path) -> Registry:
         """The registry with every bot on the emulator, polling, under a generated token.
 
-        A token whose ``${VAR}`` is unset is no error here. The ``webhook`` and
-        ``ops`` sections are dropped: the emulator delivers by polling, and the
-        sandbox serves its own page.
+        A token whose ``${VAR}`` is unset is no error here. The file's tokens go
+        nowhere, not even to the log redactor (a token-shaped string is masked
+        in logs anyway). The ``webhook`` and ``ops`` sections are dropped: the
+        emulator delivers by polling, and the sandbox serves its own page.
         """
         registry = load_registry(path, require_tokens=False)
-        if self._redactor is not None:
-            self._redactor.tokens.update(bot.token_value for bot in registry.bots if bot.token)
         emulated = registry.with_tokens(self._tokens_for(bot.name for bot in registry.bots))
         bots = tuple(
             bot.model_copy(update={"api_server": self._url, "mode": "polling"})

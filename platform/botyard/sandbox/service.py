@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -39,8 +38,6 @@ from botyard.sandbox.views import (
 from botyard.storage import BeanieStorage, update_scope
 from botyard.supervisor import Supervisor
 from botyard.testing import BotAPIEmulator, ControlError, EmulatedBot, SimulatedUser
-
-logger = logging.getLogger("botyard.sandbox")
 
 #: The simulated users every sandbox starts with (ids are also their private chat ids).
 DEFAULT_USERS = ((1001, "Alice"), (1002, "Bob"), (1003, "Carol"))
@@ -91,7 +88,7 @@ class Sandbox:
         """
         await self.emulator.start("127.0.0.1", 0)  # bots are in this process: never exposed
         try:
-            loader = EmulatedRegistryLoader(self.emulator.url, self._redactor)
+            loader = EmulatedRegistryLoader(self.emulator.url)
             registry = await asyncio.to_thread(loader, self.registry_path)
             self.supervisor = Supervisor(
                 registry,
@@ -188,12 +185,10 @@ class Sandbox:
     def bot(self, name: str) -> BotConfig:
         """The registry's bot called ``name``; 404 naming the known bots otherwise."""
         assert self.supervisor is not None
-        registry = self.supervisor.registry
-        for config in registry.bots:
-            if config.name == name:
-                return config
-        known = ", ".join(config.name for config in registry.bots)
-        raise PageError(404, f"no bot named {name!r} in {registry.path.name} (bots: {known})")
+        try:
+            return self.supervisor.registry.bot(name)
+        except KeyError as error:
+            raise PageError(404, str(error.args[0])) from None
 
     def user(self, user_id: str | int) -> SimulatedUser:
         """A simulated user by id; 404 naming the known users otherwise."""
