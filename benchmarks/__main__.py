@@ -38,10 +38,12 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
 class Settings:
     """How big each figure is; ``--quick`` and the command-line overrides change it."""
 
-    #: Runs of the quick measures (density and startup up to 10 bots, cleanup).
+    #: Runs of the quick measures (startup with one bot, cleanup).
     runs: int = 3
     #: Rounds of figure 2, each running every contender once; 8,000 updates take minutes.
     throughput_runs: int = 1
+    #: Figure 2: seconds a contender gets to answer everything; what it did by then counts.
+    throughput_deadline: float = 120.0
     bots: int = 100
     users: int = 20
     density_sizes: list[int] = field(default_factory=lambda: [1, 10, 1000, 10000])
@@ -52,11 +54,11 @@ class Settings:
 
 QUICK = Settings(
     runs=1,
-    bots=10,
-    users=5,
-    density_sizes=[10],
-    idle_seconds=2.0,
-    cleanup_records=1000,
+    bots=5,
+    users=4,
+    density_sizes=[5],
+    idle_seconds=1.0,
+    cleanup_records=500,
 )
 
 
@@ -70,7 +72,7 @@ async def run_figures(world: World, only: tuple[str, ...], settings: Settings) -
         elif name == "throughput":
             load = throughput.Load(settings.bots, settings.users)
             figures[name] = await throughput.measure(
-                world, CONTENDERS, load, settings.throughput_runs
+                world, CONTENDERS, load, settings.throughput_runs, settings.throughput_deadline
             )
         elif name == "density":
             figures[name] = await density.measure(
@@ -133,6 +135,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
     sizes.add_argument("--throughput-runs", type=int, help="figure 2: rounds of all contenders")
     sizes.add_argument("--bots", type=int, help="figure 2: bots")
     sizes.add_argument("--users", type=int, help="figure 2: users per bot")
+    sizes.add_argument("--throughput-deadline", type=float, help="figure 2: seconds per run")
     sizes.add_argument("--density-sizes", help="figures 3 and 5: comma-separated bot counts")
     sizes.add_argument("--idle-seconds", type=float, help="figure 3: idle CPU window")
     sizes.add_argument("--baseline-max-bots", type=int, help="figure 3: largest baseline size")
@@ -144,7 +147,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
         parser.error(f"--only: unknown figure(s) {unknown}; choose from {', '.join(FIGURES)}")
     args.only = only
     settings = dataclasses.replace(QUICK) if args.quick else Settings()
-    overridable = ("runs", "throughput_runs", "bots", "users", "idle_seconds")
+    overridable = (
+        "runs",
+        "throughput_runs",
+        "throughput_deadline",
+        "bots",
+        "users",
+        "idle_seconds",
+    )
     for name in (*overridable, "baseline_max_bots", "cleanup_records"):
         value = getattr(args, name)
         if value is not None:

@@ -79,6 +79,7 @@ def roundtrip_rows(figure: dict[str, Any]) -> list[Row]:
 def throughput_rows(figure: dict[str, Any]) -> list[Row]:
     median = figure["median"]
     shape = f"{figure['bots']} bots x {figure['users_per_bot']} users"
+    deadline = figure["deadline_seconds"]
 
     def values(key: str) -> dict[str, float | None]:
         return {name: median[name][key] if name in median else None for name in CONTENDER_NAMES}
@@ -94,6 +95,7 @@ def throughput_rows(figure: dict[str, Any]) -> list[Row]:
             target="≥ 1.5 x aiogram-pymongo",
             met=None if ratio is None else ratio >= 1.5,
         ),
+        Row(2, f"% of updates answered within {deadline:.0f} s", values("answered_percent")),
         Row(2, "latency p50, ms", values("p50_ms")),
         Row(2, "latency p99, ms", values("p99_ms")),
         Row(2, "contender CPU s per 1,000 updates", values("cpu_seconds_per_1000_updates"), 2),

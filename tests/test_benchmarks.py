@@ -95,7 +95,8 @@ def test_throughput_ran_every_contender(results: dict[str, Any]) -> None:
     assert set(figure["runs"]) == set(CONTENDERS)
     for name in CONTENDERS:
         [run] = figure["runs"][name]
-        assert run["updates"] == 16
+        assert run["updates"] == run["answered"] == 16
+        assert run["answered_percent"] == 100
         assert run["updates_per_second"] > 0
         assert 0 < run["p50_ms"] <= run["p99_ms"]
         assert run["server_cpu_seconds_per_1000_updates"] is None  # an external server
