@@ -4,12 +4,15 @@ All bots run on one event loop, so one handler making a synchronous call (a
 blocking database driver, ``time.sleep``, heavy CPU work) stalls every bot in
 the process. The watchdog runs in a thread of its own: every
 :data:`PROBE_INTERVAL` it asks the loop to run a tiny callback and times how
-late it runs, which is the loop lag. When the callback is more than
-:data:`BLOCK_THRESHOLD` late, it looks at the loop thread's Python stack
-(``sys._current_frames``) while the loop is still stuck, finds the bot (the
-runner handling the update) and the aiogram handler on it, and once the loop
-is free again logs one warning naming both, with the blocked time and the line
-the handler was on, and counts it in ``botyard_event_loop_blocked_total``.
+late it runs, which is the loop lag. While the callback is late, it samples
+the loop thread's Python stack (``sys._current_frames``) every
+:data:`SAMPLE_INTERVAL`. One callback holding the loop shows the same frame in
+every sample (the aiogram handler's, when in a handler); a loop that is merely
+busy with many short callbacks shows different ones, and is only lag. When one
+frame held the loop for over :data:`BLOCK_THRESHOLD`, the watchdog finds the
+bot (the runner handling the update) and the handler, and once the loop is
+free logs one warning naming both, with the time and the line, and counts it
+in ``botyard_event_loop_blocked_total``.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ __all__ = ["BLOCK_THRESHOLD", "Culprit", "LoopWatchdog", "find_culprit"]
 logger = logging.getLogger("botyard.watchdog")
 
 BLOCK_THRESHOLD = 0.1
-PROBE_INTERVAL = 0.05
+PROBE_INTERVAL = 0.02
+SAMPLE_INTERVAL = 0.01
 
 _HANDLE_CODE = BotRunner._handle.__code__
 _CALL_CODE = CallableObject.call.__code__
+_RUN_CODE = asyncio.Handle._run.__code__
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,23 @@ def find_culprit(frame: FrameType | None) -> Culprit:
             break
         child, frame = frame, frame.f_back
     return Culprit(bot, handler, where)
+
+
+def _anchor(frame: FrameType) -> FrameType:
+    """The frame that stays on the stack while one callback holds the loop.
+
+    The handler's frame when inside an aiogram handler (a CPU-bound handler
+    changes inner frames all the time), else the running callback's outermost
+    frame, else (the loop is in no callback) the innermost one.
+    """
+    innermost = frame
+    child: FrameType | None = None
+    current: FrameType | None = frame
+    while current is not None:
+        if child is not None and current.f_code in (_CALL_CODE, _RUN_CODE):
+            return child
+        child, current = current, current.f_back
+    return innermost
 
 
 def _location(frame: FrameType) -> str:
@@ -118,22 +140,51 @@ class LoopWatchdog:
                 self._loop.call_soon_threadsafe(ran.set)
             except RuntimeError:  # the loop closed
                 return
-            if ran.wait(self._threshold):
+            if ran.wait(SAMPLE_INTERVAL):
                 self._metrics.loop_lag.observe(time.monotonic() - sent)
                 continue
             # A loop that is not running (between run_until_complete calls) is idle, not blocked.
             running = self._loop.is_running()
-            culprit = find_culprit(sys._current_frames().get(self._loop_thread))
-            while not ran.wait(PROBE_INTERVAL):
-                if self._stop.is_set():
-                    return
-            if not running:
-                continue
-            blocked = time.monotonic() - sent
-            self._metrics.loop_lag.observe(blocked)
-            self._metrics.loop_blocked.labels(bot=culprit.bot, handler=culprit.handler).inc()
-            logger.warning(
-                "event loop blocked for %.2fs by %s; every bot in this process waited",
-                blocked,
-                culprit.describe(),
-            )
+            held = self._longest_hold(ran, sent)
+            if held is None:
+                return
+            self._metrics.loop_lag.observe(time.monotonic() - sent)
+            seconds, culprit = held
+            if running and culprit is not None and seconds > self._threshold:
+                self._metrics.loop_blocked.labels(bot=culprit.bot, handler=culprit.handler).inc()
+                logger.warning(
+                    "event loop blocked for %.2fs by %s; every bot in this process waited",
+                    seconds,
+                    culprit.describe(),
+                )
+
+    def _longest_hold(
+        self, ran: threading.Event, sent: float
+    ) -> tuple[float, Culprit | None] | None:
+        """Sample until the probe ran: the longest time one frame held the loop, and whose.
+
+        ``None`` if the watchdog was stopped meanwhile. A frame seen from the
+        first sample on is counted from when the probe was sent.
+        """
+        anchor: FrameType | None = None
+        since = sent
+        culprit: Culprit | None = None
+        longest: tuple[float, Culprit | None] = (0.0, None)
+        first = True
+        while True:
+            frame = sys._current_frames().get(self._loop_thread)
+            current = _anchor(frame) if frame is not None else None
+            if first or current is not anchor:
+                since = sent if first else time.monotonic()
+                anchor = current
+                culprit = find_culprit(frame) if current is not None else None
+                first = False
+            del frame, current
+            done = ran.wait(SAMPLE_INTERVAL)
+            held = time.monotonic() - since
+            if held > longest[0]:
+                longest = (held, culprit)
+            if done:
+                return longest
+            if self._stop.is_set():
+                return None
