@@ -14,7 +14,9 @@ from pymongo import AsyncMongoClient, MongoClient
 
 from botyard import supervisor as supervisor_module
 from botyard.cli import main
+from botyard.http_server import server_address
 from botyard.journal import JOURNAL_COLLECTION, UpdateJournal
+from botyard.registry import load_registry
 from botyard.testing import BotAPIEmulator
 from botyard.webhook import MAX_BODY_BYTES, SECRET_HEADER
 from botyard.webhook_secrets import SECRETS_COLLECTION, SecretStore
@@ -272,3 +274,30 @@ async def test_a_running_process_takes_over_only_what_dead_replicas_left(
         assert yard.emulator.sent_messages(token, 52) == []
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize(
+    ("sections", "modes", "expected"),
+    [
+        ("webhook:\n  base_url: https://x.example\n  listen: 127.0.0.1:8443\n", "webhook", 8443),
+        (
+            "webhook:\n  base_url: https://x.example\n  listen: 127.0.0.1:8443\n"
+            "ops:\n  listen: 127.0.0.1:9090\n",
+            "polling",
+            9090,
+        ),
+        ("ops:\n  listen: 127.0.0.1:9090\n", "polling", 9090),
+        ("", "polling", None),
+    ],
+    ids=["webhook-bot", "no-webhook-bot-uses-ops", "ops-only", "no-server"],
+)
+def test_the_server_listens_on_webhook_listen_else_on_ops_listen(
+    tmp_path: Path, sections: str, modes: str, expected: int | None
+) -> None:
+    path = tmp_path / "botyard.yaml"
+    path.write_text(
+        f"{sections}bots:\n  - name: shop\n    token: 123456789:{'A' * 35}\n"
+        f"    routers: [bots.echo:router]\n    mode: {modes}\n"
+    )
+    address = server_address(load_registry(path))
+    assert (address[1] if address else None) == expected
