@@ -31,7 +31,7 @@ from botyard.migrations_runner import (
 )
 from botyard.migrations_runner.paths import MigrationsNotFound
 from botyard.storage import COLLECTION_NAME, prepare_database, utcnow
-from test_deploy import assert_parses
+from test_deploy import DOCKERFILE, Image, assert_parses, parse_dockerfile
 
 from e2e import BOTYARD, REPO
 
@@ -507,3 +507,32 @@ def test_every_command_the_readme_shows_parses() -> None:
     assert formats == {"aiogram", "aiogram2", "seed"}
     for words in shown:
         assert_parses(words[1:])
+
+
+@pytest.mark.slow
+def test_the_installed_image_migrates_from_app_migrations(
+    tmp_path: Path, mongo_uri: str, database_name: str
+) -> None:
+    """The Dockerfile's install, compose's command: /app/migrations is found, no --path."""
+    dockerfile = parse_dockerfile(DOCKERFILE.read_text())
+    image = Image(tmp_path)
+    image.build(dockerfile)
+    config = tmp_path / "app" / "config"
+    config.mkdir()
+    deploy = (REPO / "deploy" / "botyard.yaml").read_text()
+    (config / "botyard.yaml").write_text(
+        deploy.replace("database: botyard", f"database: {database_name}")
+    )
+    try:
+        up = image.entrypoint(
+            dockerfile, "migrate", "/app/config/botyard.yaml", "up", MONGODB_URI=mongo_uri
+        )
+        assert f"migrations: {tmp_path / 'app' / 'migrations'} (database {database_name})" in up
+        assert f"applied {FIRST}" in up
+        status = image.entrypoint(
+            dockerfile, "migrate", "/app/config/botyard.yaml", "status", MONGODB_URI=mongo_uri
+        )
+        assert "1 applied, 0 pending" in status
+    finally:
+        with MongoClient(mongo_uri) as client:
+            client.drop_database(database_name)
