@@ -123,11 +123,14 @@ class RecordWriter:
         return tuple(record_filter(self.namespace, key).values())
 
     async def _stored(self, records: list[SourceRecord]) -> dict[tuple[Any, ...], Document]:
-        """The botyard records of these keys, by key; one query through the key index."""
+        """The botyard records of these keys, by key; one query through the key index.
+
+        Only the index's leading fields are matched (the rest is sorted out here):
+        adding ``user_id: {$in: ...}`` makes SecantusDB scan, 30 times slower.
+        """
         query = {
             "namespace": self.namespace,
             "chat_id": {"$in": sorted({record.key.chat_id for record in records})},
-            "user_id": {"$in": sorted({record.key.user_id for record in records})},
         }
         projection = {**dict.fromkeys(KEY_FIELDS, 1), "state": 1, "data": 1, "updated_at": 1}
         projection[IMPORTED_AT] = 1
