@@ -726,7 +726,7 @@ def test_cleanup_command_calls_hooks_with_a_bot_made_from_the_registry(
 def test_an_unreachable_database_is_one_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sys.modules["botyard.cli.states"], "SERVER_SELECTION_TIMEOUT_MS", 300)
+    monkeypatch.setattr(sys.modules["botyard.cli.database"], "SERVER_SELECTION_TIMEOUT_MS", 300)
     uri = f"mongodb://127.0.0.1:{free_port()}/"
     path = cli_registry(tmp_path, uri, "db", [{"name": "quiz"}])
     result = invoke("states", path, "stats")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from botyard.config import Registry
+from botyard.config import BotConfig, Registry
+from botyard.logs import configure_logging
 from botyard.registry import RegistryError, load_registry
 
 registry_argument = click.argument(
@@ -22,4 +23,22 @@ def load_or_exit(path: Path, *, require_tokens: bool = True) -> Registry:
         return load_registry(path, require_tokens=require_tokens)
     except RegistryError as error:
         click.echo(f"error: invalid registry\n{error}", err=True)
+        raise SystemExit(1) from None
+
+
+def load_quietly(path: Path) -> Registry:
+    """The registry for a database command: tokens optional (only a bot's hooks need its
+    token), warnings only, and the file's tokens redacted from every log line."""
+    redactor = configure_logging("WARNING")
+    registry = load_or_exit(path, require_tokens=False)
+    redactor.tokens.update(bot.token_value for bot in registry.bots if bot.token)
+    return registry
+
+
+def bot_or_exit(registry: Registry, name: str) -> BotConfig:
+    """The registry's bot called ``name``, or a message listing the known ones and exit 1."""
+    try:
+        return registry.bot(name)
+    except KeyError as error:
+        click.echo(f"error: {error.args[0]}", err=True)
         raise SystemExit(1) from None

@@ -8,35 +8,27 @@ uses; no command loads records to count them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from botyard.cleanup import BotSweep, Sweeper, delete_in_batches, stale_filter
-from botyard.cli.options import load_or_exit, registry_argument
+from botyard.cli.database import Document, run_on_database
+from botyard.cli.options import bot_or_exit, load_quietly, registry_argument
 from botyard.config import BotConfig, Registry
 from botyard.durations import format_duration, parse_duration
-from botyard.logs import configure_logging
 from botyard.storage import COLLECTION_NAME, prepare_database, utcnow
-from botyard.store import open_store
-from botyard.tokens import mask_uri
 
-Document = dict[str, Any]
 T = TypeVar("T")
 
-#: A command that cannot reach the database says so after this long.
-SERVER_SELECTION_TIMEOUT_MS = 10_000
 NO_STATE = "(no state)"
 
 
@@ -55,8 +47,8 @@ def cleanup(registry_path: Path, bot_name: str | None, dry_run: bool) -> None:
     which gets a Bot made from the registry's token), and expiry times are
     brought in line with the current state_ttl. Exits 1 if any bot's sweep failed.
     """
-    registry = _load(registry_path)
-    bots = [_bot_or_exit(registry, bot_name)] if bot_name else list(registry.bots)
+    registry = load_quietly(registry_path)
+    bots = [bot_or_exit(registry, bot_name)] if bot_name else list(registry.bots)
 
     async def sweep(database: AsyncDatabase[Document]) -> list[BotSweep]:
         return await Sweeper.for_registry(database, registry).run(bots, dry_run=dry_run)
@@ -116,7 +108,7 @@ def stats(registry_path: Path) -> None:
     "expired" counts records idle longer than the bot's state_ttl, which the
     next cleanup removes.
     """
-    registry = _load(registry_path)
+    registry = load_quietly(registry_path)
     now = utcnow()
 
     async def gather(database: AsyncDatabase[Document]) -> list[_BotStats]:
@@ -207,8 +199,8 @@ def purge(
     to ask on. The bot's on_state_expired hook is not called: a purge is not an
     expiry. A bot that keeps running sees its users start over.
     """
-    registry = _load(registry_path)
-    bot = _bot_or_exit(registry, bot_name)
+    registry = load_quietly(registry_path)
+    bot = bot_or_exit(registry, bot_name)
     query: Document = {"namespace": bot.namespace}
     if state is not None:
         query["state"] = state
@@ -282,52 +274,14 @@ def _duration(value: str | None) -> timedelta | None:
 # --- shared ------------------------------------------------------------------------
 
 
-def _load(registry_path: Path) -> Registry:
-    """The registry, tokens optional: only a bot's on_state_expired hook needs its token."""
-    redactor = configure_logging("WARNING")
-    registry = load_or_exit(registry_path, require_tokens=False)
-    redactor.tokens.update(bot.token_value for bot in registry.bots if bot.token)
-    return registry
-
-
-def _bot_or_exit(registry: Registry, name: str) -> BotConfig:
-    try:
-        return registry.bot(name)
-    except KeyError as error:
-        click.echo(f"error: {error.args[0]}", err=True)
-        raise SystemExit(1) from None
-
-
 def _run(registry: Registry, action: Callable[[AsyncDatabase[Document]], Awaitable[T]]) -> T:
-    """Run ``action`` against the registry's database; a database error exits 1, named."""
+    """Run ``action`` on the registry's database, with the indexes these commands rely on."""
 
-    async def main() -> T:
-        async with _database(registry) as database:
-            return await action(database)
+    async def prepared(database: AsyncDatabase[Document]) -> T:
+        await prepare_database(database)
+        return await action(database)
 
-    try:
-        return asyncio.run(main())
-    except PyMongoError as error:
-        where = mask_uri(registry.storage.uri) if registry.storage.uri else "the embedded store"
-        click.echo(f"error: database {where}: {error}", err=True)
-        raise SystemExit(1) from None
-
-
-@contextlib.asynccontextmanager
-async def _database(registry: Registry) -> AsyncIterator[AsyncDatabase[Document]]:
-    async with open_store(registry) as uri:
-        client: AsyncMongoClient[Document] = AsyncMongoClient(
-            uri,
-            tz_aware=True,
-            appname="botyard-cli",
-            serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-        )
-        try:
-            database = client[registry.storage.database]
-            await prepare_database(database)  # the indexes these commands rely on
-            yield database
-        finally:
-            await client.close()
+    return run_on_database(registry, prepared, appname="botyard-cli")
 
 
 def _console() -> Console:

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 from pymongo.asynchronous.database import AsyncDatabase
 
-from botyard.cli.options import registry_argument
-from botyard.cli.states import Document, _bot_or_exit, _load, _run
+from botyard.cli.database import Document, run_on_database
+from botyard.cli.options import bot_or_exit, load_quietly, registry_argument
 from botyard.journal import HEARTBEAT_INTERVAL
 from botyard.webhook_secrets import SecretStore
 
@@ -35,9 +35,9 @@ def rotate(registry_path: Path, bot_names: tuple[str, ...]) -> None:
     secret token, accepting the old ones until Telegram has the new; a stopped
     one uses them at its next start. The secrets are never printed.
     """
-    registry = _load(registry_path)
+    registry = load_quietly(registry_path)
     if bot_names:
-        bots = [_bot_or_exit(registry, name) for name in bot_names]
+        bots = [bot_or_exit(registry, name) for name in bot_names]
         polling = [bot.name for bot in bots if bot.mode != "webhook"]
         if polling:
             click.echo(
@@ -56,7 +56,7 @@ def rotate(registry_path: Path, bot_names: tuple[str, ...]) -> None:
         for bot in bots:
             await store.rotate(bot.name)
 
-    _run(registry, rotate_all)
+    run_on_database(registry, rotate_all, appname="botyard-cli")
     click.echo(
         f"rotated the webhook secrets of {', '.join(bot.name for bot in bots)}; "
         f"a running botyard calls setWebhook with them within {HEARTBEAT_INTERVAL:.0f}s"
