@@ -9,13 +9,15 @@ capacity, one group per Bot API server (a session talks to one server).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
-from aiogram.methods import Response, TelegramMethod
+from aiogram.methods import GetUpdates, Response, TelegramMethod
 from aiogram.methods.base import TelegramType
+from aiogram.types import Update
 
 #: Bots per shared session; each gets two connections (its long poll plus a reply).
 BOTS_PER_SESSION = 500
@@ -25,17 +27,29 @@ SPARE_CONNECTIONS = 50
 
 #: Strong references to the response models built so far, keyed by the type returned.
 _RESPONSE_MODELS: dict[Any, type[Response[Any]]] = {}
+_UPDATES_RESPONSE = Response[list[Update]]
 
 
-class PinnedResponseSession(AiohttpSession):
-    """aiogram's session, keeping alive the pydantic model it validates each answer with.
+class PlatformSession(AiohttpSession):
+    """aiogram's session, parsing less of what the Bot API answers.
 
-    aiogram validates every answer with ``Response[method.__returning__]``, a generic
-    model that pydantic caches only weakly: after each full garbage collection it is
-    built again, about 10 ms of schema generation per method type, which under load
-    was 8% of the platform's CPU. Holding one reference per returned type makes
-    every later lookup a cache hit.
+    Two costs of aiogram's answer parsing, found by profiling ``botyard run``
+    under load (see the README's Performance section):
+
+    - aiogram validates every answer with ``Response[method.__returning__]``, a
+      generic model pydantic caches only weakly: after each full garbage
+      collection it is built again, about 10 ms of schema generation per method
+      type. One strong reference per returned type keeps it cached.
+    - botyard confirms an update only when it and every earlier one finished
+      (at-least-once), so each ``getUpdates`` answer repeats the updates still
+      being handled; with 20 users per bot that made parsing them again 40% of
+      the platform's CPU. Each bot's updates are parsed once and kept until an
+      ``offset`` confirms them.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._unconfirmed: dict[int, dict[int, Update]] = {}
 
     def check_response(
         self,
@@ -44,6 +58,10 @@ class PinnedResponseSession(AiohttpSession):
         status_code: int,
         content: str,
     ) -> Response[TelegramType]:
+        if isinstance(method, GetUpdates) and status_code == HTTPStatus.OK:
+            parsed = self._updates(bot, method, content)
+            if parsed is not None:
+                return parsed  # type: ignore[return-value]
         returning = method.__returning__
         try:
             if returning not in _RESPONSE_MODELS:
@@ -51,6 +69,28 @@ class PinnedResponseSession(AiohttpSession):
         except TypeError:  # an unhashable return type: nothing to keep, nothing lost
             pass
         return super().check_response(bot, method, status_code, content)
+
+    def _updates(self, bot: Bot, method: GetUpdates, content: str) -> Response[list[Update]] | None:
+        """The answer with already parsed updates reused; ``None``: let aiogram handle it."""
+        known = self._unconfirmed.setdefault(bot.id, {})
+        if method.offset is not None and method.offset > 0:
+            for update_id in [update_id for update_id in known if update_id < method.offset]:
+                del known[update_id]
+        try:
+            answer = self.json_loads(content)
+            raw_updates = answer["result"]
+            if answer.get("ok") is not True or not isinstance(raw_updates, list):
+                return None
+            updates = []
+            for raw in raw_updates:
+                update = known.get(raw["update_id"])
+                if update is None:
+                    update = Update.model_validate(raw, context={"bot": bot})
+                    known[update.update_id] = update
+                updates.append(update)
+        except (ValueError, TypeError, KeyError):  # ValidationError is a ValueError
+            return None  # aiogram's own parsing raises the error it always raised
+        return _UPDATES_RESPONSE.model_construct(ok=True, result=updates)
 
 
 @dataclass
@@ -75,7 +115,7 @@ class SessionPool:
         shared = next((s for s in group if len(s.bots) < self._bots_per_session), None)
         if shared is None:
             api = TelegramAPIServer.from_base(api_server) if api_server else PRODUCTION
-            session = PinnedResponseSession(
+            session = PlatformSession(
                 api=api,
                 limit=self._bots_per_session * CONNECTIONS_PER_BOT + SPARE_CONNECTIONS,
             )
