@@ -16,7 +16,8 @@ from pymongo import AsyncMongoClient
 
 from botyard.embedded import SecantusServer
 
-pytest_plugins = ["botyard.testing.pytest_plugin"]
+# e2e: the ``emulator`` and ``world`` fixtures of the end-to-end tests.
+pytest_plugins = ["botyard.testing.pytest_plugin", "e2e"]
 
 
 @pytest.fixture(scope="session")

@@ -2,23 +2,38 @@
 
 ``BotyardProcess`` starts the command line exactly as an operator would, keeps
 its log, and on exit checks that no token the test knows of ever appeared in it.
+``World`` is a registry in a temporary folder with its bots in the emulator; test
+modules use it through the ``emulator`` and ``world`` fixtures (import them).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import runpy
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from botyard.embedded import free_port
+from botyard.testing import EmulatorThread
 
 REPO = Path(__file__).resolve().parent.parent
 BOTYARD = [sys.executable, "-m", "botyard"]
+
+# The questionnaire bot's own texts, so that tests follow the bot.
+_QUESTIONNAIRE = runpy.run_path(str(REPO / "bots" / "questionnaire" / "__init__.py"))
+QUESTIONS: list[str] = list(_QUESTIONNAIRE["QUESTIONS"].values())
+THANKS: str = _QUESTIONNAIRE["THANKS"]
 
 
 def copy_example_bots(directory: Path) -> None:
@@ -125,3 +140,137 @@ class BotyardProcess:
         if self.process is not None and self.process.poll() is None:
             self.kill()
         self.assert_no_secrets()
+
+
+SLOW_BOT = '''
+"""A test bot whose "slow N" messages take N seconds, to have updates in flight."""
+import asyncio
+import logging
+
+from aiogram import F, Router
+from aiogram.fsm.context import FSMContext
+from aiogram.types import Message
+
+log = logging.getLogger("slowbot")
+
+
+def router() -> Router:
+    slow = Router()
+
+    @slow.message(F.text.startswith("slow"))
+    async def take_time(message: Message, state: FSMContext) -> None:
+        await state.update_data({message.text.replace(" ", "_"): True})
+        log.warning("slow handler started: %s", message.text)
+        await asyncio.sleep(float(message.text.split()[1]))
+        await message.answer(f"done {message.text}")
+
+    @slow.message(F.text == "whoami")
+    async def whoami(message: Message, bot_config, database) -> None:
+        await message.answer(f"{bot_config.name} on {database.name}")
+
+    @slow.message(F.text)
+    async def quick(message: Message) -> None:
+        await message.answer(f"ok {message.text}")
+
+    return slow
+'''
+
+
+class World:
+    """A registry in a temporary folder, its bots in the emulator, and the database."""
+
+    def __init__(self, directory: Path, emulator: EmulatorThread, mongo_uri: str, db: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.emulator = emulator
+        self.mongo_uri = mongo_uri
+        self.database_name = db
+        self.tokens: dict[str, str] = {}
+        self.port = free_port()  # the webhook server's, for bots in webhook mode
+        self.path = directory / "botyard.yaml"
+        copy_example_bots(directory)
+        (directory / "slowbot.py").write_text(SLOW_BOT)
+
+    def token(self, name: str) -> str:
+        if name not in self.tokens:
+            self.tokens[name] = self.emulator.add_bot(username=f"{name}_{self.database_name}").token
+        return self.tokens[name]
+
+    def write(self, bots: dict[str, str], extra: str = "", mode: str = "polling") -> None:
+        """Write the registry: ``bots`` maps a bot name to its router spec.
+
+        With ``mode="webhook"`` every bot takes its updates by webhook, from a
+        server on ``self.port``.
+        """
+        for name in bots:
+            self.token(name)
+        if mode == "webhook":
+            url = f"127.0.0.1:{self.port}"
+            extra += f"webhook:\n  base_url: http://{url}\n  listen: {url}\n"
+        entries = "".join(
+            f"  - name: {name}\n"
+            f"    token: ${{{name.upper()}_TOKEN}}\n"
+            f"    routers: [{spec}]\n"
+            f"    api_server: ${{BOT_API_SERVER}}\n"
+            f"    mode: {mode}\n"
+            for name, spec in bots.items()
+        )
+        self.path.write_text(
+            "storage:\n"
+            "  uri: ${MONGODB_URI}\n"
+            f"  database: {self.database_name}\n"
+            "defaults:\n"
+            "  state_ttl: 1d\n"
+            f"{extra}"
+            f"bots:\n{entries}"
+        )
+
+    def env(self) -> dict[str, str]:
+        return {
+            "MONGODB_URI": self.mongo_uri,
+            "BOT_API_SERVER": self.emulator.url,
+            **{f"{name.upper()}_TOKEN": token for name, token in self.tokens.items()},
+        }
+
+    def botyard(self, *args: str) -> BotyardProcess:
+        return BotyardProcess(
+            ["run", str(self.path), *args],
+            env=self.env(),
+            cwd=self.directory,
+            secrets=self.tokens.values(),
+        )
+
+    def say(self, bot: str, user: int, text: str) -> dict[str, Any]:
+        return self.emulator.send_message(self.tokens[bot], user, text)
+
+    def reply(self, bot: str, user: int, timeout: float = 20.0) -> str:
+        message = self.emulator.wait_for_reply(self.tokens[bot], user, timeout=timeout)
+        return str(message["text"])
+
+    def collection(self, name: str, query: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with MongoClient(self.mongo_uri) as client:
+            return list(client[self.database_name][name].find(query or {}))
+
+    def records(self, namespace: str) -> dict[int, dict[str, Any]]:
+        """The bot's FSM records by user id."""
+        found = self.collection("fsm_records", {"namespace": namespace})
+        return {doc["user_id"]: doc for doc in found}
+
+    def wait_all_running(self, process: BotyardProcess, names: list[str]) -> None:
+        for name in names:
+            process.wait_for_log(rf"bot={name} status=running", timeout=60)
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorThread]:
+    with EmulatorThread() as thread:
+        yield thread
+
+
+@pytest.fixture
+def world(
+    tmp_path: Path, emulator: EmulatorThread, mongo_uri: str, database_name: str
+) -> Iterator[World]:
+    yield World(tmp_path, emulator, mongo_uri, database_name)
+    with MongoClient(mongo_uri) as client:
+        client.drop_database(database_name)

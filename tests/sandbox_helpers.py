@@ -58,13 +58,6 @@ def router() -> Router:
     return counter
 '''
 
-QUESTIONS = [
-    "Question 1: What is your favorite color?",
-    "Question 2: What is your favorite animal?",
-    "Question 3: What is your favorite food?",
-]
-THANKS = "Thank you for completing the questionnaire."
-
 
 def example_registry(directory: Path, database: str) -> Path:
     """The repository's ``botyard.yaml`` and ``bots/`` in ``directory``, plus the counter bot.

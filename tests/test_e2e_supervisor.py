@@ -4,148 +4,18 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from pymongo import MongoClient
 
 from botyard.cli import main
 from botyard.embedded import SecantusServer
 from botyard.testing import EmulatorThread
 
-from e2e import BotyardProcess, copy_example_bots
+from e2e import QUESTIONS, THANKS, BotyardProcess, World, copy_example_bots
 
 pytestmark = pytest.mark.e2e
-
-QUESTIONS = [
-    "Question 1: What is your favorite color?",
-    "Question 2: What is your favorite animal?",
-    "Question 3: What is your favorite food?",
-]
-THANKS = "Thank you for completing the questionnaire."
-
-SLOW_BOT = '''
-"""A test bot whose "slow N" messages take N seconds, to have updates in flight."""
-import asyncio
-import logging
-
-from aiogram import F, Router
-from aiogram.fsm.context import FSMContext
-from aiogram.types import Message
-
-log = logging.getLogger("slowbot")
-
-
-def router() -> Router:
-    slow = Router()
-
-    @slow.message(F.text.startswith("slow"))
-    async def take_time(message: Message, state: FSMContext) -> None:
-        await state.update_data({message.text.replace(" ", "_"): True})
-        log.warning("slow handler started: %s", message.text)
-        await asyncio.sleep(float(message.text.split()[1]))
-        await message.answer(f"done {message.text}")
-
-    @slow.message(F.text == "whoami")
-    async def whoami(message: Message, bot_config, database) -> None:
-        await message.answer(f"{bot_config.name} on {database.name}")
-
-    @slow.message(F.text)
-    async def quick(message: Message) -> None:
-        await message.answer(f"ok {message.text}")
-
-    return slow
-'''
-
-
-class World:
-    """A registry in a temporary folder, its bots in the emulator, and the database."""
-
-    def __init__(self, directory: Path, emulator: EmulatorThread, mongo_uri: str, db: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
-        self.emulator = emulator
-        self.mongo_uri = mongo_uri
-        self.database_name = db
-        self.tokens: dict[str, str] = {}
-        self.path = directory / "botyard.yaml"
-        copy_example_bots(directory)
-        (directory / "slowbot.py").write_text(SLOW_BOT)
-
-    def token(self, name: str) -> str:
-        if name not in self.tokens:
-            self.tokens[name] = self.emulator.add_bot(username=f"{name}_{self.database_name}").token
-        return self.tokens[name]
-
-    def write(self, bots: dict[str, str], extra: str = "") -> None:
-        """Write the registry: ``bots`` maps a bot name to its router spec."""
-        for name in bots:
-            self.token(name)
-        entries = "".join(
-            f"  - name: {name}\n"
-            f"    token: ${{{name.upper()}_TOKEN}}\n"
-            f"    routers: [{spec}]\n"
-            f"    api_server: ${{BOT_API_SERVER}}\n"
-            for name, spec in bots.items()
-        )
-        self.path.write_text(
-            "storage:\n"
-            "  uri: ${MONGODB_URI}\n"
-            f"  database: {self.database_name}\n"
-            "defaults:\n"
-            "  state_ttl: 1d\n"
-            f"{extra}"
-            f"bots:\n{entries}"
-        )
-
-    def env(self) -> dict[str, str]:
-        return {
-            "MONGODB_URI": self.mongo_uri,
-            "BOT_API_SERVER": self.emulator.url,
-            **{f"{name.upper()}_TOKEN": token for name, token in self.tokens.items()},
-        }
-
-    def botyard(self, *args: str) -> BotyardProcess:
-        return BotyardProcess(
-            ["run", str(self.path), *args],
-            env=self.env(),
-            cwd=self.directory,
-            secrets=self.tokens.values(),
-        )
-
-    def say(self, bot: str, user: int, text: str) -> dict[str, Any]:
-        return self.emulator.send_message(self.tokens[bot], user, text)
-
-    def reply(self, bot: str, user: int, timeout: float = 20.0) -> str:
-        message = self.emulator.wait_for_reply(self.tokens[bot], user, timeout=timeout)
-        return str(message["text"])
-
-    def records(self, namespace: str) -> dict[int, dict[str, Any]]:
-        with MongoClient(self.mongo_uri) as client:
-            collection = client[self.database_name]["fsm_records"]
-            return {doc["user_id"]: doc for doc in collection.find({"namespace": namespace})}
-
-    def wait_all_running(self, process: BotyardProcess, names: list[str]) -> None:
-        for name in names:
-            process.wait_for_log(rf"bot={name} status=running", timeout=60)
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread() as thread:
-        yield thread
-
-
-@pytest.fixture
-def world(
-    tmp_path: Path, emulator: EmulatorThread, mongo_uri: str, database_name: str
-) -> Iterator[World]:
-    yield World(tmp_path, emulator, mongo_uri, database_name)
-    with MongoClient(mongo_uri) as client:
-        client.drop_database(database_name)
 
 
 def test_three_bots_serve_several_users_with_isolated_state(world: World) -> None:

@@ -2,137 +2,24 @@
 
 from __future__ import annotations
 
-import runpy
 import signal
 import socket
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from pymongo import MongoClient
 
 from botyard.cli import main
-from botyard.embedded import free_port
 from botyard.journal import JOURNAL_COLLECTION
-from botyard.testing import EmulatorThread
 
-from e2e import REPO, BotyardProcess, copy_example_bots
+from e2e import QUESTIONS, THANKS, World
 
 pytestmark = pytest.mark.e2e
 
-# The questionnaire bot's own texts, so this test follows the bot.
-_QUESTIONNAIRE = runpy.run_path(str(REPO / "bots" / "questionnaire" / "__init__.py"))
-QUESTIONS: list[str] = list(_QUESTIONNAIRE["QUESTIONS"].values())
-THANKS: str = _QUESTIONNAIRE["THANKS"]
-
-SLOW_BOT = """
-import asyncio
-import logging
-
-from aiogram import F, Router
-from aiogram.types import Message
-
-log = logging.getLogger("slowbot")
-
-
-def router() -> Router:
-    slow = Router()
-
-    @slow.message(F.text.startswith("slow"))
-    async def take_time(message: Message) -> None:
-        log.warning("slow handler started: %s", message.text)
-        await asyncio.sleep(float(message.text.split()[1]))
-        await message.answer(f"done {message.text}")
-
-    @slow.message(F.text)
-    async def quick(message: Message) -> None:
-        await message.answer(f"ok {message.text}")
-
-    return slow
-"""
-
-
-class WebhookWorld:
-    """A registry of webhook bots in a temporary folder, the emulator and the database."""
-
-    def __init__(self, directory: Path, emulator: EmulatorThread, mongo_uri: str, db: str) -> None:
-        self.directory = directory
-        self.emulator = emulator
-        self.mongo_uri = mongo_uri
-        self.database_name = db
-        self.port = free_port()
-        self.tokens: dict[str, str] = {}
-        self.path = directory / "botyard.yaml"
-        copy_example_bots(directory)
-        (directory / "slowbot.py").write_text(SLOW_BOT)
-
-    def write(self, bots: dict[str, str]) -> None:
-        for name in bots:
-            if name not in self.tokens:
-                username = f"{name}_{self.database_name}"
-                self.tokens[name] = self.emulator.add_bot(username=username).token
-        entries = "".join(
-            f"  - name: {name}\n"
-            f"    token: ${{{name.upper()}_TOKEN}}\n"
-            f"    routers: [{spec}]\n"
-            f"    api_server: ${{BOT_API_SERVER}}\n"
-            "    mode: webhook\n"
-            for name, spec in bots.items()
-        )
-        self.path.write_text(
-            "storage:\n"
-            "  uri: ${MONGODB_URI}\n"
-            f"  database: {self.database_name}\n"
-            "webhook:\n"
-            f"  base_url: http://127.0.0.1:{self.port}\n"
-            f"  listen: 127.0.0.1:{self.port}\n"
-            f"bots:\n{entries}"
-        )
-
-    def env(self) -> dict[str, str]:
-        return {
-            "MONGODB_URI": self.mongo_uri,
-            "BOT_API_SERVER": self.emulator.url,
-            **{f"{name.upper()}_TOKEN": token for name, token in self.tokens.items()},
-        }
-
-    def botyard(self) -> BotyardProcess:
-        return BotyardProcess(
-            ["run", str(self.path)],
-            env=self.env(),
-            cwd=self.directory,
-            secrets=self.tokens.values(),
-        )
-
-    def reply(self, bot: str, user: int, timeout: float = 30.0) -> str:
-        return str(self.emulator.wait_for_reply(self.tokens[bot], user, timeout=timeout)["text"])
-
-    def collection(self, name: str) -> list[dict[str, Any]]:
-        with MongoClient(self.mongo_uri) as client:
-            return list(client[self.database_name][name].find())
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread() as thread:
-        yield thread
-
-
-@pytest.fixture
-def world(
-    tmp_path: Path, emulator: EmulatorThread, mongo_uri: str, database_name: str
-) -> Iterator[WebhookWorld]:
-    yield WebhookWorld(tmp_path, emulator, mongo_uri, database_name)
-    with MongoClient(mongo_uri) as client:
-        client.drop_database(database_name)
-
 
 def test_questionnaire_over_webhooks_with_a_secret_rotation(
-    world: WebhookWorld, monkeypatch: pytest.MonkeyPatch
+    world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    world.write({"questionnaire": "bots.questionnaire:router"})
+    world.write({"questionnaire": "bots.questionnaire:router"}, mode="webhook")
     token = world.tokens["questionnaire"]
     users = [601, 602]
     with world.botyard() as botyard:
@@ -177,8 +64,8 @@ def test_questionnaire_over_webhooks_with_a_secret_rotation(
     assert world.emulator.pending_updates(token) == []
 
 
-def test_sigterm_during_a_burst_drains_every_accepted_update(world: WebhookWorld) -> None:
-    world.write({"slow": "slowbot:router"})
+def test_sigterm_during_a_burst_drains_every_accepted_update(world: World) -> None:
+    world.write({"slow": "slowbot:router"}, mode="webhook")
     token = world.tokens["slow"]
     with world.botyard() as botyard:
         botyard.wait_for_log(r"bot=slow status=running", timeout=60)
@@ -202,9 +89,9 @@ def test_sigterm_during_a_burst_drains_every_accepted_update(world: WebhookWorld
 
 
 def test_an_accepted_update_survives_sigkill_and_is_handled_after_restart(
-    world: WebhookWorld,
+    world: World,
 ) -> None:
-    world.write({"slow": "slowbot:router"})
+    world.write({"slow": "slowbot:router"}, mode="webhook")
     token = world.tokens["slow"]
     with world.botyard() as first:
         first.wait_for_log(r"bot=slow status=running", timeout=60)
@@ -224,8 +111,8 @@ def test_an_accepted_update_survives_sigkill_and_is_handled_after_restart(
     assert world.collection(JOURNAL_COLLECTION) == []
 
 
-def test_a_busy_listen_address_is_one_line_and_exit_1(world: WebhookWorld) -> None:
-    world.write({"echo": "bots.echo:router"})
+def test_a_busy_listen_address_is_one_line_and_exit_1(world: World) -> None:
+    world.write({"echo": "bots.echo:router"}, mode="webhook")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", world.port))
         taken.listen()

@@ -18,16 +18,10 @@ from pymongo import MongoClient
 from botyard.embedded import INSTALL_HINT, SERVER_COMMAND, SecantusServer
 from botyard.testing import EmulatorThread
 
-from e2e import BotyardProcess, copy_example_bots
+from e2e import QUESTIONS, THANKS, BotyardProcess, copy_example_bots
 
 pytestmark = pytest.mark.e2e
 
-QUESTIONS = [
-    "Question 1: What is your favorite color?",
-    "Question 2: What is your favorite animal?",
-    "Question 3: What is your favorite food?",
-]
-THANKS = "Thank you for completing the questionnaire."
 WARNING = "storage.uri is not set: using an embedded SecantusDB"
 REGISTRY = """\
 storage:

@@ -23,7 +23,8 @@ from pymongo import MongoClient
 from botyard.cli import main
 from botyard.storage import COLLECTION_NAME, BeanieStorage
 from botyard.testing import EmulatorThread
-from test_e2e_supervisor import QUESTIONS, THANKS, World
+
+from e2e import QUESTIONS, THANKS, World
 
 BOT_ID = 1000001
 TOKEN = f"{BOT_ID}:{'A' * 35}"

@@ -24,9 +24,9 @@ from botyard.embedded import free_port
 from botyard.sandbox import Sandbox
 from botyard.storage import COLLECTION_NAME
 from botyard.tokens import redact
-from sandbox_helpers import COUNTER_BOT, QUESTIONS, THANKS, example_registry, sandbox_process
+from sandbox_helpers import COUNTER_BOT, example_registry, sandbox_process
 
-from e2e import BotyardProcess, copy_example_bots
+from e2e import QUESTIONS, THANKS, BotyardProcess, copy_example_bots
 
 #: Looks like a real token; the sandbox must never send it anywhere.
 FILE_TOKEN = "123456789:AAHfakefakefakefakefakefakefakefake1"

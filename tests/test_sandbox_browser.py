@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from sandbox_helpers import QUESTIONS, THANKS, example_registry, sandbox_process
+from sandbox_helpers import example_registry, sandbox_process
 
-from e2e import REPO
+from e2e import QUESTIONS, REPO, THANKS
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
