@@ -261,6 +261,11 @@ def test_update_handled_while_mongodb_is_down_is_retried_after_recovery(
             world.wait_all_running(botyard, ["questionnaire"])
             world.say("questionnaire", user, "/start")
             assert world.reply("questionnaire", user) == QUESTIONS[0]
+            # The reply goes out inside the handler; the state is written when it returns.
+            deadline = time.monotonic() + 30
+            while user not in world.records("questionnaire"):
+                assert time.monotonic() < deadline, "the /start state was never written"
+                time.sleep(0.05)
             server.stop()
             answer = world.say("questionnaire", user, "blue")
             botyard.wait_for_log(rf"update={answer['update_id']} failed with \w+", timeout=60)
