@@ -116,6 +116,7 @@ class Page:
             lambda: (
                 self.driver.current_url.endswith(f"/bots/{bot}/users/{user}")
                 and f"{bot} · " in self.text("#chat-title")
+                and self.find("#messages").get_attribute("data-chat") == f"{bot}/{user}"
             ),
             f"the chat of {bot} with user {user} is shown",
         )

@@ -56,6 +56,7 @@ function select(bot, user, { push = true } = {}) {
   page.user = user === null ? null : String(user);
   page.shownMessages = 0;
   $("messages").replaceChildren();  // another chat: nothing of the last one stays
+  delete $("messages").dataset.chat;  // set again once this chat's messages are shown
   const path = `/bots/${encodeURIComponent(bot)}/users/${encodeURIComponent(page.user)}`;
   if (location.pathname !== path) {
     if (push) history.pushState(null, "", path);
@@ -198,6 +199,7 @@ function renderChat(chat) {
   if (!enabled) {
     $("chat-title").textContent = "No chat";
     messages.replaceChildren();
+    delete messages.dataset.chat;
     $("reply-keyboard").replaceChildren();
     show("toast", "");
     renderFsm(null);
@@ -221,6 +223,7 @@ function renderChat(chat) {
     items.push(element("li", { class: "empty muted", text: "No messages yet: try /start." }));
   }
   keepChildren(messages, items);
+  messages.dataset.chat = `${chat.bot}/${chat.user.id}`;
   if (atBottom || chat.messages.length > page.shownMessages) messages.scrollTop = messages.scrollHeight;
   page.shownMessages = chat.messages.length;
   const lastBot = [...chat.messages].reverse().find((message) => message.from === "bot");
