@@ -27,6 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from benchmarks.aiogram_app import make_storage
 from benchmarks.harness import World
 from botyard.roundtrips import RoundTripCounter
+from botyard.routers import BotRouters
 from botyard.runner import BotRunner, BotSpec
 from botyard.storage import BeanieStorage, prepare_database
 
@@ -47,7 +48,7 @@ DispatcherFactory = Callable[[AsyncDatabase[Any], Router, str], Dispatcher]
 
 def botyard_dispatcher(database: AsyncDatabase[Any], router: Router, name: str) -> Dispatcher:
     storage = BeanieStorage(database, name, state_ttl=timedelta(days=1))
-    spec = BotSpec(name=name, token="1:unused", routers=[router], storage=storage)
+    spec = BotSpec(name=name, token="1:unused", routers=BotRouters.of(router), storage=storage)
     return BotRunner(spec, Bot("1:unused")).dispatcher
 
 

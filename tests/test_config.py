@@ -19,7 +19,7 @@ from pydantic import SecretStr, ValidationError
 from botyard.config import BotConfig, Defaults, Registry, RegistryError
 from botyard.durations import format_duration, parse_duration
 from botyard.registry import check_registry, diff_registries, load_registry, registry_json_schema
-from botyard.routers import RouterRegistry, resolve_callable, resolve_routers
+from botyard.routers import RouterBuildError, RouterRegistry, resolve_callable, resolve_routers
 from botyard.tokens import check_token, mask_token, mask_uri, redact
 
 TOKEN_A = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
@@ -677,7 +677,7 @@ def test_router_object_listed_for_two_bots(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="listed for bots 'a' and 'b'"):
         routers.resolve(registry.bot("b"))
     routers.release("a")
-    assert routers.resolve(registry.bot("b")) == [sys.modules["bots.shop"].router]
+    assert routers.resolve(registry.bot("b")).build() == [sys.modules["bots.shop"].router]
 
 
 def test_shared_router_of_a_disabled_bot_is_fine(tmp_path: Path) -> None:
@@ -697,7 +697,7 @@ def test_shared_router_of_a_disabled_bot_is_fine(tmp_path: Path) -> None:
     assert check_registry(path, environ=ENV).startswith(f"{path}: OK: 2 bot(s), 1 enabled")
 
 
-def test_factory_is_called_once_per_bot(tmp_path: Path) -> None:
+def test_factory_builds_a_new_router_for_each_bot(tmp_path: Path) -> None:
     path = registry_with(
         tmp_path,
         """\
@@ -713,10 +713,13 @@ def test_factory_is_called_once_per_bot(tmp_path: Path) -> None:
     registry = load_registry(path, environ=ENV)
     routers = RouterRegistry(registry.base_dir).resolve_all(registry.enabled_bots)
     assert set(routers) == {"a", "b"}
-    (router_a,), (router_b,) = routers["a"], routers["b"]
+    calls = sys.modules["bots.shop"].calls
+    assert len(calls) == 2, "one probe of the list of specs, calling the factory twice"
+    assert routers["a"].used_update_types == routers["b"].used_update_types == []
+    (router_a,), (router_b,) = routers["a"].build(), routers["b"].build()
     assert isinstance(router_a, Router)
     assert router_a is not router_b
-    assert sys.modules["bots.shop"].calls == [1, 1]
+    assert len(calls) == 4, "then once for each bot's Dispatcher"
 
 
 def test_factory_returning_one_router_twice(tmp_path: Path) -> None:
@@ -734,8 +737,9 @@ def test_factory_returning_one_router_twice(tmp_path: Path) -> None:
         lazy=lazy,
     )
     assert check_problems(path) == [
-        f"{path}:7: bots[1] (b).routers[0]: factory bots.lazy:make returned the Router that bot "
-        "'a' already uses; a factory must build a new Router on every call"
+        f"{path}:{line}: bots[{index}] ({name}).routers[0]: factory bots.lazy:make returned the "
+        "same Router on two calls; a factory must build a new Router on every call"
+        for line, index, name in ((4, 0, "a"), (7, 1, "b"))
     ]
 
 
@@ -965,3 +969,42 @@ def test_token_helpers() -> None:
     assert redact("x short-secret y", ["short-secret"]) == "x *** y"
     assert mask_uri("mongodb://u:p4ss@h:1/db?x=1") == "mongodb://u:***@h:1/db?x=1"
     assert mask_uri("mongodb://h/db") == "mongodb://h/db"
+
+
+def test_a_probe_learns_update_types_and_lifecycle_hooks_once_per_spec(tmp_path: Path) -> None:
+    module = """\
+        from aiogram import Router
+        calls = []
+        def make():
+            calls.append(1)
+            if len(calls) > 3:
+                raise RuntimeError("database gone")
+            router = Router()
+            router.message.register(lambda message: None)
+            return router
+        def hooked():
+            router = Router()
+            router.edited_message.register(lambda message: None)
+            router.startup.register(lambda: None)
+            return router
+        """
+    write_bots(tmp_path, flaky=textwrap.dedent(module))
+    registry = RouterRegistry(tmp_path)
+    plain = registry.resolve(
+        BotConfig(name="a", token=SecretStr(TOKEN_A), routers=["bots.flaky:make"])
+    )
+    both = registry.resolve(
+        BotConfig(
+            name="b", token=SecretStr(TOKEN_B), routers=["bots.flaky:make", "bots.flaky:hooked"]
+        )
+    )
+    assert (plain.used_update_types, plain.lifecycle_hooks) == (["message"], False)
+    assert (both.used_update_types, both.lifecycle_hooks) == (["edited_message", "message"], True)
+    assert len(sys.modules["bots.flaky"].calls) == 2, "probed once for both bots"
+    plain.build()
+    with pytest.raises(RouterBuildError) as caught:
+        both.build()
+    assert str(caught.value) == (
+        "factory bots.flaky:make raised RuntimeError: database gone "
+        f"(at {tmp_path / 'bots' / 'flaky.py'}:6)"
+    )

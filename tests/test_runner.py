@@ -13,12 +13,13 @@ import pytest
 from aiogram import Bot, F, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
-from aiogram.types import Message
+from aiogram.types import CallbackQuery, Message
 from aiogram.utils.backoff import BackoffConfig
 from pymongo import AsyncMongoClient
 
 from botyard import runner as runner_module
 from botyard.registry import load_registry
+from botyard.routers import BotRouters
 from botyard.runner import BotRunner, BotSpec, BotStatus
 from botyard.sessions import SessionPool
 from botyard.storage import BeanieStorage, prepare_database
@@ -49,7 +50,8 @@ def make_runner(
     session = AiohttpSession(api=TelegramAPIServer.from_base(emulator.url))
     bot = Bot(token, session=session)
     return BotRunner(
-        BotSpec(name="bot", token=token, routers=[router], storage=storage, **spec), bot
+        BotSpec(name="bot", token=token, routers=BotRouters.of(router), storage=storage, **spec),
+        bot,
     )
 
 
@@ -221,3 +223,88 @@ async def test_stop_requested_together_with_a_reload_still_stops(
             assert await running == 0
     finally:
         running.cancel()
+
+
+async def test_the_dispatcher_is_built_for_the_first_update(
+    bot_api: BotAPIEmulator, storage: BeanieStorage
+) -> None:
+    token = bot_api.add_bot().token
+    router = Router()
+
+    @router.message(F.text)
+    async def echo(message: Message) -> None:
+        await message.answer(message.text or "")
+
+    @router.callback_query()
+    async def press(query: CallbackQuery) -> None:
+        await query.answer()
+
+    runner = make_runner(bot_api, token, storage, router)
+    assert runner.allowed_updates == ["callback_query", "message"]
+    runner.start()
+    await wait_for(lambda: bot_api.calls(token, "getUpdates") >= 1)
+    assert runner._dispatcher is None, "an idle bot polls without a Dispatcher"
+    assert router.parent_router is None
+    bot_api.send_message(token, 1, "hi")
+    assert (await bot_api.wait_for_reply(token, 1))["text"] == "hi"
+    assert router.parent_router is runner._dispatcher is not None
+    assert runner.dispatcher is runner._dispatcher, "built once"
+    await runner.stop(5)
+    assert router.parent_router is None, "detached, for a restarted bot's new Dispatcher"
+    await runner.bot.session.close()
+
+
+async def test_startup_and_shutdown_handlers_run_at_start_and_stop(
+    bot_api: BotAPIEmulator, storage: BeanieStorage
+) -> None:
+    token = bot_api.add_bot().token
+    router = Router()
+    events: list[str] = []
+
+    @router.startup()
+    async def started(bot: Bot) -> None:
+        events.append(f"startup {bot.id}")
+
+    @router.shutdown()
+    async def stopped() -> None:
+        events.append("shutdown")
+
+    runner = make_runner(bot_api, token, storage, router)
+    runner.start()
+    await wait_for(lambda: bot_api.calls(token, "getUpdates") >= 1)
+    assert events == [f"startup {runner.bot.id}"], "no update needed for startup handlers"
+    await runner.stop(5)
+    assert events == [f"startup {runner.bot.id}", "shutdown"]
+    await runner.bot.session.close()
+
+
+async def test_a_webhook_left_set_is_deleted_when_polling_meets_it(
+    bot_api: BotAPIEmulator, storage: BeanieStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = bot_api.add_bot().token
+    idle = bot_api.add_bot().token
+    router = Router()
+
+    @router.message(F.text)
+    async def echo(message: Message) -> None:
+        await message.answer(message.text or "")
+
+    runner = make_runner(bot_api, token, storage, router)
+    await runner.bot.set_webhook("https://hooks.example/old")
+    caplog.set_level(logging.INFO, logger="botyard.bot")
+    runner.start()
+    await wait_for(lambda: bot_api.calls(token, "deleteWebhook") == 1)
+    assert bot_api.webhook_info(token)["url"] == ""
+    bot_api.send_message(token, 1, "hi")
+    assert (await bot_api.wait_for_reply(token, 1))["text"] == "hi"
+    assert bot_api.calls(token, "deleteWebhook") == 1
+    assert "bot=bot had a webhook set; deleting it to poll" in caplog.messages
+    await runner.stop(5)
+    await runner.bot.session.close()
+
+    plain = make_runner(bot_api, idle, storage, Router())
+    plain.start()
+    await wait_for(lambda: bot_api.calls(idle, "getUpdates") >= 1)
+    assert bot_api.calls(idle, "deleteWebhook") == 0, "no webhook: no call for it at start"
+    await plain.stop(5)
+    await plain.bot.session.close()

@@ -2,8 +2,9 @@
 
 Two aiogram facts shape this module. A ``Router`` can be included in one
 parent only, so a module-level router cannot serve two bots: a module that
-several bots share must expose a factory function, called once per bot. And
-import errors in user code are the most common way a deployment breaks, so each
+several bots share must expose a factory function, called for each bot when its
+Dispatcher is built (and twice at start, to check it builds a new Router each
+time). And import errors in user code are the most common way a deployment breaks, so each
 one is reported with the spec, the exception, and the file and line that raised it.
 """
 
@@ -23,7 +24,14 @@ from aiogram import Router
 
 from botyard.config import BotConfig, Loc, RegistryError, format_loc
 
-__all__ = ["Locator", "RouterRegistry", "resolve_callable", "resolve_routers"]
+__all__ = [
+    "BotRouters",
+    "Locator",
+    "RouterBuildError",
+    "RouterRegistry",
+    "resolve_callable",
+    "resolve_routers",
+]
 
 Locator = Callable[[BotConfig, Loc], str]
 """Where a bot's key is, for error messages: ``(bot, ("routers", 0))`` -> ``"file:12: ..."``."""
@@ -40,15 +48,19 @@ class _SpecError(Exception):
     """A spec that cannot be turned into the object it names; the message says why."""
 
 
+class RouterBuildError(Exception):
+    """A factory failed when a Dispatcher was built, though it worked at start."""
+
+
 def resolve_routers(
     bot: BotConfig, base_dir: Path, *, locate: Locator = _default_locator
-) -> list[Router]:
-    """Import the bot's routers, calling factories to get fresh ones.
+) -> BotRouters:
+    """Import the bot's routers and check them, calling each factory to see what it builds.
 
     Raises :class:`RegistryError` listing every router of the bot that failed.
     Does not check sharing between bots; :class:`RouterRegistry` does.
     """
-    return [entry.router for entry in _resolve_entries(bot, base_dir, locate)]
+    return RouterRegistry(base_dir, locate=locate).resolve(bot)
 
 
 def resolve_callable(
@@ -68,10 +80,68 @@ def resolve_callable(
 
 @dataclass(frozen=True)
 class _Entry:
+    """One item of a bot's ``routers:``: a Router object, or a factory called per build."""
+
     spec: str
     index: int
-    router: Router
-    from_factory: bool
+    router: Router | None = None
+    factory: Callable[[], Any] | None = None
+
+    def build(self) -> Router:
+        if self.factory is None:
+            assert self.router is not None
+            return self.router
+        return _call_factory(self.spec, self.factory)
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What building one router showed, valid for every later build of it."""
+
+    used_update_types: frozenset[str]
+    lifecycle_hooks: bool
+
+    @classmethod
+    def of(cls, router: Router) -> _Probe:
+        return cls(
+            frozenset(router.resolve_used_update_types()),
+            any(r.startup.handlers or r.shutdown.handlers for r in router.chain_tail),
+        )
+
+
+class BotRouters:
+    """One bot's routers, built when its Dispatcher is, with what must be known earlier.
+
+    Building aiogram routers is most of what an idle bot costs: every Router
+    makes an observer per update type, each inspecting a callback's signature,
+    about 40 KB and 1 ms per Router. So a runner builds its bot's routers on
+    the first update. What is needed before that (the update types to ask
+    Telegram for, and whether startup or shutdown handlers must run at start)
+    comes from a probe build of each spec, made once per process.
+    """
+
+    def __init__(self, entries: list[_Entry], probes: list[_Probe]) -> None:
+        self._entries = entries
+        self.used_update_types = sorted({name for p in probes for name in p.used_update_types})
+        #: Some router has startup or shutdown handlers: build at start, so they run then.
+        self.lifecycle_hooks = any(probe.lifecycle_hooks for probe in probes)
+
+    @classmethod
+    def of(cls, *routers: Router) -> BotRouters:
+        """Routers already built (tests, embedding): each build hands out these objects."""
+        entries = [_Entry(repr(r), index, router=r) for index, r in enumerate(routers)]
+        return cls(entries, [_Probe.of(router) for router in routers])
+
+    def build(self) -> list[Router]:
+        """The routers to include in a new Dispatcher: fresh ones from every factory.
+
+        Raises :class:`RouterBuildError` if a factory fails now although it
+        worked when the registry was loaded.
+        """
+        try:
+            return [entry.build() for entry in self._entries]
+        except _SpecError as error:
+            raise RouterBuildError(str(error)) from None
 
 
 class RouterRegistry:
@@ -87,12 +157,15 @@ class RouterRegistry:
         self.base_dir = base_dir
         self._locate = locate
         self._owners: dict[int, tuple[str, _Entry]] = {}
+        #: Per spec: a factory is probed once, not once per bot.
+        self._probes: dict[str, _Probe] = {}
 
-    def resolve(self, bot: BotConfig) -> list[Router]:
+    def resolve(self, bot: BotConfig) -> BotRouters:
         """The routers for ``bot``; :class:`RegistryError` if any is unusable or taken."""
-        entries = _resolve_entries(bot, self.base_dir, self._locate)
+        entries, probes = _resolve_entries(bot, self.base_dir, self._locate, self._probes)
         problems = []
-        for entry in entries:
+        objects = [entry for entry in entries if entry.router is not None]
+        for entry in objects:
             owner = self._owners.get(id(entry.router))
             if owner and owner[0] != bot.name:
                 problems.append(
@@ -101,13 +174,13 @@ class RouterRegistry:
                 )
         if problems:
             raise RegistryError(problems)
-        for entry in entries:
+        for entry in objects:
             self._owners[id(entry.router)] = (bot.name, entry)
-        return [entry.router for entry in entries]
+        return BotRouters(entries, probes)
 
-    def resolve_all(self, bots: Iterable[BotConfig]) -> dict[str, list[Router]]:
+    def resolve_all(self, bots: Iterable[BotConfig]) -> dict[str, BotRouters]:
         """Routers for several bots, reporting the problems of all of them at once."""
-        routers: dict[str, list[Router]] = {}
+        routers: dict[str, BotRouters] = {}
         problems: list[str] = []
         for bot in bots:
             try:
@@ -124,11 +197,6 @@ class RouterRegistry:
 
 
 def _shared_message(entry: _Entry, first_bot: str, first: _Entry, bot_name: str) -> str:
-    if entry.from_factory:
-        return (
-            f"factory {entry.spec} returned the Router that bot {first_bot!r} already uses; "
-            "a factory must build a new Router on every call"
-        )
     return (
         f"router {entry.spec} is a Router object and is listed for bots {first_bot!r} and "
         f"{bot_name!r}; aiogram routers attach to one Dispatcher only: expose a factory "
@@ -137,55 +205,77 @@ def _shared_message(entry: _Entry, first_bot: str, first: _Entry, bot_name: str)
     )
 
 
-def _resolve_entries(bot: BotConfig, base_dir: Path, locate: Locator) -> list[_Entry]:
+def _resolve_entries(
+    bot: BotConfig, base_dir: Path, locate: Locator, probes: dict[str, _Probe]
+) -> tuple[list[_Entry], list[_Probe]]:
     entries: list[_Entry] = []
+    found: list[_Probe] = []
     problems: list[str] = []
     seen: dict[int, str] = {}
     for index, spec in enumerate(bot.routers):
         try:
             entry = _router_entry(spec, index, base_dir)
-            if id(entry.router) in seen:
-                raise _SpecError(
-                    f"{spec} is the same Router as {seen[id(entry.router)]}, "
-                    "listed twice for this bot"
-                )
+            if entry.router is not None:
+                if id(entry.router) in seen:
+                    raise _SpecError(
+                        f"{spec} is the same Router as {seen[id(entry.router)]}, "
+                        "listed twice for this bot"
+                    )
+                seen[id(entry.router)] = spec
+            probe = probes.get(spec) or _probe(entry)
         except _SpecError as error:
             problems.append(f"{locate(bot, ('routers', index))}: {error}")
             continue
-        seen[id(entry.router)] = spec
+        probes[spec] = probe
         entries.append(entry)
+        found.append(probe)
     if problems:
         raise RegistryError(problems)
-    return entries
+    return entries, found
+
+
+def _probe(entry: _Entry) -> _Probe:
+    """Build ``entry`` once; a factory twice: it must return a new, unattached Router."""
+    router = entry.build()
+    if entry.factory is not None:
+        _check_unattached(entry.spec, router)
+        if entry.build() is router:
+            raise _SpecError(
+                f"factory {entry.spec} returned the same Router on two calls; "
+                "a factory must build a new Router on every call"
+            )
+    return _Probe.of(router)
 
 
 def _router_entry(spec: str, index: int, base_dir: Path) -> _Entry:
     found = _import_object(spec, base_dir)
     if isinstance(found, Router):
-        router, from_factory = found, False
-    elif callable(found):
-        router, from_factory = _call_factory(spec, found), True
-    else:
+        _check_unattached(spec, found)
+        return _Entry(spec, index, router=found)
+    if not callable(found):
         raise _SpecError(
             f"{spec} is {_describe(found)}; expected an aiogram Router or a function returning one"
         )
+    if inspect.iscoroutinefunction(found):
+        raise _SpecError(f"{spec} is an async function; a router factory must be a plain def")
+    try:
+        inspect.signature(found).bind()
+    except TypeError:
+        raise _SpecError(f"{spec} is a factory that needs arguments; it must take none") from None
+    except ValueError:  # no signature available (some builtins): just try the call
+        pass
+    return _Entry(spec, index, factory=found)
+
+
+def _check_unattached(spec: str, router: Router) -> None:
     if router.parent_router is not None:
         raise _SpecError(
             f"{spec} is already included in router {router.parent_router.name!r}; list that "
             "router instead, or expose a factory that builds a new one"
         )
-    return _Entry(spec, index, router, from_factory)
 
 
-def _call_factory(spec: str, factory: Callable[..., Any]) -> Router:
-    if inspect.iscoroutinefunction(factory):
-        raise _SpecError(f"{spec} is an async function; a router factory must be a plain def")
-    try:
-        inspect.signature(factory).bind()
-    except TypeError:
-        raise _SpecError(f"{spec} is a factory that needs arguments; it must take none") from None
-    except ValueError:  # no signature available (some builtins): just try the call
-        pass
+def _call_factory(spec: str, factory: Callable[[], Any]) -> Router:
     try:
         router = factory()
     except (Exception, SystemExit) as error:

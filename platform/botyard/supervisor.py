@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from aiogram import Bot, Router
+from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -30,7 +30,7 @@ from botyard.journal import HEARTBEAT_INTERVAL, UpdateJournal
 from botyard.logs import TokenRedactingFilter
 from botyard.metrics import PlatformMetrics
 from botyard.registry import RegistryError, diff_registries, load_registry
-from botyard.routers import RouterRegistry
+from botyard.routers import BotRouters, RouterRegistry
 from botyard.runner import BotRunner, BotSpec, BotStatus
 from botyard.scheduler import CleanupScheduler
 from botyard.sessions import SessionPool
@@ -193,9 +193,7 @@ class Supervisor:
 
     # bots
 
-    async def _start_bots(
-        self, bots: Iterable[BotConfig], routers: dict[str, list[Router]]
-    ) -> None:
+    async def _start_bots(self, bots: Iterable[BotConfig], routers: dict[str, BotRouters]) -> None:
         for config in bots:
             try:
                 runner = self._make_runner(config, routers[config.name])
@@ -207,7 +205,7 @@ class Supervisor:
             runner.start()
             logger.info("bot=%s started", config.name)
 
-    def _make_runner(self, config: BotConfig, routers: list[Router]) -> BotRunner:
+    def _make_runner(self, config: BotConfig, routers: BotRouters) -> BotRunner:
         assert self.database is not None
         storage = BeanieStorage(self.database, config.namespace, state_ttl=config.state_ttl)
         spec = BotSpec(
@@ -267,7 +265,7 @@ class Supervisor:
             await self._stop_bots(to_stop)
             self._remember_tokens(new)
             self.registry = new
-            routers: dict[str, list[Router]] = {}
+            routers: dict[str, BotRouters] = {}
             for bot in new.enabled_bots:
                 if bot.name in self.runners:
                     continue

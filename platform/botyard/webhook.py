@@ -216,7 +216,7 @@ class WebhookEndpoint:
         await runner.bot.set_webhook(
             url=webhook_url(config, runner.name, secret),
             secret_token=secret.token,
-            allowed_updates=runner.dispatcher.resolve_used_update_types(),
+            allowed_updates=runner.allowed_updates,
             max_connections=config.max_connections,
             drop_pending_updates=False,
         )
