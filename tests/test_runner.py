@@ -89,8 +89,8 @@ async def test_a_crashed_polling_loop_restarts_with_backoff(
     bot_api.send_message(token, 1, "hi")
     reply = await bot_api.wait_for_reply(token, 1)
     assert reply["text"] == "hi"
-    assert seen.count(BotStatus.BACKING_OFF) == 2
-    assert seen[-1] == BotStatus.RUNNING
+    assert crashes == 2
+    assert seen == [BotStatus.STARTING, BotStatus.BACKING_OFF, BotStatus.RUNNING]
     await runner.stop(5)
     await runner.bot.session.close()
 
@@ -148,9 +148,11 @@ async def test_a_revoked_token_stops_the_runner(
     token = bot_api.add_bot().token
     bot_api.revoke(token)
     runner = make_runner(bot_api, token, storage, Router())
+    seen: list[BotStatus] = []
+    runner._on_status = lambda _runner, status, _detail: seen.append(status)
     runner.start()
     await wait_for(lambda: runner.done)
-    assert runner.status == BotStatus.UNAUTHORIZED
+    assert seen == [BotStatus.STARTING, BotStatus.UNAUTHORIZED], "never running, not even briefly"
     await runner.stop(5)
     assert runner.status == BotStatus.UNAUTHORIZED
     await runner.bot.session.close()
@@ -242,7 +244,10 @@ async def test_the_dispatcher_is_built_for_the_first_update(
     runner = make_runner(bot_api, token, storage, router)
     assert runner.allowed_updates == ["callback_query", "message"]
     runner.start()
-    await wait_for(lambda: bot_api.calls(token, "getUpdates") >= 1)
+    await wait_for(lambda: runner.status == BotStatus.RUNNING)
+    assert runner.status_detail == "polling"
+    assert bot_api.calls(token, "getUpdates") == 1
+    assert bot_api.calls(token, "getMe") == 0, "the open long poll proves the token"
     assert runner._dispatcher is None, "an idle bot polls without a Dispatcher"
     assert router.parent_router is None
     bot_api.send_message(token, 1, "hi")

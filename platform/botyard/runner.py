@@ -49,6 +49,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 RESTART_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=60.0, factor=2.0, jitter=0.1)
 RETRY_BACKOFF = BackoffConfig(min_delay=0.5, max_delay=30.0, factor=2.0, jitter=0.1)
 POLLING_TIMEOUT = 30
+#: A long poll not rejected within this many seconds was accepted (errors come at once).
+ACCEPTED_AFTER = 1.0
 #: In Telegram's 409 answer to getUpdates while the bot has a webhook.
 WEBHOOK_IS_SET = "webhook is active"
 #: Poll again after this long even if no update finished, to pick up new chats.
@@ -120,7 +122,6 @@ class BotRunner:
         self.executor = KeyedExecutor(spec.max_concurrent_updates)
         self.offsets = OffsetTracker()
         self._task: asyncio.Task[None] | None = None
-        self._identity = ""
         self._stopping = asyncio.Event()
 
     @property
@@ -226,15 +227,13 @@ class BotRunner:
             await backoff.asleep()
 
     async def _serve(self) -> None:
-        me = await self.bot.me()
-        self._identity = f"@{me.username}"
-        if not self.spec.polling and self.spec.webhook is not None:
-            await self.spec.webhook.open(self)
-        self._set_status(BotStatus.RUNNING, self._identity)
         if self.spec.polling:
             await self._poll()
-        else:
-            await self._stopping.wait()
+            return
+        if self.spec.webhook is not None:
+            await self.spec.webhook.open(self)
+        self._set_status(BotStatus.RUNNING, "webhook")
+        await self._stopping.wait()
 
     # polling
 
@@ -247,7 +246,7 @@ class BotRunner:
                 offset=self.offsets.offset, timeout=POLLING_TIMEOUT, allowed_updates=allowed_updates
             )
             try:
-                updates = await self.bot(request, request_timeout=POLLING_TIMEOUT + 15)
+                updates = await self._get_updates(request)
             except TelegramConflictError as error:
                 # Deleted only when found, not at every start: one call less per bot.
                 if webhook_deleted or WEBHOOK_IS_SET not in error.message:
@@ -264,13 +263,33 @@ class BotRunner:
                 await asyncio.sleep(error.retry_after)
                 continue
             failures.reset()
-            self._set_status(BotStatus.RUNNING, self._identity)
+            self._set_status(BotStatus.RUNNING, "polling")
             fresh = [update for update in updates if not self.offsets.known(update.update_id)]
             for update in fresh:
                 self.accept(update)
             if updates and not fresh:
                 # Only updates still being handled came back: wait instead of spinning.
                 await self.offsets.wait_for_progress(REPOLL_WHILE_BUSY)
+
+    async def _get_updates(self, request: GetUpdates) -> list[Update]:
+        """One long poll; until the bot runs, it runs once Telegram accepted the poll.
+
+        No ``getMe`` first: a revoked token (401) and a second poller or a
+        webhook (409) are answered at once, so a poll still open after
+        :data:`ACCEPTED_AFTER` proves what ``getMe`` would, one call per bot sooner.
+        """
+        call = self.bot(request, request_timeout=POLLING_TIMEOUT + 15)
+        if self.status == BotStatus.RUNNING:
+            return await call
+        poll = asyncio.ensure_future(call)
+        try:
+            done, _ = await asyncio.wait({poll}, timeout=ACCEPTED_AFTER)
+        except asyncio.CancelledError:
+            poll.cancel()
+            raise
+        if not done:
+            self._set_status(BotStatus.RUNNING, "polling")
+        return await poll
 
     def accept(self, update: Update, on_done: Callable[[int], None] | None = None) -> None:
         """Queue ``update`` for handling in order with the other updates of its FSM key.
