@@ -20,7 +20,7 @@ from botyard.config import BotConfig, Defaults, Registry, RegistryError
 from botyard.durations import format_duration, parse_duration
 from botyard.registry import check_registry, diff_registries, load_registry, registry_json_schema
 from botyard.routers import RouterBuildError, RouterRegistry, resolve_callable, resolve_routers
-from botyard.tokens import check_token, mask_token, mask_uri, redact
+from botyard.tokens import TokenRedactor, check_token, mask_token, mask_uri, redact
 
 TOKEN_A = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 TOKEN_B = "987654321:BBHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
@@ -969,6 +969,20 @@ def test_token_helpers() -> None:
     assert redact("x short-secret y", ["short-secret"]) == "x *** y"
     assert mask_uri("mongodb://u:p4ss@h:1/db?x=1") == "mongodb://u:***@h:1/db?x=1"
     assert mask_uri("mongodb://h/db") == "mongodb://h/db"
+
+
+def test_token_redactor_finds_known_tokens_by_bot_id() -> None:
+    short = "123456789:too-short"  # a known token the generic pattern misses
+    glued = f"{TOKEN_B}_suffix"  # followed by a secret character: no generic match
+    redactor = TokenRedactor([f"{n}:{'x' * 40}" for n in range(10_000, 20_000)])
+    redactor.remember([short, TOKEN_B, "", "odd-secret"])
+    assert redactor(f"a {short}, b 7{short}, c {glued}, d odd-secret") == (
+        "a 123456789:***, b 7123456789:***, c 987654321:***_suffix, d ***"
+    )
+    assert redactor(f"unknown {TOKEN_A} and 12345:{'x' * 40}") == (
+        "unknown 123456789:*** and 12345:***"
+    )
+    assert redactor("no tokens: 10000, 99:") == "no tokens: 10000, 99:"
 
 
 def test_a_probe_learns_update_types_and_lifecycle_hooks_once_per_spec(tmp_path: Path) -> None:

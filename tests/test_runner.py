@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -17,6 +18,7 @@ from aiogram.types import CallbackQuery, Message
 from aiogram.utils.backoff import BackoffConfig
 from pymongo import AsyncMongoClient
 
+from botyard import collector
 from botyard import runner as runner_module
 from botyard.registry import load_registry
 from botyard.routers import BotRouters
@@ -313,3 +315,40 @@ async def test_a_webhook_left_set_is_deleted_when_polling_meets_it(
     assert bot_api.calls(idle, "deleteWebhook") == 0, "no webhook: no call for it at start"
     await plain.stop(5)
     await plain.bot.session.close()
+
+
+async def test_full_collections_resume_once_every_bot_started(
+    bot_api: BotAPIEmulator, mongo_uri: str, database_name: str, tmp_path: Path
+) -> None:
+    """``botyard run`` pauses full collections while bots start; a revoked bot counts as started."""
+    path = tmp_path / "botyard.yaml"
+    factory = "from aiogram import Router\ndef router():\n    return Router()\n"
+    (tmp_path / "quiet_factory.py").write_text(factory)
+    revoked = bot_api.add_bot().token
+    bot_api.revoke(revoked)
+    bots = "".join(
+        f"  - name: {name}\n    token: {token}\n"
+        f"    routers: [quiet_factory:router]\n    api_server: {bot_api.url}\n"
+        for name, token in (("polling", bot_api.add_bot().token), ("revoked", revoked))
+    )
+    path.write_text(f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n{bots}")
+    supervisor = Supervisor(load_registry(path))
+    usual = collector.pause_full_collections()
+    assert gc.get_threshold()[2] == collector.FULL_COLLECTIONS_PAUSED
+    running = asyncio.create_task(collector.run_resuming_full_collections(supervisor, usual))
+    try:
+        async with asyncio.timeout(10):
+            await supervisor.started.wait()
+        await wait_for(lambda: gc.get_threshold() == usual)
+        assert gc.get_freeze_count() > 0, "what the start made is frozen out of collections"
+        assert {name: runner.status for name, runner in supervisor.runners.items()} == {
+            "polling": BotStatus.RUNNING,
+            "revoked": BotStatus.UNAUTHORIZED,
+        }
+        supervisor.request_stop()
+        async with asyncio.timeout(10):
+            assert await running == 0
+    finally:
+        running.cancel()
+        gc.set_threshold(*usual)
+        gc.unfreeze()

@@ -57,8 +57,8 @@ class KeyedExecutor:
         self._slots = asyncio.Semaphore(limit)
         self._queues: dict[OrderingKey, deque[Callable[[], Awaitable[None]]]] = {}
         self._workers: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        #: Made by the first :meth:`join` that has to wait (an Event per idle bot adds up).
+        self._idle: asyncio.Event | None = None
 
     @property
     def pending(self) -> int:
@@ -72,7 +72,8 @@ class KeyedExecutor:
             queue.append(job)
             return
         self._queues[key] = deque([job])
-        self._idle.clear()
+        if self._idle is not None:
+            self._idle.clear()
         worker = asyncio.create_task(self._drain(key), name=f"botyard-key-{key}")
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
@@ -89,11 +90,15 @@ class KeyedExecutor:
                 queue.popleft()
         finally:
             self._queues.pop(key, None)
-            if not self._queues:
+            if not self._queues and self._idle is not None:
                 self._idle.set()
 
     async def join(self, timeout: float | None = None) -> bool:
         """Wait until every queued job finished; ``False`` if ``timeout`` passed first."""
+        if not self._queues:
+            return True
+        if self._idle is None:
+            self._idle = asyncio.Event()
         try:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
@@ -108,7 +113,8 @@ class KeyedExecutor:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         self._queues.clear()
-        self._idle.set()
+        if self._idle is not None:
+            self._idle.set()
 
 
 class OffsetTracker:
@@ -124,7 +130,7 @@ class OffsetTracker:
         self._unfinished: set[int] = set()
         self._heap: list[int] = []
         self._highest: int | None = None
-        self._progress = asyncio.Event()
+        self._progress: asyncio.Event | None = None  # made when first waited for
 
     def known(self, update_id: int) -> bool:
         """Seen in this process already (update ids only grow, and all are started in order)."""
@@ -140,7 +146,8 @@ class OffsetTracker:
         self._unfinished.discard(update_id)
         while self._heap and self._heap[0] not in self._unfinished:
             heapq.heappop(self._heap)
-        self._progress.set()
+        if self._progress is not None:
+            self._progress.set()
 
     @property
     def unfinished(self) -> int:
@@ -155,6 +162,8 @@ class OffsetTracker:
 
     async def wait_for_progress(self, timeout: float) -> None:
         """Sleep until some update finishes, or ``timeout`` seconds."""
+        if self._progress is None:
+            self._progress = asyncio.Event()
         self._progress.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
-from botyard.tokens import redact
+from botyard.tokens import TokenRedactor
 
 
 class TokenRedactingFilter(logging.Filter):
@@ -17,14 +18,18 @@ class TokenRedactingFilter(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.tokens: set[str] = set()
+        self._redact = TokenRedactor()
+
+    def remember(self, tokens: Iterable[str]) -> None:
+        """Mask these tokens from now on (the registry's, after each load)."""
+        self._redact.remember(tokens)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact(record.getMessage(), self.tokens), None
+        record.msg, record.args = self._redact(record.getMessage()), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact(record.exc_text, self.tokens)
+            record.exc_text = self._redact(record.exc_text)
         return True
 
 

@@ -25,7 +25,7 @@ from pydantic_core import ErrorDetails
 
 from botyard.config import BotConfig, Loc, Registry, RegistryDocument, RegistryError, format_loc
 from botyard.routers import RouterRegistry, resolve_callable
-from botyard.tokens import redact
+from botyard.tokens import TokenRedactor
 
 __all__ = [
     "RegistryDiff",
@@ -325,8 +325,8 @@ class _Problems:
             (self._render(loc, message, data) for loc, message in self._found),
             key=lambda item: item[0],
         )
-        tokens = _raw_tokens(data)
-        raise RegistryError([redact(text, tokens) for _, text in rendered], source=self.source)
+        redact = TokenRedactor(_raw_tokens(data))
+        raise RegistryError([redact(text) for _, text in rendered], source=self.source)
 
     def _render(self, loc: Loc | None, message: str, data: Any) -> tuple[int, str]:
         if loc is None:

@@ -122,7 +122,7 @@ class BotRunner:
         self.executor = KeyedExecutor(spec.max_concurrent_updates)
         self.offsets = OffsetTracker()
         self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._stopping = False
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -151,7 +151,7 @@ class BotRunner:
     # lifecycle
 
     def start(self) -> None:
-        self._stopping.clear()
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"botyard-bot-{self.name}")
 
     @property
@@ -164,7 +164,7 @@ class BotRunner:
         Returns ``False`` if some updates were still running after ``timeout``:
         they were cancelled and stay unconfirmed, so Telegram delivers them again.
         """
-        self._stopping.set()
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -200,7 +200,7 @@ class BotRunner:
         self._set_status(BotStatus.STARTING)
         if self.spec.routers.lifecycle_hooks:
             await self.dispatcher.emit_startup(bot=self.bot, dispatcher=self.dispatcher)
-        while not self._stopping.is_set():
+        while not self._stopping:
             try:
                 await self._serve()
                 return
@@ -233,7 +233,7 @@ class BotRunner:
         if self.spec.webhook is not None:
             await self.spec.webhook.open(self)
         self._set_status(BotStatus.RUNNING, "webhook")
-        await self._stopping.wait()
+        await asyncio.get_running_loop().create_future()  # until stop() cancels the task
 
     # polling
 
@@ -241,7 +241,7 @@ class BotRunner:
         allowed_updates = self.allowed_updates
         failures = Backoff(RETRY_BACKOFF)
         webhook_deleted = False
-        while not self._stopping.is_set():
+        while not self._stopping:
             request = GetUpdates(
                 offset=self.offsets.offset, timeout=POLLING_TIMEOUT, allowed_updates=allowed_updates
             )
@@ -281,15 +281,13 @@ class BotRunner:
         call = self.bot(request, request_timeout=POLLING_TIMEOUT + 15)
         if self.status == BotStatus.RUNNING:
             return await call
-        poll = asyncio.ensure_future(call)
+        accepted = asyncio.get_running_loop().call_later(
+            ACCEPTED_AFTER, self._set_status, BotStatus.RUNNING, "polling"
+        )
         try:
-            done, _ = await asyncio.wait({poll}, timeout=ACCEPTED_AFTER)
-        except asyncio.CancelledError:
-            poll.cancel()
-            raise
-        if not done:
-            self._set_status(BotStatus.RUNNING, "polling")
-        return await poll
+            return await call
+        finally:
+            accepted.cancel()
 
     def accept(self, update: Update, on_done: Callable[[int], None] | None = None) -> None:
         """Queue ``update`` for handling in order with the other updates of its FSM key.
@@ -324,7 +322,7 @@ class BotRunner:
                     self.counters.handled += 1
                     break
                 except TRANSIENT_ERRORS as error:
-                    if self._stopping.is_set():
+                    if self._stopping:
                         logger.warning(
                             "bot=%s update=%s not handled before shutdown (%s); "
                             "left for redelivery",

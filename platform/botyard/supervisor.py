@@ -75,6 +75,9 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        #: Set once every bot of the first start polls or is serving webhooks, or failed.
+        self.started = asyncio.Event()
+        self._starting: set[str] = set()
         self.client: AsyncMongoClient[dict[str, Any]] | None = None
         self.database: AsyncDatabase[dict[str, Any]] | None = None
         self.cleanup: CleanupScheduler | None = None
@@ -98,6 +101,9 @@ class Supervisor:
         async with self._shared_resources(), self._operations():
             self._install_signal_handlers()
             await self._start_bots(self.registry.enabled_bots, routers)
+            self._starting = set(self.runners)
+            if not self._starting:
+                self.started.set()
             assert self.database is not None
             self.cleanup = _MeteredCleanup(
                 self.database, lambda: self.registry, self._running_bot, metrics=self.metrics
@@ -224,7 +230,23 @@ class Supervisor:
             ),
             observe_handling=self.metrics.observer(config.name),
         )
-        return BotRunner(spec, self._bot_factory(config, self._sessions), on_status=_log_status)
+        return BotRunner(spec, self._bot_factory(config, self._sessions), on_status=self._on_status)
+
+    def _on_status(self, runner: BotRunner, status: BotStatus, detail: str) -> None:
+        level = (
+            logging.ERROR
+            if status in {BotStatus.UNAUTHORIZED, BotStatus.CONFLICT}
+            else logging.INFO
+        )
+        logger.log(level, "bot=%s status=%s %s", runner.name, status.value, detail)
+        if status not in {BotStatus.STARTING, BotStatus.STOPPED}:
+            self._started(runner.name)
+
+    def _started(self, name: str) -> None:
+        if name in self._starting:
+            self._starting.discard(name)
+            if not self._starting:
+                self.started.set()
 
     def _running_bot(self, name: str) -> Bot | None:
         """The ``Bot`` of a running bot, for its ``on_state_expired`` hook."""
@@ -241,6 +263,7 @@ class Supervisor:
                 logger.error("bot=%s did not stop cleanly: %s", runner.name, result)
             await self._sessions.release(runner.name)
             self._routers.release(runner.name)
+            self._started(runner.name)
             logger.info("bot=%s stopped", runner.name)
 
     # reload
@@ -297,8 +320,10 @@ class Supervisor:
                     await self._reload_requested.wait()
             requested = self._reload_requested.is_set()
             self._reload_requested.clear()
+            if not requested and not self.watch:
+                continue
             current = await asyncio.to_thread(_fingerprint, self.registry.path)
-            if requested or (self.watch and current != fingerprint):
+            if requested or current != fingerprint:
                 fingerprint = current
                 await self.reload()
 
@@ -321,7 +346,7 @@ class Supervisor:
 
     def _remember_tokens(self, registry: Registry) -> None:
         if self._redactor is not None:
-            self._redactor.tokens.update(bot.token_value for bot in registry.bots if bot.token)
+            self._redactor.remember(bot.token_value for bot in registry.bots if bot.token)
 
 
 class _MeteredCleanup(CleanupScheduler):
@@ -339,13 +364,6 @@ class _MeteredCleanup(CleanupScheduler):
 
 def _make_bot(config: BotConfig, sessions: SessionPool) -> Bot:
     return Bot(config.token_value, session=sessions.acquire(config.name, config.api_server))
-
-
-def _log_status(runner: BotRunner, status: BotStatus, detail: str) -> None:
-    level = (
-        logging.ERROR if status in {BotStatus.UNAUTHORIZED, BotStatus.CONFLICT} else logging.INFO
-    )
-    logger.log(level, "bot=%s status=%s %s", runner.name, status.value, detail)
 
 
 def _fingerprint(path: Path) -> str:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "TOKEN_PATTERN",
+    "TokenRedactor",
     "check_token",
     "mask_token",
     "mask_uri",
@@ -27,6 +28,7 @@ TOKEN_PATTERN = re.compile(r"\d{5,20}:[A-Za-z0-9_-]{30,64}")
 # Tokens appear inside URLs such as ``.../bot123456:AAE.../getMe``, where no word
 # boundary precedes the digits, hence look-arounds instead of ``\b``.
 _TOKEN_IN_TEXT = re.compile(r"(?<!\d)(\d{5,20}):[A-Za-z0-9_-]{30,64}(?![A-Za-z0-9_-])")
+_DIGITS_BEFORE_COLON = re.compile(r"(\d+):")
 
 
 def check_token(value: str) -> str:
@@ -65,15 +67,51 @@ def mask_token(token: str) -> str:
     return "***"
 
 
+class TokenRedactor:
+    """Masks the tokens it knows, and anything shaped like a token, in any text.
+
+    A process hosting 10,000 bots knows 10,000 tokens, and every log line passes
+    through here: replacing each known token in turn made one line cost 5 ms.
+    Known tokens are looked up by the bot id before a ``:`` in the text, so the
+    cost follows the length of the text, not the number of tokens.
+    """
+
+    def __init__(self, tokens: Iterable[str] = ()) -> None:
+        self._by_id: dict[str, set[str]] = {}
+        #: Known secrets without a ``<digits>:`` prefix (malformed), replaced literally.
+        self._odd: set[str] = set()
+        self.remember(tokens)
+
+    def remember(self, tokens: Iterable[str]) -> None:
+        for raw in tokens:
+            token = raw.strip() if raw else ""
+            if not token:
+                continue
+            bot_id, colon, _ = token.partition(":")
+            if colon and bot_id.isdigit():
+                self._by_id.setdefault(bot_id, set()).add(token)
+            else:
+                self._odd.add(token)
+
+    def __call__(self, text: str) -> str:
+        known = set(self._odd)
+        if self._by_id:
+            for digits in set(_DIGITS_BEFORE_COLON.findall(text)):
+                # A bot id is 5 to 20 digits; "x9123456:" may hold bot 123456's token.
+                for start in range(max(0, len(digits) - 20), len(digits) - 4):
+                    known.update(self._by_id.get(digits[start:], ()))
+        for token in sorted(known, key=len, reverse=True):
+            text = text.replace(token, mask_token(token))
+        return _TOKEN_IN_TEXT.sub(lambda match: f"{match.group(1)}:***", text)
+
+
 def redact(text: str, tokens: Iterable[str] = ()) -> str:
     """Replace every token in ``text`` with its masked form.
 
     ``tokens`` lists known secrets, including malformed ones that the generic
     pattern would miss; anything else shaped like a token is masked as well.
     """
-    for token in sorted({t.strip() for t in tokens if t and t.strip()}, key=len, reverse=True):
-        text = text.replace(token, mask_token(token))
-    return _TOKEN_IN_TEXT.sub(lambda match: f"{match.group(1)}:***", text)
+    return TokenRedactor(tokens)(text)
 
 
 def mask_uri(uri: str) -> str:

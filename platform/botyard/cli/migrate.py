@@ -216,7 +216,7 @@ def load_quietly(registry_path: Path) -> Registry:
     """The registry, tokens optional, with warnings only (the embedded store's among them)."""
     redactor = configure_logging("WARNING")
     registry = load_or_exit(registry_path, require_tokens=False)
-    redactor.tokens.update(bot.token_value for bot in registry.bots if bot.token)
+    redactor.remember(bot.token_value for bot in registry.bots if bot.token)
     return registry
 
 

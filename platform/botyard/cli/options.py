@@ -31,7 +31,7 @@ def load_quietly(path: Path) -> Registry:
     token), warnings only, and the file's tokens redacted from every log line."""
     redactor = configure_logging("WARNING")
     registry = load_or_exit(path, require_tokens=False)
-    redactor.tokens.update(bot.token_value for bot in registry.bots if bot.token)
+    redactor.remember(bot.token_value for bot in registry.bots if bot.token)
     return registry
 
 

@@ -41,14 +41,16 @@ def run(registry_path: Path, log_level: str, shutdown_timeout: float, no_watch: 
     ones stop, changed ones restart, the others are left alone. An invalid file
     is rejected and the running bots keep going.
     """
+    from botyard.collector import pause_full_collections, run_resuming_full_collections
     from botyard.supervisor import Supervisor
 
+    usual = pause_full_collections()
     redactor = configure_logging(log_level)
     registry = load_or_exit(registry_path)
     supervisor = Supervisor(
         registry, shutdown_timeout=shutdown_timeout, watch=not no_watch, redactor=redactor
     )
-    raise SystemExit(asyncio.run(supervisor.run()))
+    raise SystemExit(asyncio.run(run_resuming_full_collections(supervisor, usual)))
 
 
 @click.command()
