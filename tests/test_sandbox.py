@@ -24,7 +24,7 @@ from botyard.embedded import free_port
 from botyard.sandbox import Sandbox
 from botyard.storage import COLLECTION_NAME
 from botyard.tokens import redact
-from sandbox_helpers import COUNTER_BOT, example_registry, sandbox_process
+from sandbox_helpers import COUNTER_BOT, example_registry, sandbox_process, wait_until
 
 from e2e import QUESTIONS, THANKS, BotyardProcess, copy_example_bots
 
@@ -480,9 +480,13 @@ def test_botyard_sandbox_runs_the_example_registry_on_the_embedded_database(
         chat = http_json("GET", f"{chat_url}/chat?wait=60&after={sent['message_id']}")
         assert chat["messages"][-1]["text"] == QUESTIONS[0]
         assert chat["fsm"]["state"] == "Questionnaire:q1"
-        statuses = {bot["name"]: bot["status"] for bot in http_json("GET", bots_url)["bots"]}
-        assert statuses == dict.fromkeys(
-            ["registration", "questionnaire", "echo", "counter"], "running"
+        running = dict.fromkeys(["registration", "questionnaire", "echo", "counter"], "running")
+        wait_until(  # an idle bot runs once its first long poll was not rejected for 1 s
+            lambda: (
+                {bot["name"]: bot["status"] for bot in http_json("GET", bots_url)["bots"]}
+                == running
+            ),
+            what="every bot running",
         )
         assert (tmp_path / ".botyard" / "data").is_dir()
         process.signal(signal.SIGTERM)
