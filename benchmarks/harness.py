@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -133,6 +134,10 @@ class World:
     ) -> ContenderProcess:
         """Start ``contender`` with the first ``bots`` bots, their old updates dropped."""
         self.add_bots(bots)
+        # The emulator shares this process: a full collection walking what earlier
+        # runs left would pause it while the contender starts.
+        gc.collect()
+        gc.freeze()
         self._launches += 1
         workdir = self.workdir / f"{self._launches:03d}-{contender.name}"
         workdir.mkdir(parents=True)
@@ -178,7 +183,8 @@ class World:
             process.check_alive()
             if time.monotonic() > deadline:
                 return False
-            await asyncio.sleep(0.05)
+            # Checking 10,000 bots takes the emulator's own process 10 ms: not 20 times a second.
+            await asyncio.sleep(0.05 if len(waiting) < 100 else 0.25)
         return True
 
     async def drop_database(self, name: str) -> None:
