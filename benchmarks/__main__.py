@@ -43,7 +43,7 @@ class Settings:
     #: Rounds of figure 2, each running every contender once (medians of these).
     throughput_runs: int = 3
     #: Figure 2: seconds a contender gets to answer everything; what it did by then counts.
-    throughput_deadline: float = 18.0
+    throughput_deadline: float = 15.0
     bots: int = 100
     users: int = 20
     density_sizes: list[int] = field(default_factory=lambda: [1, 10, 1000, 10000])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import subprocess
@@ -134,10 +133,6 @@ class World:
     ) -> ContenderProcess:
         """Start ``contender`` with the first ``bots`` bots, their old updates dropped."""
         self.add_bots(bots)
-        # The emulator shares this process: a full collection walking what earlier
-        # runs left would pause it while the contender starts.
-        gc.collect()
-        gc.freeze()
         self._launches += 1
         workdir = self.workdir / f"{self._launches:03d}-{contender.name}"
         workdir.mkdir(parents=True)
