@@ -57,6 +57,16 @@ def make_runner(
     )
 
 
+def echo_router() -> Router:
+    router = Router()
+
+    @router.message(F.text)
+    async def echo(message: Message) -> None:
+        await message.answer(message.text or "")
+
+    return router
+
+
 async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():  # noqa: ASYNC110 - polling a plain attribute
@@ -67,11 +77,7 @@ async def test_a_crashed_polling_loop_restarts_with_backoff(
     bot_api: BotAPIEmulator, storage: BeanieStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     token = bot_api.add_bot().token
-    router = Router()
-
-    @router.message(F.text)
-    async def echo(message: Message) -> None:
-        await message.answer(message.text or "")
+    router = echo_router()
 
     runner = make_runner(bot_api, token, storage, router)
     crashes = 0
@@ -233,11 +239,7 @@ async def test_the_dispatcher_is_built_for_the_first_update(
     bot_api: BotAPIEmulator, storage: BeanieStorage
 ) -> None:
     token = bot_api.add_bot().token
-    router = Router()
-
-    @router.message(F.text)
-    async def echo(message: Message) -> None:
-        await message.answer(message.text or "")
+    router = echo_router()
 
     @router.callback_query()
     async def press(query: CallbackQuery) -> None:
@@ -290,11 +292,7 @@ async def test_a_webhook_left_set_is_deleted_when_polling_meets_it(
 ) -> None:
     token = bot_api.add_bot().token
     idle = bot_api.add_bot().token
-    router = Router()
-
-    @router.message(F.text)
-    async def echo(message: Message) -> None:
-        await message.answer(message.text or "")
+    router = echo_router()
 
     runner = make_runner(bot_api, token, storage, router)
     await runner.bot.set_webhook("https://hooks.example/old")
