@@ -4,8 +4,9 @@ Two aiogram facts shape this module. A ``Router`` can be included in one
 parent only, so a module-level router cannot serve two bots: a module that
 several bots share must expose a factory function, called for each bot when its
 Dispatcher is built (and twice at start, to check it builds a new Router each
-time). And import errors in user code are the most common way a deployment breaks, so each
-one is reported with the spec, the exception, and the file and line that raised it.
+time). And import errors in user code are the most common way a deployment
+breaks, so each one is reported with the spec, the exception, and the file and
+line that raised it.
 """
 
 from __future__ import annotations
