@@ -975,9 +975,10 @@ def test_token_redactor_finds_known_tokens_by_bot_id() -> None:
     short = "123456789:too-short"  # a known token the generic pattern misses
     glued = f"{TOKEN_B}_suffix"  # followed by a secret character: no generic match
     redactor = TokenRedactor([f"{n}:{'x' * 40}" for n in range(10_000, 20_000)])
-    redactor.remember([short, TOKEN_B, "", "odd-secret"])
-    assert redactor(f"a {short}, b 7{short}, c {glued}, d odd-secret") == (
-        "a 123456789:***, b 7123456789:***, c 987654321:***_suffix, d ***"
+    tiny_id = "1234:not-a-real-bot-id"  # too short an id to be looked up by it
+    redactor.remember([short, TOKEN_B, "", "odd-secret", tiny_id])
+    assert redactor(f"a {short}, b 7{short}, c {glued}, d odd-secret, e {tiny_id}") == (
+        "a 123456789:***, b 7123456789:***, c 987654321:***_suffix, d ***, e 1234:***"
     )
     assert redactor(f"unknown {TOKEN_A} and 12345:{'x' * 40}") == (
         "unknown 123456789:*** and 12345:***"

@@ -88,7 +88,7 @@ class TokenRedactor:
             if not token:
                 continue
             bot_id, colon, _ = token.partition(":")
-            if colon and bot_id.isdigit():
+            if colon and bot_id.isdigit() and 5 <= len(bot_id) <= 20:  # what __call__ looks up
                 self._by_id.setdefault(bot_id, set()).add(token)
             else:
                 self._odd.add(token)
