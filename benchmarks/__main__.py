@@ -5,7 +5,7 @@
     python -m benchmarks --only roundtrips,cleanup --uri mongodb://localhost:27017
 
 Without ``--uri`` (or ``MONGODB_URI``) an in-memory SecantusDB is started. The
-Bot API is the ``botyard.testing`` emulator, in this process; every contender
+Bot API is the ``botyard.emulator`` emulator, in this process; every contender
 runs as its own process. Ratios are botyard / baseline; absolute numbers depend
 on the machine and on whatever else runs on it.
 """

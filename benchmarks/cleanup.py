@@ -30,10 +30,10 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
-from botyard.cleanup import Sweeper
-from botyard.config import BotConfig
-from botyard.embedded import SecantusServer
-from botyard.roundtrips import RoundTripCounter
+from botyard.cleanup.sweep import Sweeper
+from botyard.database.embedded import SecantusServer
+from botyard.database.roundtrips import RoundTripCounter
+from botyard.registry.models import BotConfig
 from botyard.storage import COLLECTION_NAME, prepare_database, utcnow
 
 BOTS = 10

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from pymongo import AsyncMongoClient
 
-from botyard.embedded import SecantusServer
-from botyard.testing import BotAPIEmulator
+from botyard.database.embedded import SecantusServer
+from botyard.emulator import BotAPIEmulator
 
 REPO = Path(__file__).resolve().parent.parent
 #: Clock ticks per second, for the CPU times in /proc/<pid>/stat.

@@ -1,10 +1,10 @@
 """Figure 1: database round trips per update, counted exactly with PyMongo's CommandListener.
 
 Each contender's Dispatcher runs in this process on a client carrying a
-:class:`~botyard.roundtrips.RoundTripCounter`, and real updates (injected at the
+:class:`~botyard.database.roundtrips.RoundTripCounter`, and real updates (injected at the
 emulator, replies sent to it) are fed through ``Dispatcher.feed_update`` one at
 a time. For botyard that is the Dispatcher of the platform's own
-:class:`~botyard.runner.BotRunner`, built exactly as ``botyard run`` builds it,
+:class:`~botyard.runtime.runner.BotRunner`, built exactly as ``botyard run`` builds it,
 with its ``BeanieStorage``: a count taken inside the ``botyard run`` subprocess
 would need a listener injected into it, and would count the same calls. The
 counts do not depend on the machine or the server.
@@ -26,9 +26,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from benchmarks.aiogram_app import make_storage
 from benchmarks.harness import World
-from botyard.roundtrips import RoundTripCounter
-from botyard.routers import BotRouters
-from botyard.runner import BotRunner, BotSpec
+from botyard.database.roundtrips import RoundTripCounter
+from botyard.runtime.routers import BotRouters
+from botyard.runtime.runner import BotRunner, BotSpec
 from botyard.storage import BeanieStorage, prepare_database
 
 #: What is measured: (label, bot, message). The questionnaire rows run in this order.

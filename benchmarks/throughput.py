@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.harness import Contender, World
-from botyard.testing import EmulatedBot
+from botyard.emulator import EmulatedBot
 
 ROUTER = "bots.questionnaire:router"
 ANSWERS = ("/start", "red", "cat", "pizza")

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from pymongo import AsyncMongoClient
 
-from botyard.embedded import SecantusServer
+from botyard.database.embedded import SecantusServer
 
 # e2e: the ``emulator`` and ``world`` fixtures of the end-to-end tests.
-pytest_plugins = ["botyard.testing.pytest_plugin", "e2e"]
+pytest_plugins = ["botyard.emulator.pytest_plugin", "e2e"]
 
 
 @pytest.fixture(scope="session")

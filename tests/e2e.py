@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from botyard.embedded import free_port
-from botyard.testing import EmulatorThread
+from botyard.database.embedded import free_port
+from botyard.emulator import EmulatorThread
 
 REPO = Path(__file__).resolve().parent.parent
 BOTYARD = [sys.executable, "-m", "botyard"]

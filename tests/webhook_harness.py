@@ -16,11 +16,11 @@ from typing import Any
 import aiohttp
 from pymongo import AsyncMongoClient
 
-from botyard.embedded import free_port
-from botyard.registry import load_registry
-from botyard.runner import BotStatus
-from botyard.supervisor import Supervisor
-from botyard.testing import BotAPIEmulator
+from botyard.database.embedded import free_port
+from botyard.emulator import BotAPIEmulator
+from botyard.registry.loader import load_registry
+from botyard.runtime.runner import BotStatus
+from botyard.runtime.supervisor import Supervisor
 
 TEST_BOT = '''
 """Test bot: echo, a failing handler, a slow one and one that blocks the event loop."""

@@ -17,8 +17,8 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from botyard.config import Registry
-from botyard.store import open_store
+from botyard.database.location import open_store
+from botyard.registry.models import Registry
 from botyard.tokens import mask_uri
 
 Document = dict[str, Any]

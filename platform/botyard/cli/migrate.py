@@ -19,8 +19,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from botyard.cli.database import connect, run_on_database
 from botyard.cli.options import load_or_exit, registry_argument
-from botyard.config import Registry
-from botyard.durations import format_duration
 from botyard.importers import (
     FORMATS,
     Aiogram2Source,
@@ -46,6 +44,8 @@ from botyard.migrations_runner import (
     TransactionSupport,
     find_migrations,
 )
+from botyard.registry.durations import format_duration
+from botyard.registry.models import Registry
 from botyard.storage import FSMRecord, prepare_database
 from botyard.tokens import mask_uri
 

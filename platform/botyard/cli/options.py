@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from botyard.config import BotConfig, Registry
 from botyard.logs import configure_logging
-from botyard.registry import RegistryError, load_registry
+from botyard.registry.loader import RegistryError, load_registry
+from botyard.registry.models import BotConfig, Registry
 
 registry_argument = click.argument(
     "registry_path",

@@ -10,7 +10,7 @@ import click
 
 from botyard.cli.options import load_or_exit, registry_argument
 from botyard.logs import configure_logging
-from botyard.registry import RegistryError, check_registry, registry_json_schema
+from botyard.registry.loader import RegistryError, check_registry, registry_json_schema
 
 
 @click.command()
@@ -41,8 +41,8 @@ def run(registry_path: Path, log_level: str, shutdown_timeout: float, no_watch: 
     ones stop, changed ones restart, the others are left alone. An invalid file
     is rejected and the running bots keep going.
     """
-    from botyard.collector import pause_full_collections, run_resuming_full_collections
-    from botyard.supervisor import Supervisor
+    from botyard.runtime.gc_pause import pause_full_collections, run_resuming_full_collections
+    from botyard.runtime.supervisor import Supervisor
 
     usual = pause_full_collections()
     redactor = configure_logging(log_level)

@@ -10,7 +10,7 @@ import click
 
 from botyard.cli.options import registry_argument
 from botyard.logs import configure_logging
-from botyard.registry import RegistryError, check_registry
+from botyard.registry.loader import RegistryError, check_registry
 
 
 @click.command()

@@ -20,11 +20,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from botyard.cleanup import BotSweep, Sweeper, delete_in_batches, stale_filter
+from botyard.cleanup.sweep import BotSweep, Sweeper, delete_in_batches, stale_filter
 from botyard.cli.database import Document, run_on_database
 from botyard.cli.options import bot_or_exit, load_quietly, registry_argument
-from botyard.config import BotConfig, Registry
-from botyard.durations import format_duration, parse_duration
+from botyard.registry.durations import format_duration, parse_duration
+from botyard.registry.models import BotConfig, Registry
 from botyard.storage import COLLECTION_NAME, prepare_database, utcnow
 
 T = TypeVar("T")

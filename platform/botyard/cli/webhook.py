@@ -9,8 +9,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from botyard.cli.database import Document, run_on_database
 from botyard.cli.options import bot_or_exit, load_quietly, registry_argument
-from botyard.journal import HEARTBEAT_INTERVAL
-from botyard.webhook_secrets import SecretStore
+from botyard.webhook.journal import HEARTBEAT_INTERVAL
+from botyard.webhook.secrets import SecretStore
 
 
 @click.group()

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from aiogram import Bot
 
-from botyard.config import BotConfig, Registry
-from botyard.registry import load_registry
-from botyard.sessions import SessionPool
-from botyard.testing import BotAPIEmulator, EmulatedBot
-from botyard.testing.tokens import bot_id_of, generate_bot_id, generate_token
+from botyard.emulator import BotAPIEmulator, EmulatedBot
+from botyard.emulator.tokens import bot_id_of, generate_bot_id, generate_token
+from botyard.registry.loader import load_registry
+from botyard.registry.models import BotConfig, Registry
+from botyard.runtime.http_sessions import SessionPool
 
 BotFactory = Callable[[BotConfig, SessionPool], Bot]
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from botyard.emulator import Subscription
 from botyard.sandbox.views import JSON, MAX_WAIT, PageError
-from botyard.testing import Subscription
 
 if TYPE_CHECKING:
     from botyard.sandbox.service import Sandbox

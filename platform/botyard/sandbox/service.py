@@ -20,8 +20,10 @@ from aiohttp import web
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from botyard.config import BotConfig
+from botyard.emulator import BotAPIEmulator, ControlError, EmulatedBot, SimulatedUser
 from botyard.logs import TokenRedactingFilter
+from botyard.registry.models import BotConfig
+from botyard.runtime.supervisor import Supervisor
 from botyard.sandbox.emulated import EmulatedRegistryLoader, emulated_bot_factory, register
 from botyard.sandbox.routes import build_app
 from botyard.sandbox.views import (
@@ -36,8 +38,6 @@ from botyard.sandbox.views import (
     storage_key,
 )
 from botyard.storage import BeanieStorage, update_scope
-from botyard.supervisor import Supervisor
-from botyard.testing import BotAPIEmulator, ControlError, EmulatedBot, SimulatedUser
 
 #: The simulated users every sandbox starts with (ids are also their private chat ids).
 DEFAULT_USERS = ((1001, "Alice"), (1002, "Bob"), (1003, "Carol"))
@@ -83,7 +83,7 @@ class Sandbox:
     async def start(self) -> str:
         """Start the emulator, the page's server and the bots; return the page's URL.
 
-        Raises :class:`~botyard.config.RegistryError` for an invalid registry and
+        Raises :class:`~botyard.registry.models.RegistryError` for an invalid registry and
         :class:`SandboxError` when the page cannot listen.
         """
         await self.emulator.start("127.0.0.1", 0)  # bots are in this process: never exposed

@@ -13,11 +13,11 @@ from aiogram.fsm.storage.base import StorageKey
 from aiogram.fsm.strategy import apply_strategy
 from pymongo.asynchronous.database import AsyncDatabase
 
-from botyard.config import BotConfig
-from botyard.runner import BotRunner
+from botyard.emulator import EmulatedBot
+from botyard.emulator.text import utf16_length
+from botyard.registry.models import BotConfig
+from botyard.runtime.runner import BotRunner
 from botyard.storage import COLLECTION_NAME, record_filter
-from botyard.testing import EmulatedBot
-from botyard.testing.text import utf16_length
 from botyard.tokens import redact
 
 JSON = dict[str, Any]

@@ -1,0 +1,44 @@
+"""The HTTP face of the emulator: Bot API routes in Telegram's URL shape, plus control routes.
+
+``{base}/bot{token}/{method}`` is what aiogram's ``TelegramAPIServer.from_base``
+builds; GET and POST are both answered, as Telegram does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from botyard.emulator.control import add_control_routes
+from botyard.emulator.errors import BotAPIError
+from botyard.emulator.params import read_request_params
+
+if TYPE_CHECKING:
+    from botyard.emulator.emulator import BotAPIEmulator
+
+logger = logging.getLogger(__name__)
+
+
+def build_app(emulator: BotAPIEmulator) -> web.Application:
+    """The aiohttp application serving ``emulator``."""
+
+    async def bot_api(request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        try:
+            params = await read_request_params(request)
+            result = await emulator.execute(request.match_info["token"], method, params)
+        except BotAPIError as exc:
+            return web.json_response(exc.as_json(), status=exc.error_code)
+        except Exception:
+            # Answer like Telegram's 500 so the bot sees a server error, not a decode error.
+            logger.exception("emulator failed on %s", method)
+            error = BotAPIError(500, "Internal Server Error")
+            return web.json_response(error.as_json(), status=500)
+        return web.json_response({"ok": True, "result": result})
+
+    app = web.Application()
+    app.router.add_route("*", "/bot{token}/{method}", bot_api)
+    add_control_routes(app, emulator)
+    return app

@@ -1,0 +1,75 @@
+"""Liveness and readiness: what ``/healthz`` and ``/readyz`` answer.
+
+``/healthz`` only says the process answers HTTP. ``/readyz`` says whether the
+process does its job: MongoDB answers a ping, and every enabled bot is running
+(or was deliberately stopped: disabled in the registry). The JSON lists each
+bot with its status and nothing else: no token, no secret, no error text
+(error messages can quote URLs, which for the Bot API contain tokens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from botyard.registry.models import Registry
+from botyard.runtime.runner import BotRunner, BotStatus
+
+__all__ = ["PING_TIMEOUT", "Readiness"]
+
+#: A probe must answer well within a typical probe timeout, even with MongoDB gone.
+PING_TIMEOUT = 2.0
+
+
+class Readiness:
+    """Checks the database and the bots of the registry in force."""
+
+    def __init__(
+        self,
+        database: AsyncDatabase[dict[str, Any]],
+        registry: Callable[[], Registry],
+        runners: Callable[[], Mapping[str, BotRunner]],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self._database = database
+        self._registry = registry
+        self._runners = runners
+        self._stopping = stopping
+
+    async def check(self) -> tuple[bool, dict[str, Any]]:
+        """``(ready, body)``; the body is safe to show to anyone who can reach the port."""
+        mongodb = await self._ping()
+        runners = self._runners()
+        bots = []
+        for bot in self._registry().bots:
+            runner = runners.get(bot.name)
+            if not bot.enabled:
+                status, ok = "disabled", True
+            elif runner is None:
+                status, ok = "not_started", False
+            else:
+                status, ok = runner.status.value, runner.status == BotStatus.RUNNING
+            bots.append({"name": bot.name, "mode": bot.mode, "status": status, "ready": ok})
+        stopping = self._stopping()
+        ready = mongodb == "ok" and not stopping and all(bot["ready"] for bot in bots)
+        body = {
+            "ready": ready,
+            "stopping": stopping,
+            "mongodb": mongodb,
+            "bots": bots,
+        }
+        return ready, body
+
+    async def _ping(self) -> str:
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                await self._database.command("ping")
+        except TimeoutError:
+            return f"unreachable (no answer within {PING_TIMEOUT:.0f}s)"
+        except PyMongoError as error:
+            return f"unreachable ({type(error).__name__})"
+        return "ok"

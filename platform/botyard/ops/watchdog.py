@@ -1,0 +1,190 @@
+"""The event-loop watchdog: who blocked the loop every bot shares, and for how long.
+
+All bots run on one event loop, so one handler making a synchronous call (a
+blocking database driver, ``time.sleep``, heavy CPU work) stalls every bot in
+the process. The watchdog runs in a thread of its own: every
+:data:`PROBE_INTERVAL` it asks the loop to run a tiny callback and times how
+late it runs, which is the loop lag. While the callback is late, it samples
+the loop thread's Python stack (``sys._current_frames``) every
+:data:`SAMPLE_INTERVAL`. One callback holding the loop shows the same frame in
+every sample (the aiogram handler's, when in a handler); a loop that is merely
+busy with many short callbacks shows different ones, and is only lag. When one
+frame held the loop for over :data:`BLOCK_THRESHOLD`, the watchdog finds the
+bot (the runner handling the update) and the handler, and once the loop is
+free logs one warning naming both, with the time and the line, and counts it
+in ``botyard_event_loop_blocked_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+from aiogram.dispatcher.event.handler import CallableObject
+
+from botyard.ops.metrics import PlatformMetrics
+from botyard.runtime.runner import BotRunner
+
+__all__ = ["BLOCK_THRESHOLD", "Culprit", "LoopWatchdog", "find_culprit"]
+
+logger = logging.getLogger("botyard.watchdog")
+
+BLOCK_THRESHOLD = 0.1
+PROBE_INTERVAL = 0.02
+SAMPLE_INTERVAL = 0.01
+
+_HANDLE_CODE = BotRunner._handle.__code__
+_CALL_CODE = CallableObject.call.__code__
+_RUN_CODE = asyncio.Handle._run.__code__
+
+
+@dataclass(frozen=True)
+class Culprit:
+    """What the loop thread was running: the bot and handler when inside one."""
+
+    bot: str
+    handler: str
+    where: str
+
+    def describe(self) -> str:
+        if not self.bot:
+            return f"outside any bot's handler, at {self.where}"
+        handler = self.handler or "(not in a handler: a filter or middleware)"
+        return f"bot={self.bot} handler={handler} at {self.where}"
+
+
+def find_culprit(frame: FrameType | None) -> Culprit:
+    """Read the bot and handler from a stack, innermost ``frame`` first.
+
+    ``where`` is the handler's current line, followed by the innermost Python
+    frame when the handler is blocked inside a library (a synchronous driver).
+    """
+    innermost = _location(frame) if frame is not None else "(no Python frame)"
+    where = innermost
+    bot = handler = ""
+    child: FrameType | None = None
+    while frame is not None:
+        if frame.f_code is _CALL_CODE and child is not None and not handler:
+            handler = f"{child.f_globals.get('__name__', '?')}.{child.f_code.co_qualname}"
+            if _location(child) != innermost:
+                where = f"{_location(child)}, blocked in {innermost}"
+        elif frame.f_code is _HANDLE_CODE:
+            runner = frame.f_locals.get("self")
+            if isinstance(runner, BotRunner):
+                bot = runner.name
+            break
+        child, frame = frame, frame.f_back
+    return Culprit(bot, handler, where)
+
+
+def _anchor(frame: FrameType) -> FrameType:
+    """The frame that stays on the stack while one callback holds the loop.
+
+    The handler's frame when inside an aiogram handler (a CPU-bound handler
+    changes inner frames all the time), else the running callback's outermost
+    frame, else (the loop is in no callback) the innermost one.
+    """
+    innermost = frame
+    child: FrameType | None = None
+    current: FrameType | None = frame
+    while current is not None:
+        if child is not None and current.f_code in (_CALL_CODE, _RUN_CODE):
+            return child
+        child, current = current, current.f_back
+    return innermost
+
+
+def _location(frame: FrameType) -> str:
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_qualname}"
+
+
+class LoopWatchdog:
+    """Measures the lag of ``loop`` and names whoever blocks it for over the threshold."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        metrics: PlatformMetrics,
+        threshold: float = BLOCK_THRESHOLD,
+    ) -> None:
+        self._loop = loop
+        self._metrics = metrics
+        self._threshold = threshold
+        self._loop_thread = threading.get_ident()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start watching; call it on the loop's own thread."""
+        self._loop_thread = threading.get_ident()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="botyard-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(PROBE_INTERVAL):
+            ran = threading.Event()
+            sent = time.monotonic()
+            try:
+                self._loop.call_soon_threadsafe(ran.set)
+            except RuntimeError:  # the loop closed
+                return
+            if ran.wait(SAMPLE_INTERVAL):
+                self._metrics.loop_lag.observe(time.monotonic() - sent)
+                continue
+            # A loop that is not running (between run_until_complete calls) is idle, not blocked.
+            running = self._loop.is_running()
+            held = self._longest_hold(ran, sent)
+            if held is None:
+                return
+            self._metrics.loop_lag.observe(time.monotonic() - sent)
+            seconds, culprit = held
+            if running and culprit is not None and seconds > self._threshold:
+                self._metrics.loop_blocked.labels(bot=culprit.bot, handler=culprit.handler).inc()
+                logger.warning(
+                    "event loop blocked for %.2fs by %s; every bot in this process waited",
+                    seconds,
+                    culprit.describe(),
+                )
+
+    def _longest_hold(
+        self, ran: threading.Event, sent: float
+    ) -> tuple[float, Culprit | None] | None:
+        """Sample until the probe ran: the longest time one frame held the loop, and whose.
+
+        ``None`` if the watchdog was stopped meanwhile. A frame seen from the
+        first sample on is counted from when the probe was sent.
+        """
+        anchor: FrameType | None = None
+        since = sent
+        culprit: Culprit | None = None
+        longest: tuple[float, Culprit | None] = (0.0, None)
+        first = True
+        while True:
+            frame = sys._current_frames().get(self._loop_thread)
+            current = _anchor(frame) if frame is not None else None
+            if first or current is not anchor:
+                since = sent if first else time.monotonic()
+                anchor = current
+                culprit = find_culprit(frame) if current is not None else None
+                first = False
+            del frame, current
+            done = ran.wait(SAMPLE_INTERVAL)
+            held = time.monotonic() - since
+            if held > longest[0]:
+                longest = (held, culprit)
+            if done:
+                return longest
+            if self._stop.is_set():
+                return None

@@ -1,0 +1,687 @@
+"""The registry as typed, frozen, validated data.
+
+Everything the YAML file can say is declared here once, as pydantic models that
+forbid unknown keys (a typo such as ``stat_ttl`` is an error, not a silently
+ignored setting). The models are validated once at the edge, by
+:func:`botyard.registry.loader.load_registry`; the rest of botyard only reads them.
+
+Each bot's settings that can be inherited (``state_ttl``, ``fsm_strategy``,
+``max_concurrent_updates``) are resolved from ``defaults`` while the registry is
+validated, so a :class:`BotConfig` always carries its effective values and a
+change to ``defaults`` shows up as a change to the bots it affects.
+
+The ``Field(description=...)`` texts are the reference documentation of the
+file: they end up in ``botyard schema`` and in the README.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from aiogram.fsm.strategy import FSMStrategy
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
+
+from botyard.registry.durations import ACCEPTED_FORMS, format_duration, parse_duration
+from botyard.tokens import check_token, mask_token, mask_uri
+
+__all__ = [
+    "BotConfig",
+    "CleanupConfig",
+    "Defaults",
+    "OpsConfig",
+    "Registry",
+    "RegistryDocument",
+    "RegistryError",
+    "StorageConfig",
+    "WebhookConfig",
+    "format_loc",
+    "split_listen",
+]
+
+Loc = tuple[str | int, ...]
+"""A key path into the file, as pydantic reports it: ``("bots", 1, "state_ttl")``."""
+
+
+class RegistryError(ValueError):
+    """Everything wrong with a registry file, one problem per line.
+
+    Raised for bad input only, never with a traceback worth reading: the
+    message is meant to be printed as is. ``problems`` keeps the lines apart
+    for callers that render them (``botyard check``).
+    """
+
+    def __init__(self, problems: Sequence[str], *, source: str | None = None) -> None:
+        self.problems = tuple(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            header = f"{source}: " if source else ""
+            message = "\n".join([f"{header}{len(self.problems)} problems", *self.problems])
+        super().__init__(message)
+
+
+def format_loc(loc: Loc) -> str:
+    """``("bots", 1, "state_ttl")`` -> ``"bots[1].state_ttl"``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    return text
+
+
+# --- scalar types -----------------------------------------------------------------
+
+_NAME = re.compile(r"[a-z0-9_-]{1,64}")
+_IMPORT_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+_DATABASE_FORBIDDEN = set('/\\. "$*<>:|?')
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f"invalid name {value!r}: use 1 to 64 characters from a-z, 0-9, '_' and '-'"
+        )
+    return value
+
+
+def _check_import_spec(value: str) -> str:
+    if not _IMPORT_SPEC.fullmatch(value.strip()):
+        raise ValueError(
+            f"invalid import path {value!r}: write 'package.module:attribute', "
+            "e.g. bots.questionnaire:router"
+        )
+    return value.strip()
+
+
+def _parse_strategy(value: object) -> FSMStrategy:
+    if isinstance(value, FSMStrategy):
+        return value
+    try:
+        return FSMStrategy[str(value).strip().upper()]
+    except KeyError:
+        raise ValueError(
+            f"unknown fsm_strategy {value!r} (use {', '.join(_STRATEGY_NAMES)})"
+        ) from None
+
+
+def _check_schedule(value: str) -> str:
+    text = value.strip()
+    if " " not in text:
+        try:
+            parse_duration(text, allow_never=False)
+        except ValueError as error:
+            raise ValueError(
+                f"invalid schedule {value!r}: {error}; or write a 5-field cron expression "
+                "such as '*/10 * * * *'"
+            ) from None
+        return text
+    try:
+        CronTrigger.from_crontab(text, timezone="UTC")
+    except ValueError as error:
+        raise ValueError(
+            f"invalid cron expression {value!r}: {error} (use 5 fields: minute hour "
+            "day-of-month month day-of-week, e.g. '*/10 * * * *', or an interval like 10m)"
+        ) from None
+    return " ".join(text.split())
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"0.0.0.0:8080"`` -> ``("0.0.0.0", 8080)``; ``"[::1]:9090"`` -> ``("::1", 9090)``."""
+    host, colon, port = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(
+            f"invalid listen address {value!r}: write host:port, e.g. 0.0.0.0:8080 "
+            "or [::]:8080 (port 0 picks a free port)"
+        )
+    return host, int(port)
+
+
+def _check_listen(value: str) -> str:
+    split_listen(value)
+    return value.strip()
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"invalid URL {value!r}: expected http://host[:port] or https://...")
+    return value.strip().rstrip("/")
+
+
+def _check_database(value: str) -> str:
+    bad = sorted(_DATABASE_FORBIDDEN.intersection(value))
+    if not value or len(value) > 63 or bad:
+        raise ValueError(
+            f"invalid MongoDB database name {value!r}: 1 to 63 characters, none of "
+            f"{' '.join(sorted(_DATABASE_FORBIDDEN))}"
+        )
+    return value
+
+
+def _empty_is_none(value: object) -> object:
+    """Let ``api_server: ${BOT_API_SERVER:-}`` mean "not set" when the variable is empty."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _one_or_many(value: object) -> object:
+    """Let ``routers: bots.shop:router`` stand for a one-item list."""
+    return [value] if isinstance(value, str) else value
+
+
+_STRATEGY_NAMES = [strategy.name.lower() for strategy in FSMStrategy]
+
+Name = Annotated[
+    str,
+    AfterValidator(_check_name),
+    WithJsonSchema({"type": "string", "pattern": f"^{_NAME.pattern}$"}),
+]
+ImportSpec = Annotated[
+    str,
+    AfterValidator(_check_import_spec),
+    WithJsonSchema({"type": "string", "pattern": f"^{_IMPORT_SPEC.pattern}$"}),
+]
+Duration = Annotated[
+    timedelta | None,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["30s", "15m", "12h", "7d", "1h30m", "never"]}),
+]
+"""A positive ``timedelta``, or ``None`` for ``never``."""
+Strategy = Annotated[
+    FSMStrategy,
+    BeforeValidator(_parse_strategy),
+    PlainSerializer(lambda strategy: strategy.name.lower(), return_type=str),
+    WithJsonSchema({"type": "string", "enum": _STRATEGY_NAMES}),
+]
+Schedule = Annotated[
+    str,
+    AfterValidator(_check_schedule),
+    WithJsonSchema({"type": "string", "examples": ["*/10 * * * *", "0 3 * * *", "10m", "1h"]}),
+]
+Listen = Annotated[
+    str,
+    AfterValidator(_check_listen),
+    WithJsonSchema({"type": "string", "examples": ["0.0.0.0:8080", "127.0.0.1:9090"]}),
+]
+HttpUrl = Annotated[
+    str,
+    AfterValidator(_check_http_url),
+    WithJsonSchema({"type": "string", "format": "uri", "pattern": "^https?://"}),
+]
+DatabaseName = Annotated[str, AfterValidator(_check_database)]
+
+
+def _undocumented_default(schema: JsonDict) -> None:
+    """Drop a placeholder default from the JSON schema: the real one comes from elsewhere."""
+    schema.pop("default", None)
+
+
+# --- sections ----------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    """Common settings: unknown keys are errors, values never change after loading.
+
+    ``hide_input_in_errors`` keeps a rejected value (possibly a token) out of the
+    text of a pydantic ``ValidationError``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class StorageConfig(_Section):
+    """Where FSM state lives."""
+
+    uri: str | None = Field(
+        default=None,
+        repr=False,
+        description=(
+            "MongoDB connection string (mongodb:// or mongodb+srv://), usually "
+            "${MONGODB_URI}. Leave it empty or unset to have botyard start an embedded "
+            "development database."
+        ),
+    )
+    database: DatabaseName = Field(
+        default="botyard",
+        description="Database that holds the state of every bot, one namespace per bot.",
+    )
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _check_uri(cls, value: object) -> object:
+        value = _empty_is_none(value)
+        if isinstance(value, str) and not value.strip().startswith(
+            ("mongodb://", "mongodb+srv://")
+        ):
+            raise ValueError(
+                f"expected a MongoDB URI starting with mongodb:// or mongodb+srv://, "
+                f"got {mask_uri(value.strip())!r}"
+            )
+        return value.strip() if isinstance(value, str) else value
+
+
+class Defaults(_Section):
+    """Values every bot inherits unless it sets its own."""
+
+    # The defaults' JSON-schema spellings are given by hand: pydantic would show
+    # the timedelta as "P7D" and the enum by its integer value.
+    state_ttl: Duration = Field(
+        default=timedelta(days=7),
+        json_schema_extra={"default": "7d"},
+        description=(
+            "How long a conversation's FSM state survives without activity before it "
+            f"expires: a number and a unit ({ACCEPTED_FORMS}; units combine, as in 1h30m). "
+            "never disables expiry."
+        ),
+    )
+    fsm_strategy: Strategy = Field(
+        default=FSMStrategy.USER_IN_CHAT,
+        json_schema_extra={"default": "user_in_chat"},
+        description=(
+            "Whose state a message reads and writes, as aiogram's FSMStrategy in lower "
+            "case: user_in_chat (each user in each chat), chat (one state per chat), "
+            "global_user (one state per user across chats), user_in_topic, chat_topic."
+        ),
+    )
+    max_concurrent_updates: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Most updates one bot handles at the same time; further updates wait. "
+            "Bounds the load a single busy bot puts on the process and the database."
+        ),
+    )
+
+
+class CleanupConfig(_Section):
+    """The periodic job that deletes expired FSM state."""
+
+    schedule: Schedule = Field(
+        default="*/10 * * * *",
+        description=(
+            "When the cleanup job runs: a 5-field cron expression (minute hour "
+            'day-of-month month day-of-week, quoted in YAML, e.g. "*/10 * * * *") or an '
+            "interval such as 10m."
+        ),
+    )
+    batch_size: int = Field(
+        default=1000,
+        ge=1,
+        description="Most expired records deleted per database round trip.",
+    )
+
+    @property
+    def interval(self) -> timedelta | None:
+        """The interval if ``schedule`` is one, ``None`` if it is a cron expression."""
+        if " " in self.schedule:
+            return None
+        return parse_duration(self.schedule, allow_never=False)
+
+    def trigger(self, timezone: str = "UTC") -> CronTrigger | IntervalTrigger:
+        """The APScheduler trigger for ``schedule``; cron fields are read in ``timezone``."""
+        interval = self.interval
+        if interval is not None:
+            return IntervalTrigger(seconds=int(interval.total_seconds()), timezone=timezone)
+        return CronTrigger.from_crontab(self.schedule, timezone=timezone)
+
+
+class WebhookConfig(_Section):
+    """How bots in webhook mode receive updates."""
+
+    base_url: HttpUrl = Field(
+        description=(
+            "Public URL under which Telegram reaches this process; each webhook bot gets "
+            "a path below it. Telegram requires HTTPS on port 443, 80, 88 or 8443, "
+            "unless the bot uses a local Bot API server."
+        ),
+    )
+    listen: Listen = Field(
+        default="0.0.0.0:8080",
+        description=(
+            "host:port the HTTP server binds to (behind your TLS proxy). It also serves "
+            "the health and metrics endpoints."
+        ),
+    )
+    max_connections: int = Field(
+        default=40,
+        ge=1,
+        le=100,
+        description=(
+            "Most simultaneous HTTPS connections Telegram opens to deliver one bot's "
+            "updates (1 to 100)."
+        ),
+    )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``listen`` as ``(host, port)``."""
+        return split_listen(self.listen)
+
+
+class OpsConfig(_Section):
+    """The operations HTTP server, for processes without a webhook server."""
+
+    listen: Listen = Field(
+        description=(
+            "host:port of the health and metrics server. Only used when no bot is in "
+            "webhook mode; otherwise those endpoints live on webhook.listen."
+        ),
+    )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``listen`` as ``(host, port)``."""
+        return split_listen(self.listen)
+
+
+class BotConfig(_Section):
+    """One bot, with its effective settings (defaults already applied)."""
+
+    name: Name = Field(
+        description=(
+            "Unique name of the bot, 1 to 64 characters from a-z, 0-9, '_' and '-'. "
+            "Used in logs, metrics and commands, and as the storage namespace unless "
+            "namespace is given."
+        ),
+    )
+    token: Annotated[SecretStr | None, WithJsonSchema({"type": "string", "writeOnly": True})] = (
+        Field(
+            default=None,
+            validate_default=True,
+            json_schema_extra=_undocumented_default,
+            description=(
+                "Bot API token from @BotFather, normally ${SOME_TOKEN} so it stays out of the "
+                "file. Never printed: logs and errors show only the bot id before the ':'."
+            ),
+        )
+    )
+    routers: Annotated[tuple[ImportSpec, ...], BeforeValidator(_one_or_many)] = Field(
+        min_length=1,
+        description=(
+            "aiogram routers of the bot, as 'module:attribute' import paths, imported with "
+            "the registry file's folder on sys.path. The attribute is a Router, or a "
+            "function returning a new Router (required when several bots share a module)."
+        ),
+    )
+    api_server: Annotated[HttpUrl | None, BeforeValidator(_empty_is_none)] = Field(
+        default=None,
+        description=(
+            "Base URL of a local Telegram Bot API server, e.g. http://127.0.0.1:8081. "
+            "Unset: the public api.telegram.org."
+        ),
+    )
+    namespace: Name = Field(
+        default="",
+        json_schema_extra=_undocumented_default,
+        description=(
+            "Storage namespace that keeps this bot's state apart from the others. "
+            "Defaults to the bot's name; set it to keep a bot's state across a rename."
+        ),
+    )
+    state_ttl: Duration = Field(
+        default=timedelta(days=7),
+        json_schema_extra=_undocumented_default,
+        description="This bot's state_ttl; defaults to defaults.state_ttl.",
+    )
+    fsm_strategy: Strategy = Field(
+        default=FSMStrategy.USER_IN_CHAT,
+        json_schema_extra=_undocumented_default,
+        description="This bot's fsm_strategy; defaults to defaults.fsm_strategy.",
+    )
+    max_concurrent_updates: int = Field(
+        default=64,
+        ge=1,
+        json_schema_extra=_undocumented_default,
+        description=(
+            "This bot's max_concurrent_updates; defaults to defaults.max_concurrent_updates."
+        ),
+    )
+    enabled: bool = Field(
+        default=True,
+        description="false keeps the bot in the file without running it.",
+    )
+    mode: Literal["polling", "webhook"] = Field(
+        default="polling",
+        description=(
+            "How the bot receives updates: polling (long polling, works anywhere) or "
+            "webhook (needs the webhook section)."
+        ),
+    )
+    on_state_expired: Annotated[ImportSpec | None, BeforeValidator(_empty_is_none)] = Field(
+        default=None,
+        description=(
+            "Optional 'module:function' of an async function called when one of this "
+            "bot's conversations expires, e.g. to tell the user their session ended."
+        ),
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Free-form mapping handed to the bot's handlers, for per-bot values such as "
+            "texts, admin ids or feature switches. ${VAR} works inside it too."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _namespace_defaults_to_name(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("namespace"):
+            return data
+        name = data.get("name")
+        if isinstance(name, str) and _NAME.fullmatch(name):
+            return {**data, "namespace": name}
+        return data
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _check_token(cls, value: object, info: ValidationInfo) -> object:
+        if value is None:
+            if (info.context or {}).get("require_tokens", True):
+                name = info.data.get("name")
+                variable = f"{name.upper().replace('-', '_')}_TOKEN" if name else "BOT_TOKEN"
+                raise ValueError(f"no token: write token: ${{{variable}}} and set {variable}")
+            return None
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str):
+            return SecretStr(check_token(value))
+        raise ValueError(f"expected a token string, got a {type(value).__name__}")
+
+    @property
+    def token_value(self) -> str:
+        """The token itself, for the Bot API client; ``ValueError`` if the bot has none."""
+        if self.token is None:
+            raise ValueError(f"bot {self.name!r} has no token")
+        return self.token.get_secret_value()
+
+    @property
+    def masked_token(self) -> str:
+        """The token as logs may show it: ``"123456789:***"``."""
+        return mask_token(self.token.get_secret_value()) if self.token else "(no token)"
+
+
+# --- the whole file ----------------------------------------------------------------
+
+_INHERITED = ("state_ttl", "fsm_strategy", "max_concurrent_updates")
+
+
+class RegistryDocument(_Section):
+    """The registry file: which bots run, and the settings they share."""
+
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig,
+        description="Where FSM state is stored.",
+    )
+    defaults: Defaults = Field(
+        default_factory=Defaults,
+        description="Settings every bot inherits unless it sets its own.",
+    )
+    cleanup: CleanupConfig = Field(
+        default_factory=CleanupConfig,
+        description="When and how expired FSM state is deleted.",
+    )
+    webhook: WebhookConfig | None = Field(
+        default=None,
+        description="HTTP server receiving updates for bots in webhook mode. Optional.",
+    )
+    ops: OpsConfig | None = Field(
+        default=None,
+        description=("Health and metrics server for deployments without webhooks. Optional."),
+    )
+    bots: tuple[BotConfig, ...] = Field(
+        min_length=1,
+        description="The bots this process runs; at least one.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_defaults(cls, data: Any) -> Any:
+        """Copy ``defaults`` into every bot that does not set its own value.
+
+        Skipped when ``defaults`` itself is invalid: its own errors are reported
+        and repeating them once per bot would bury them.
+        """
+        if not isinstance(data, dict):
+            return data
+        data = {
+            key: {} if value is None and key in ("storage", "defaults", "cleanup") else value
+            for key, value in data.items()
+        }
+        bots = data.get("bots")
+        if not isinstance(bots, list | tuple):
+            return data
+        try:
+            defaults = Defaults.model_validate(data.get("defaults", {}))
+        except ValidationError:
+            return data
+        inherited = defaults.model_dump(mode="json", include=set(_INHERITED))
+        data["bots"] = [{**inherited, **bot} if isinstance(bot, dict) else bot for bot in bots]
+        return data
+
+    @model_validator(mode="after")
+    def _check_conflicts(self) -> RegistryDocument:
+        problems = _conflicts(self)
+        if problems:
+            raise PydanticCustomError(
+                "registry_conflicts",
+                "{summary}",
+                {
+                    "summary": "; ".join(f"{format_loc(loc)}: {text}" for loc, text in problems),
+                    "problems": problems,
+                },
+            )
+        return self
+
+
+def _conflicts(document: RegistryDocument) -> list[tuple[Loc, str]]:
+    """Problems that involve more than one key: duplicates, missing sections."""
+    problems: list[tuple[Loc, str]] = []
+    names: dict[str, int] = {}
+    tokens: dict[str, int] = {}
+    namespaces: dict[str, int] = {}
+    for index, bot in enumerate(document.bots):
+        where: Loc = ("bots", index)
+        if bot.name in names:
+            first = names[bot.name]
+            problems.append(((*where, "name"), f"duplicate bot name (also bots[{first}])"))
+        else:
+            names[bot.name] = index
+            if bot.namespace in namespaces:
+                first = namespaces[bot.namespace]
+                problems.append(
+                    (
+                        (*where, "namespace"),
+                        f"storage namespace {bot.namespace!r} is also used by bot "
+                        f"{document.bots[first].name!r} (bots[{first}]); bots sharing a "
+                        "namespace overwrite each other's state",
+                    )
+                )
+            namespaces.setdefault(bot.namespace, index)
+        if bot.token is not None:
+            secret = bot.token.get_secret_value()
+            if secret in tokens:
+                first = tokens[secret]
+                problems.append(
+                    (
+                        (*where, "token"),
+                        f"same token as bot {document.bots[first].name!r} (bots[{first}]); "
+                        "each bot needs its own token",
+                    )
+                )
+            tokens.setdefault(secret, index)
+        if bot.mode == "webhook" and document.webhook is None:
+            problems.append(
+                (
+                    (*where, "mode"),
+                    "mode is webhook but the file has no webhook section "
+                    "(add webhook: with base_url, or use mode: polling)",
+                )
+            )
+    return problems
+
+
+class Registry(RegistryDocument):
+    """A validated registry file and where it was read from."""
+
+    path: Path = Field(description="The registry file; relative imports start from its folder.")
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder of the registry file: router modules are imported relative to it."""
+        return self.path.parent
+
+    @property
+    def enabled_bots(self) -> tuple[BotConfig, ...]:
+        """The bots to run, in file order."""
+        return tuple(bot for bot in self.bots if bot.enabled)
+
+    def bot(self, name: str) -> BotConfig:
+        """The bot called ``name``; ``KeyError`` naming the known bots otherwise."""
+        for bot in self.bots:
+            if bot.name == name:
+                return bot
+        raise KeyError(f"no bot named {name!r} in {self.path.name} (bots: {self._names()})")
+
+    def with_tokens(self, tokens: Mapping[str, str]) -> Registry:
+        """A copy with the given bots' tokens replaced, e.g. tokens generated by the sandbox.
+
+        Tokens are checked like tokens in the file, and so are duplicates.
+        """
+        unknown = sorted(set(tokens) - {bot.name for bot in self.bots})
+        if unknown:
+            raise KeyError(f"no bots named {', '.join(unknown)} (bots: {self._names()})")
+        bots = tuple(
+            bot.model_copy(update={"token": SecretStr(check_token(tokens[bot.name]))})
+            if bot.name in tokens
+            else bot
+            for bot in self.bots
+        )
+        return type(self).model_validate({**dict(self), "bots": bots})
+
+    def _names(self) -> str:
+        return ", ".join(bot.name for bot in self.bots)

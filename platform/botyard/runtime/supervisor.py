@@ -1,0 +1,374 @@
+"""The supervisor: starts every bot of the registry, reloads it, and stops it.
+
+It only supervises. Each bot's behaviour lives in its :class:`BotRunner`; the
+supervisor owns what bots share (one MongoDB client, pooled HTTP sessions, the
+event loop's signal handlers) and decides which runners exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from botyard.cleanup.schedule import CleanupScheduler
+from botyard.cleanup.sweep import BotSweep
+from botyard.database.location import open_store
+from botyard.logs import TokenRedactingFilter
+from botyard.ops.health import Readiness
+from botyard.ops.http_server import OpsServer, server_address
+from botyard.ops.metrics import PlatformMetrics
+from botyard.ops.watchdog import LoopWatchdog
+from botyard.registry.loader import RegistryError, diff_registries, load_registry
+from botyard.registry.models import BotConfig, Registry
+from botyard.runtime.http_sessions import SessionPool
+from botyard.runtime.routers import BotRouters, RouterRegistry
+from botyard.runtime.runner import BotRunner, BotSpec, BotStatus
+from botyard.storage import BeanieStorage, prepare_database
+from botyard.webhook.endpoint import WebhookEndpoint
+from botyard.webhook.journal import HEARTBEAT_INTERVAL, UpdateJournal
+from botyard.webhook.secrets import SecretStore
+
+logger = logging.getLogger("botyard.supervisor")
+
+WATCH_INTERVAL = 1.0
+#: MongoDB being unreachable should fail a write within seconds, so the update is retried.
+SERVER_SELECTION_TIMEOUT_MS = 5000
+
+RegistryLoader = Callable[[Path], Registry]
+
+
+class Supervisor:
+    """Runs the bots of one registry file until SIGINT or SIGTERM."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        shutdown_timeout: float = 25.0,
+        watch: bool = True,
+        redactor: TokenRedactingFilter | None = None,
+        loader: RegistryLoader = load_registry,
+        bot_factory: Callable[[BotConfig, SessionPool], Bot] | None = None,
+        serve_http: bool = True,
+    ) -> None:
+        self.registry = registry
+        self.shutdown_timeout = shutdown_timeout
+        self.watch = watch
+        self.runners: dict[str, BotRunner] = {}
+        self._redactor = redactor
+        self._loader = loader
+        self._bot_factory = bot_factory or _make_bot
+        self._sessions = SessionPool()
+        self._routers = RouterRegistry(registry.base_dir)
+        self._stop = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        #: Set once every bot of the first start polls or is serving webhooks, or failed.
+        self.started = asyncio.Event()
+        self._starting: set[str] = set()
+        self.client: AsyncMongoClient[dict[str, Any]] | None = None
+        self.database: AsyncDatabase[dict[str, Any]] | None = None
+        self.cleanup: CleanupScheduler | None = None
+        self.metrics = PlatformMetrics(lambda: self.runners)
+        self.webhooks: WebhookEndpoint | None = None
+        #: The webhook, health and metrics server, when the registry asks for one.
+        self.http: OpsServer | None = None
+        #: False: no HTTP server even if the registry has webhook: or ops: (the sandbox).
+        self.serve_http = serve_http
+        self._remember_tokens(registry)
+
+    # the whole life
+
+    async def run(self) -> int:
+        """Run until asked to stop; the exit code is 0 after a clean shutdown.
+
+        Every router and hook is imported before anything starts: a registry
+        naming an unimportable router raises :class:`RegistryError` and no bot runs.
+        """
+        routers = self._routers.resolve_all(self.registry.enabled_bots)
+        async with self._shared_resources(), self._operations():
+            self._install_signal_handlers()
+            await self._start_bots(self.registry.enabled_bots, routers)
+            self._starting = set(self.runners)
+            if not self._starting:
+                self.started.set()
+            assert self.database is not None
+            self.cleanup = _MeteredCleanup(
+                self.database, lambda: self.registry, self._running_bot, metrics=self.metrics
+            )
+            self.cleanup.start()
+            watcher = asyncio.create_task(self._watch_registry(), name="botyard-watch")
+            try:
+                await self._stop.wait()
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+                await self.cleanup.shutdown()
+                await self._stop_bots(list(self.runners))
+                self._remove_signal_handlers()
+        logger.info("botyard stopped")
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Asked to stop: the process is draining and no longer ready."""
+        return self._stop.is_set()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    @contextlib.asynccontextmanager
+    async def _shared_resources(self) -> AsyncIterator[None]:
+        async with open_store(self.registry) as uri:
+            self.client = AsyncMongoClient(
+                uri,
+                tz_aware=True,
+                appname="botyard",
+                serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+                event_listeners=self.metrics.mongo_listeners,
+            )
+            self.database = self.client[self.registry.storage.database]
+            try:
+                await prepare_database(self.database)
+                yield
+            finally:
+                await self._sessions.close()
+                await self.client.close()
+
+    @contextlib.asynccontextmanager
+    async def _operations(self) -> AsyncIterator[None]:
+        """The journal, the HTTP server, the watchdog and the samplers, around the bots."""
+        assert self.database is not None
+        journal = UpdateJournal(self.database)
+        await journal.prepare()
+        self.webhooks = WebhookEndpoint(
+            journal, SecretStore(self.database), lambda: self.registry.webhook, self.metrics
+        )
+        watchdog = LoopWatchdog(asyncio.get_running_loop(), self.metrics)
+        watchdog.start()
+        database = self.database
+        tasks = [
+            asyncio.create_task(
+                self.metrics.sample_fsm_records_forever(database, lambda: self.registry.bots),
+                name="botyard-fsm-sample",
+            ),
+            asyncio.create_task(self._maintain_webhooks(), name="botyard-webhooks"),
+        ]
+        try:
+            address = server_address(self.registry) if self.serve_http else None
+            if address is not None:
+                readiness = Readiness(
+                    database, lambda: self.registry, lambda: self.runners, lambda: self.stopping
+                )
+                self.http = OpsServer(self.webhooks, readiness, self.metrics)
+                await self.http.start(*address)
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.http is not None:
+                await self.http.stop()
+            watchdog.stop()
+            await journal.close()
+
+    async def _maintain_webhooks(self) -> None:
+        """Every heartbeat: recover orphaned updates, apply rotated secrets."""
+        assert self.webhooks is not None
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self.webhooks.maintain()
+            except (PyMongoError, TelegramAPIError) as error:
+                logger.warning("webhook maintenance failed, retrying later: %s", error)
+
+    # bots
+
+    async def _start_bots(self, bots: Iterable[BotConfig], routers: dict[str, BotRouters]) -> None:
+        for config in bots:
+            try:
+                runner = self._make_runner(config, routers[config.name])
+            except Exception as error:  # a bot that cannot be built must not stop the others
+                logger.error("bot=%s cannot start: %s", config.name, error)
+                self._routers.release(config.name)
+                continue
+            self.runners[config.name] = runner
+            runner.start()
+            logger.info("bot=%s started", config.name)
+
+    def _make_runner(self, config: BotConfig, routers: BotRouters) -> BotRunner:
+        assert self.database is not None
+        storage = BeanieStorage(self.database, config.namespace, state_ttl=config.state_ttl)
+        spec = BotSpec(
+            name=config.name,
+            token=config.token_value,
+            routers=routers,
+            storage=storage,
+            fsm_strategy=config.fsm_strategy,
+            max_concurrent_updates=config.max_concurrent_updates,
+            polling=config.mode == "polling",
+            workflow_data={"bot_config": config, "database": self.database},
+            webhook=(
+                self.webhooks.binding(config.name)
+                if config.mode == "webhook" and self.webhooks is not None
+                else None
+            ),
+            observe_handling=self.metrics.observer(config.name),
+        )
+        return BotRunner(spec, self._bot_factory(config, self._sessions), on_status=self._on_status)
+
+    def _on_status(self, runner: BotRunner, status: BotStatus, detail: str) -> None:
+        level = (
+            logging.ERROR
+            if status in {BotStatus.UNAUTHORIZED, BotStatus.CONFLICT}
+            else logging.INFO
+        )
+        logger.log(level, "bot=%s status=%s %s", runner.name, status.value, detail)
+        if status not in {BotStatus.STARTING, BotStatus.STOPPED}:
+            self._started(runner.name)
+
+    def _started(self, name: str) -> None:
+        if name in self._starting:
+            self._starting.discard(name)
+            if not self._starting:
+                self.started.set()
+
+    def _running_bot(self, name: str) -> Bot | None:
+        """The ``Bot`` of a running bot, for its ``on_state_expired`` hook."""
+        runner = self.runners.get(name)
+        return None if runner is None else runner.bot
+
+    async def _stop_bots(self, names: list[str]) -> None:
+        runners = [self.runners.pop(name) for name in names if name in self.runners]
+        results = await asyncio.gather(
+            *(runner.stop(self.shutdown_timeout) for runner in runners), return_exceptions=True
+        )
+        for runner, result in zip(runners, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.error("bot=%s did not stop cleanly: %s", runner.name, result)
+            await self._sessions.release(runner.name)
+            self._routers.release(runner.name)
+            self._started(runner.name)
+            logger.info("bot=%s stopped", runner.name)
+
+    # reload
+
+    async def reload(self) -> bool:
+        """Apply the registry file as it is now; keep the running one if it is invalid."""
+        async with self._reload_lock:
+            try:
+                new = await asyncio.to_thread(self._loader, self.registry.path)
+            except RegistryError as error:
+                logger.error("reload rejected, the running registry stays:\n%s", error)
+                return False
+            diff = diff_registries(self.registry, new)
+            if "storage" in diff.sections:
+                logger.warning("storage settings changed: they take effect after a restart")
+            if server_address(new) != server_address(self.registry):
+                logger.warning(
+                    "the HTTP server's address (webhook.listen / ops.listen) changed: "
+                    "it takes effect after a restart"
+                )
+            to_stop = [name for name in (*diff.removed, *diff.changed) if name in self.runners]
+            await self._stop_bots(to_stop)
+            self._remember_tokens(new)
+            self.registry = new
+            routers: dict[str, BotRouters] = {}
+            for bot in new.enabled_bots:
+                if bot.name in self.runners:
+                    continue
+                try:
+                    routers[bot.name] = self._routers.resolve(bot)
+                except RegistryError as error:  # this bot stays down; the others go on
+                    logger.error("bot=%s cannot start:\n%s", bot.name, error)
+            to_start = [bot for bot in new.enabled_bots if bot.name in routers]
+            await self._start_bots(to_start, routers)
+            if self.cleanup is not None:
+                self.cleanup.rebuild()
+            logger.info(
+                "registry reloaded: %d added, %d removed, %d changed, %d unchanged",
+                len(diff.added),
+                len(diff.removed),
+                len(diff.changed),
+                len(diff.unchanged),
+            )
+            return True
+
+    async def _watch_registry(self) -> None:
+        """Reload on SIGHUP, and when the YAML (or the .env beside it) changes."""
+        fingerprint = _fingerprint(self.registry.path)
+        while not self._stop.is_set():
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+            # cancellation that arrives as the event is set (SIGHUP with SIGTERM).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WATCH_INTERVAL):
+                    await self._reload_requested.wait()
+            requested = self._reload_requested.is_set()
+            self._reload_requested.clear()
+            if not requested and not self.watch:
+                continue
+            current = await asyncio.to_thread(_fingerprint, self.registry.path)
+            if requested or current != fingerprint:
+                fingerprint = current
+                await self.reload()
+
+    # process plumbing
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        logger.info("%s received: stopping", signal.Signals(signum).name)
+        self.request_stop()
+
+    def _remember_tokens(self, registry: Registry) -> None:
+        if self._redactor is not None:
+            self._redactor.remember(bot.token_value for bot in registry.bots if bot.token)
+
+
+class _MeteredCleanup(CleanupScheduler):
+    """The cleanup job, counting each sweep's results in the metrics."""
+
+    def __init__(self, *args: Any, metrics: PlatformMetrics, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._metrics = metrics
+
+    async def run_once(self) -> list[BotSweep]:
+        sweeps = await super().run_once()
+        self._metrics.record_sweeps(sweeps)
+        return sweeps
+
+
+def _make_bot(config: BotConfig, sessions: SessionPool) -> Bot:
+    return Bot(config.token_value, session=sessions.acquire(config.name, config.api_server))
+
+
+def _fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    for candidate in (path, path.with_name(".env")):
+        with contextlib.suppress(OSError):
+            digest.update(candidate.read_bytes())
+    return digest.hexdigest()

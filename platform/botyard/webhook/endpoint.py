@@ -1,0 +1,268 @@
+"""Webhook delivery for every webhook bot on one aiohttp server, plus the ops endpoints.
+
+A bot's webhook URL is ``<webhook.base_url>/webhook/<bot name>/<path secret>``:
+its name for the operator, a random secret so the URL cannot be guessed, and
+never the token (aiogram's ``TokenBasedRequestHandler`` puts the token in the
+path, where proxy and access logs keep it). Each request must also carry the
+bot's ``secret_token`` in ``X-Telegram-Bot-Api-Secret-Token``; both secrets
+are compared in constant time (see :mod:`botyard.webhook.secrets`).
+
+Nothing reaches a handler unless the request passed every check:
+
+- unknown bot or path secret: 404; wrong or missing secret token: 401 (counted);
+- body over :data:`MAX_BODY_BYTES`, not JSON, or not an update: 400;
+- bot stopping, or MongoDB unreachable: 503, so Telegram delivers it again.
+
+An accepted update is written to the journal (:mod:`botyard.webhook.journal`), answered
+200, and handled in the background by the bot's runner, with the same per-key
+ordering, concurrency cap and fault isolation as a polled update.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import Update
+from aiohttp import web
+from pydantic import ValidationError
+from pymongo.errors import PyMongoError
+
+from botyard.ops.metrics import PlatformMetrics
+from botyard.registry.models import WebhookConfig
+from botyard.runtime.runner import BotRunner
+from botyard.webhook.journal import JournalEntry, UpdateJournal
+from botyard.webhook.secrets import SecretStore, WebhookSecret
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "SECRET_HEADER",
+    "WEBHOOK_PREFIX",
+    "WebhookEndpoint",
+    "webhook_url",
+]
+
+logger = logging.getLogger("botyard.webhook")
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+WEBHOOK_PREFIX = "/webhook"
+#: Telegram's updates are a few kilobytes; anything near this is not one.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def webhook_url(config: WebhookConfig, bot: str, secret: WebhookSecret) -> str:
+    """The URL ``setWebhook`` is given for ``bot``."""
+    return f"{config.base_url}{WEBHOOK_PREFIX}/{bot}/{secret.path}"
+
+
+@dataclass
+class _Route:
+    """Where one bot's requests go; during a rotation the previous secrets still work."""
+
+    runner: BotRunner
+    secrets: list[WebhookSecret] = field(default_factory=list)
+    accepting: bool = True
+
+    def matching(self, path: str) -> WebhookSecret | None:
+        found = None
+        for candidate in self.secrets:  # no early exit: the time taken says nothing
+            if secrets.compare_digest(candidate.path.encode(), path.encode()):
+                found = candidate
+        return found
+
+
+class WebhookEndpoint:
+    """The webhook bots' routes, and the :class:`~botyard.runtime.runner.WebhookBinding` of each."""
+
+    def __init__(
+        self,
+        journal: UpdateJournal,
+        secret_store: SecretStore,
+        config: Callable[[], WebhookConfig | None],
+        metrics: PlatformMetrics,
+    ) -> None:
+        self.journal = journal
+        self.secret_store = secret_store
+        self._config = config
+        self._metrics = metrics
+        self._routes: dict[str, _Route] = {}
+
+    def binding(self, bot: str) -> _Binding:
+        """What the runner of ``bot`` calls to start and stop receiving updates."""
+        return _Binding(self, bot)
+
+    # requests
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """``POST /webhook/{bot}/{secret}``: check, journal, answer, hand to the runner."""
+        name = request.match_info["bot"]
+        route = self._routes.get(name)
+        secret = route.matching(request.match_info["secret"]) if route is not None else None
+        if route is None or secret is None:
+            self._metrics.webhook_unknown_path.inc()
+            return _text(404, "unknown webhook")
+        header = request.headers.get(SECRET_HEADER, "")
+        if not secrets.compare_digest(header.encode(), secret.token.encode()):
+            self._metrics.count_webhook(name, "unauthorized")
+            return _text(401, "wrong secret token")
+        if not route.accepting:
+            self._metrics.count_webhook(name, "unavailable")
+            return _text(503, "bot is stopping; deliver again later")
+        try:
+            raw, parsed = await _read_update(request, route.runner)
+        except _BadUpdate as problem:
+            self._metrics.count_webhook(name, "bad_request")
+            logger.warning("bot=%s webhook request rejected: %s", name, problem)
+            return _text(400, str(problem))
+        try:
+            fresh = await self.journal.record(name, parsed.update_id, raw)
+        except PyMongoError as error:
+            self._metrics.count_webhook(name, "unavailable")
+            logger.warning(
+                "bot=%s update=%s not accepted, the journal is unreachable (%s): 503",
+                name,
+                parsed.update_id,
+                type(error).__name__,
+            )
+            return _text(503, "storage unavailable; deliver again later")
+        if not fresh:  # delivered again while still journaled: it is handled once, from there
+            self._metrics.count_webhook(name, "duplicate")
+            return web.json_response({})
+        self._metrics.count_webhook(name, "accepted")
+        current = self._routes.get(name)  # a reload may have replaced the runner meanwhile
+        if current is not None and current.accepting:
+            self._submit(name, current.runner, parsed)
+        # else the bot is stopping: the journal keeps the update for its next start.
+        return web.json_response({})
+
+    def _submit(self, name: str, runner: BotRunner, update: Update) -> None:
+        runner.accept(update, on_done=lambda update_id: self.journal.finished(name, update_id))
+
+    # bots starting and stopping
+
+    async def attach(self, name: str, runner: BotRunner, *, recover: bool) -> None:
+        """Hand the bot's journaled updates to ``runner``, route its requests, set its webhook.
+
+        Recovered updates are queued before the route exists, so they are
+        handled before anything newer of the same conversation.
+        """
+        secret = await self.secret_store.get_or_create(name)
+        if recover:
+            entries = await self.journal.claim([name], own=True)
+            for entry in entries:
+                self._recover(runner, entry)
+            if entries:
+                logger.info(
+                    "bot=%s handling %d update(s) accepted earlier and not yet handled",
+                    name,
+                    len(entries),
+                )
+        self._routes[name] = _Route(runner, [secret])
+        await self._set_webhook(runner, secret)
+
+    def detach(self, name: str, runner: BotRunner) -> None:
+        """Answer the bot's requests with 503 from now on: Telegram keeps them for later."""
+        route = self._routes.get(name)
+        if route is not None and route.runner is runner:
+            route.accepting = False
+
+    # what runs every heartbeat
+
+    async def maintain(self) -> None:
+        """Heartbeat, take over updates of processes that are gone, apply rotated secrets."""
+        await self.journal.heartbeat()
+        running = {name: route for name, route in self._routes.items() if route.accepting}
+        for entry in await self.journal.claim(running):
+            self._recover(running[entry.bot].runner, entry)
+        stored = await self.secret_store.current(running)
+        for name, route in running.items():
+            secret = stored.get(name)
+            if secret is None or secret.path == route.secrets[0].path:
+                continue
+            try:
+                await self._apply_rotation(route, secret)
+            except TelegramAPIError as error:  # one bot's trouble must not hold the others
+                logger.warning("bot=%s rotated secrets not applied yet: %s", name, error)
+
+    async def _apply_rotation(self, route: _Route, secret: WebhookSecret) -> None:
+        """Accept old and new secrets until Telegram has the new ones, then only the new."""
+        route.secrets.insert(0, secret)
+        try:
+            await self._set_webhook(route.runner, secret)
+        except BaseException:  # Telegram still has the old ones; the next heartbeat retries
+            route.secrets.remove(secret)
+            raise
+        del route.secrets[1:]
+        logger.info("bot=%s webhook secrets rotated; setWebhook called", route.runner.name)
+
+    def _recover(self, runner: BotRunner, entry: JournalEntry) -> None:
+        try:
+            update = Update.model_validate(entry.update, context={"bot": runner.bot})
+        except ValidationError:  # cannot happen to what was accepted; never block the rest
+            logger.exception("bot=%s journaled update=%s unreadable", entry.bot, entry.update_id)
+            self.journal.finished(entry.bot, entry.update_id)
+            return
+        self._submit(entry.bot, runner, update)
+
+    async def _set_webhook(self, runner: BotRunner, secret: WebhookSecret) -> None:
+        config = self._config()
+        if config is None:
+            raise RuntimeError("the registry has no webhook section")
+        await runner.bot.set_webhook(
+            url=webhook_url(config, runner.name, secret),
+            secret_token=secret.token,
+            allowed_updates=runner.allowed_updates,
+            max_connections=config.max_connections,
+            drop_pending_updates=False,
+        )
+
+
+class _Binding:
+    """One webhook bot's side of the endpoint: a :class:`~botyard.runtime.runner.WebhookBinding`."""
+
+    def __init__(self, endpoint: WebhookEndpoint, bot: str) -> None:
+        self._endpoint = endpoint
+        self._bot = bot
+        self._recovered = False
+
+    async def open(self, runner: BotRunner) -> None:
+        # Recovery once per runner: a start retried after an error must not submit twice.
+        await self._endpoint.attach(self._bot, runner, recover=not self._recovered)
+        self._recovered = True
+
+    async def close(self, runner: BotRunner) -> None:
+        self._endpoint.detach(self._bot, runner)
+
+
+class _BadUpdate(ValueError):
+    """The body is not an update; the message says why (answered 400)."""
+
+
+async def _read_update(request: web.Request, runner: BotRunner) -> tuple[dict[str, Any], Update]:
+    """The body as JSON and as an aiogram ``Update`` bound to the runner's bot."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise _BadUpdate(f"body of {request.content_length} bytes exceeds {MAX_BODY_BYTES}")
+    try:
+        body = await request.read()  # the application's client_max_size is MAX_BODY_BYTES
+    except web.HTTPRequestEntityTooLarge:
+        raise _BadUpdate(f"body exceeds {MAX_BODY_BYTES} bytes") from None
+    try:
+        raw = json.loads(body)
+    except ValueError as error:
+        raise _BadUpdate(f"body is not JSON ({error})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("update_id"), int):
+        raise _BadUpdate("body is not a Telegram update (no integer update_id)")
+    try:
+        update = Update.model_validate(raw, context={"bot": runner.bot})
+    except ValidationError as error:
+        raise _BadUpdate(f"body is not a valid update ({error.error_count()} errors)") from None
+    return raw, update
+
+
+def _text(status: int, reason: str) -> web.Response:
+    return web.Response(status=status, text=reason + "\n")

@@ -1,0 +1,96 @@
+"""The platform's HTTP session: shared seats, and answers parsed once (against the emulator)."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import AsyncIterator
+
+import pytest
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import TelegramConflictError, TelegramUnauthorizedError
+from aiogram.methods import GetUpdates, Response
+from aiogram.types import Message
+
+from botyard.emulator import BotAPIEmulator, EmulatedBot
+from botyard.runtime.http_sessions import PlatformSession, SessionPool
+
+
+@pytest.fixture
+async def emulated(bot_api: BotAPIEmulator) -> EmulatedBot:
+    return bot_api.add_bot("sessions_bot")
+
+
+@pytest.fixture
+async def bot(bot_api: BotAPIEmulator, emulated: EmulatedBot) -> AsyncIterator[Bot]:
+    session = PlatformSession(api=TelegramAPIServer.from_base(bot_api.url))
+    bot = Bot(emulated.token, session=session)
+    yield bot
+    await session.close()
+
+
+async def test_unconfirmed_updates_are_parsed_once(
+    bot_api: BotAPIEmulator, emulated: EmulatedBot, bot: Bot
+) -> None:
+    bot_api.send_message(emulated.token, 5, "one")
+    bot_api.send_message(emulated.token, 5, "two")
+    first = await bot(GetUpdates(timeout=0))
+    again = await bot(GetUpdates(offset=first[0].update_id, timeout=0))
+    assert [update.message.text for update in again if update.message] == ["one", "two"]
+    assert all(a is b for a, b in zip(first, again, strict=True)), "parsed again"
+    bot_api.send_message(emulated.token, 5, "three")
+    later = await bot(GetUpdates(offset=first[1].update_id, timeout=0))
+    assert [update.update_id for update in later] == [first[1].update_id, first[1].update_id + 1]
+    assert later[0] is first[1]
+    assert later[1].message is not None
+    assert later[1].message.text == "three"
+
+
+async def test_updates_read_as_aiogram_reads_them(
+    bot_api: BotAPIEmulator, emulated: EmulatedBot, bot: Bot
+) -> None:
+    bot_api.send_message(emulated.token, 6, "/start hello")
+    plain_session = AiohttpSession(api=TelegramAPIServer.from_base(bot_api.url))
+    plain = Bot(emulated.token, session=plain_session)
+    try:
+        expected = await plain(GetUpdates(timeout=0))
+    finally:
+        await plain_session.close()
+    got = await bot(GetUpdates(timeout=0))
+    assert [u.model_dump() for u in got] == [u.model_dump() for u in expected]
+    assert got[0].bot is bot  # bound to the bot, so message.answer() works
+    await got[0].message.answer("hi")  # type: ignore[union-attr]
+    assert bot_api.sent_messages(emulated.token, 6)[-1]["text"] == "hi"
+
+
+async def test_errors_are_aiogram_errors(
+    bot_api: BotAPIEmulator, emulated: EmulatedBot, bot: Bot
+) -> None:
+    await bot.set_webhook("https://example.invalid/hook")
+    with pytest.raises(TelegramConflictError):
+        await bot(GetUpdates(timeout=0))
+    bot_api.revoke(emulated.token)
+    with pytest.raises(TelegramUnauthorizedError):
+        await bot(GetUpdates(timeout=0))
+
+
+async def test_response_models_survive_garbage_collection(
+    bot_api: BotAPIEmulator, emulated: EmulatedBot, bot: Bot
+) -> None:
+    bot_api.send_message(emulated.token, 7, "hello")
+    await bot.send_message(7, "answer")
+    gc.collect()
+    model = weakref.ref(Response[Message])
+    gc.collect()
+    assert model() is not None, "pydantic rebuilds the response model after every collection"
+
+
+async def test_pool_hands_out_platform_sessions() -> None:
+    pool = SessionPool(bots_per_session=2)
+    first = pool.acquire("a", "http://127.0.0.1:1")
+    assert isinstance(first, PlatformSession)
+    assert pool.acquire("b", "http://127.0.0.1:1") is first
+    assert pool.acquire("c", "http://127.0.0.1:1") is not first
+    await pool.close()

@@ -1,0 +1,352 @@
+"""One bot's runner in-process: crash restarts, poison messages, conflicts, ordering."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiogram import Bot, F, Router
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.types import CallbackQuery, Message
+from aiogram.utils.backoff import BackoffConfig
+from pymongo import AsyncMongoClient
+
+from botyard.emulator import BotAPIEmulator
+from botyard.registry.loader import load_registry
+from botyard.runtime import gc_pause
+from botyard.runtime import runner as runner_module
+from botyard.runtime.http_sessions import SessionPool
+from botyard.runtime.routers import BotRouters
+from botyard.runtime.runner import BotRunner, BotSpec, BotStatus
+from botyard.runtime.supervisor import Supervisor
+from botyard.storage import BeanieStorage, prepare_database
+
+FAST = BackoffConfig(min_delay=0.05, max_delay=0.2, factor=2.0, jitter=0.0)
+
+
+@pytest.fixture
+async def storage(mongo_uri: str, database_name: str) -> AsyncIterator[BeanieStorage]:
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    await prepare_database(client[database_name])
+    yield BeanieStorage(client[database_name], "bot", state_ttl=timedelta(hours=1))
+    await client.drop_database(database_name)
+    await client.close()
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner_module, "RESTART_BACKOFF", FAST)
+    monkeypatch.setattr(runner_module, "RETRY_BACKOFF", FAST)
+
+
+def make_runner(
+    emulator: BotAPIEmulator, token: str, storage: BeanieStorage, router: Router, **spec: Any
+) -> BotRunner:
+    session = AiohttpSession(api=TelegramAPIServer.from_base(emulator.url))
+    bot = Bot(token, session=session)
+    return BotRunner(
+        BotSpec(name="bot", token=token, routers=BotRouters.of(router), storage=storage, **spec),
+        bot,
+    )
+
+
+def echo_router() -> Router:
+    router = Router()
+
+    @router.message(F.text)
+    async def echo(message: Message) -> None:
+        await message.answer(message.text or "")
+
+    return router
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - polling a plain attribute
+            await asyncio.sleep(0.02)
+
+
+async def test_a_crashed_polling_loop_restarts_with_backoff(
+    bot_api: BotAPIEmulator, storage: BeanieStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = bot_api.add_bot().token
+    router = echo_router()
+
+    runner = make_runner(bot_api, token, storage, router)
+    crashes = 0
+    real_poll = runner._poll
+
+    async def flaky_poll() -> None:
+        nonlocal crashes
+        if crashes < 2:
+            crashes += 1
+            raise RuntimeError("polling bug")
+        await real_poll()
+
+    monkeypatch.setattr(runner, "_poll", flaky_poll)
+    seen: list[BotStatus] = []
+    runner._on_status = lambda _runner, status, _detail: seen.append(status)
+    runner.start()
+    bot_api.send_message(token, 1, "hi")
+    reply = await bot_api.wait_for_reply(token, 1)
+    assert reply["text"] == "hi"
+    assert crashes == 2
+    assert seen == [BotStatus.STARTING, BotStatus.BACKING_OFF, BotStatus.RUNNING]
+    await runner.stop(5)
+    await runner.bot.session.close()
+
+
+async def test_a_failing_handler_is_logged_counted_and_confirmed(
+    bot_api: BotAPIEmulator, storage: BeanieStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = bot_api.add_bot().token
+    router = Router()
+
+    @router.message(F.text == "poison")
+    async def poison(message: Message) -> None:
+        raise ValueError("cannot digest")
+
+    @router.message(F.text)
+    async def fine(message: Message) -> None:
+        await message.answer("fine")
+
+    runner = make_runner(bot_api, token, storage, router)
+    runner.start()
+    with caplog.at_level(logging.ERROR, logger="botyard.bot"):
+        poisoned = bot_api.send_message(token, 1, "poison")
+        bot_api.send_message(token, 1, "next")
+        assert (await bot_api.wait_for_reply(token, 1))["text"] == "fine"
+        # The reply goes out inside the handler; the update counts once the handler returned.
+        await wait_for(lambda: runner.counters.handled == 1)
+    assert runner.counters.errors == 1
+    [line] = [r.getMessage() for r in caplog.records if "handler failed" in r.getMessage()]
+    assert f"bot=bot update={poisoned['update_id']} handler failed" in line
+    await runner.stop(5)
+    assert bot_api.pending_updates(token) == []
+    await runner.bot.session.close()
+
+
+async def test_two_pollers_on_one_token_report_a_conflict(
+    bot_api: BotAPIEmulator, storage: BeanieStorage
+) -> None:
+    token = bot_api.add_bot().token
+    first = make_runner(bot_api, token, storage, Router())
+    second = make_runner(bot_api, token, storage, Router())
+    first.start()
+    await wait_for(lambda: first.status == BotStatus.RUNNING)
+    second.start()
+    await wait_for(lambda: BotStatus.CONFLICT in {first.status, second.status})
+    conflicted = first if first.status == BotStatus.CONFLICT else second
+    assert "409 Conflict" in conflicted.status_detail
+    await asyncio.gather(first.stop(5), second.stop(5))
+    await first.bot.session.close()
+    await second.bot.session.close()
+
+
+async def test_a_revoked_token_stops_the_runner(
+    bot_api: BotAPIEmulator, storage: BeanieStorage
+) -> None:
+    token = bot_api.add_bot().token
+    bot_api.revoke(token)
+    runner = make_runner(bot_api, token, storage, Router())
+    seen: list[BotStatus] = []
+    runner._on_status = lambda _runner, status, _detail: seen.append(status)
+    runner.start()
+    await wait_for(lambda: runner.done)
+    assert seen == [BotStatus.STARTING, BotStatus.UNAUTHORIZED], "never running, not even briefly"
+    await runner.stop(5)
+    assert runner.status == BotStatus.UNAUTHORIZED
+    await runner.bot.session.close()
+
+
+async def test_one_users_updates_run_in_order_while_others_run_alongside(
+    bot_api: BotAPIEmulator, storage: BeanieStorage
+) -> None:
+    token = bot_api.add_bot().token
+    router = Router()
+    log: list[tuple[int, str]] = []
+
+    @router.message(F.text)
+    async def slow_echo(message: Message) -> None:
+        delay = 0.2 if message.text == "first" else 0.0
+        await asyncio.sleep(delay)
+        log.append((message.chat.id, message.text or ""))
+        await message.answer(message.text or "")
+
+    runner = make_runner(bot_api, token, storage, router, max_concurrent_updates=4)
+    runner.start()
+    bot_api.send_message(token, 1, "first")
+    bot_api.send_message(token, 1, "second")
+    bot_api.send_message(token, 2, "other user")
+    await bot_api.wait_for_reply(token, 1, count=2, timeout=10)
+    assert [text for chat, text in log if chat == 1] == ["first", "second"]
+    assert log.index((2, "other user")) < log.index((1, "first")), "user 2 did not wait for user 1"
+    await runner.stop(5)
+    await runner.bot.session.close()
+
+
+async def test_session_pool_shares_sessions_per_api_server_and_grows() -> None:
+    pool = SessionPool(bots_per_session=2)
+    a = pool.acquire("a", "http://127.0.0.1:1")
+    b = pool.acquire("b", "http://127.0.0.1:1")
+    c = pool.acquire("c", "http://127.0.0.1:1")
+    other = pool.acquire("d", "http://127.0.0.1:2")
+    assert a is b
+    assert c is not a
+    assert other not in (a, b, c)
+    assert a._connector_init["limit"] >= 2 * 2
+    with pytest.raises(RuntimeError, match="already holds a session"):
+        pool.acquire("a", None)
+    await pool.release("c")
+    assert pool.acquire("e", "http://127.0.0.1:1") is not c, "an emptied session is closed"
+    await pool.close()
+
+
+async def test_stop_requested_together_with_a_reload_still_stops(
+    bot_api: BotAPIEmulator, mongo_uri: str, database_name: str, tmp_path: Path
+) -> None:
+    """SIGHUP and SIGTERM in one loop iteration: on Python 3.11 ``asyncio.wait_for``
+    returned the set event's result and swallowed the watcher's cancellation, so
+    the supervisor waited for its registry watcher forever."""
+    path = tmp_path / "botyard.yaml"
+    (tmp_path / "quiet.py").write_text("from aiogram import Router\nrouter = Router()\n")
+    path.write_text(
+        f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n"
+        f"  - name: quiet\n    token: {bot_api.add_bot().token}\n"
+        f"    routers: [quiet:router]\n    api_server: {bot_api.url}\n"
+    )
+    supervisor = Supervisor(load_registry(path))
+    running = asyncio.create_task(supervisor.run())
+    try:
+        await wait_for(lambda: supervisor.cleanup is not None)
+        await asyncio.sleep(0.05)  # the watcher is waiting for a reload request
+        supervisor.request_reload()
+        supervisor.request_stop()
+        async with asyncio.timeout(10):
+            assert await running == 0
+    finally:
+        running.cancel()
+
+
+async def test_the_dispatcher_is_built_for_the_first_update(
+    bot_api: BotAPIEmulator, storage: BeanieStorage
+) -> None:
+    token = bot_api.add_bot().token
+    router = echo_router()
+
+    @router.callback_query()
+    async def press(query: CallbackQuery) -> None:
+        await query.answer()
+
+    runner = make_runner(bot_api, token, storage, router)
+    assert runner.allowed_updates == ["callback_query", "message"]
+    runner.start()
+    await wait_for(lambda: runner.status == BotStatus.RUNNING)
+    assert runner.status_detail == "polling"
+    assert bot_api.calls(token, "getUpdates") == 1
+    assert bot_api.calls(token, "getMe") == 0, "the open long poll proves the token"
+    assert runner._dispatcher is None, "an idle bot polls without a Dispatcher"
+    assert router.parent_router is None
+    bot_api.send_message(token, 1, "hi")
+    assert (await bot_api.wait_for_reply(token, 1))["text"] == "hi"
+    assert router.parent_router is runner._dispatcher is not None
+    assert runner.dispatcher is runner._dispatcher, "built once"
+    await runner.stop(5)
+    assert router.parent_router is None, "detached, for a restarted bot's new Dispatcher"
+    await runner.bot.session.close()
+
+
+async def test_startup_and_shutdown_handlers_run_at_start_and_stop(
+    bot_api: BotAPIEmulator, storage: BeanieStorage
+) -> None:
+    token = bot_api.add_bot().token
+    router = Router()
+    events: list[str] = []
+
+    @router.startup()
+    async def started(bot: Bot) -> None:
+        events.append(f"startup {bot.id}")
+
+    @router.shutdown()
+    async def stopped() -> None:
+        events.append("shutdown")
+
+    runner = make_runner(bot_api, token, storage, router)
+    runner.start()
+    await wait_for(lambda: bot_api.calls(token, "getUpdates") >= 1)
+    assert events == [f"startup {runner.bot.id}"], "no update needed for startup handlers"
+    await runner.stop(5)
+    assert events == [f"startup {runner.bot.id}", "shutdown"]
+    await runner.bot.session.close()
+
+
+async def test_a_webhook_left_set_is_deleted_when_polling_meets_it(
+    bot_api: BotAPIEmulator, storage: BeanieStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = bot_api.add_bot().token
+    idle = bot_api.add_bot().token
+    router = echo_router()
+
+    runner = make_runner(bot_api, token, storage, router)
+    await runner.bot.set_webhook("https://hooks.example/old")
+    caplog.set_level(logging.INFO, logger="botyard.bot")
+    runner.start()
+    await wait_for(lambda: bot_api.calls(token, "deleteWebhook") == 1)
+    assert bot_api.webhook_info(token)["url"] == ""
+    bot_api.send_message(token, 1, "hi")
+    assert (await bot_api.wait_for_reply(token, 1))["text"] == "hi"
+    assert bot_api.calls(token, "deleteWebhook") == 1
+    assert "bot=bot had a webhook set; deleting it to poll" in caplog.messages
+    await runner.stop(5)
+    await runner.bot.session.close()
+
+    plain = make_runner(bot_api, idle, storage, Router())
+    plain.start()
+    await wait_for(lambda: bot_api.calls(idle, "getUpdates") >= 1)
+    assert bot_api.calls(idle, "deleteWebhook") == 0, "no webhook: no call for it at start"
+    await plain.stop(5)
+    await plain.bot.session.close()
+
+
+async def test_full_collections_resume_once_every_bot_started(
+    bot_api: BotAPIEmulator, mongo_uri: str, database_name: str, tmp_path: Path
+) -> None:
+    """``botyard run`` pauses full collections while bots start; a revoked bot counts as started."""
+    path = tmp_path / "botyard.yaml"
+    factory = "from aiogram import Router\ndef router():\n    return Router()\n"
+    (tmp_path / "quiet_factory.py").write_text(factory)
+    revoked = bot_api.add_bot().token
+    bot_api.revoke(revoked)
+    bots = "".join(
+        f"  - name: {name}\n    token: {token}\n"
+        f"    routers: [quiet_factory:router]\n    api_server: {bot_api.url}\n"
+        for name, token in (("polling", bot_api.add_bot().token), ("revoked", revoked))
+    )
+    path.write_text(f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n{bots}")
+    supervisor = Supervisor(load_registry(path))
+    usual = gc_pause.pause_full_collections()
+    assert gc.get_threshold()[2] == gc_pause.FULL_COLLECTIONS_PAUSED
+    running = asyncio.create_task(gc_pause.run_resuming_full_collections(supervisor, usual))
+    try:
+        async with asyncio.timeout(10):
+            await supervisor.started.wait()
+        await wait_for(lambda: gc.get_threshold() == usual)
+        assert gc.get_freeze_count() > 0, "what the start made is frozen out of collections"
+        assert {name: runner.status for name, runner in supervisor.runners.items()} == {
+            "polling": BotStatus.RUNNING,
+            "revoked": BotStatus.UNAUTHORIZED,
+        }
+        supervisor.request_stop()
+        async with asyncio.timeout(10):
+            assert await running == 0
+    finally:
+        running.cancel()
+        gc.set_threshold(*usual)
+        gc.unfreeze()

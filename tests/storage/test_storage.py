@@ -1,0 +1,433 @@
+"""BeanieStorage against a real MongoDB-wire-protocol server (SecantusDB or MONGODB_URI)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from aiogram import Bot, Dispatcher, F, Router
+from aiogram.exceptions import DataNotDictLikeError
+from aiogram.filters import CommandStart
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State, StatesGroup
+from aiogram.fsm.storage.base import StorageKey
+from aiogram.types import Message, Update
+from pymongo import AsyncMongoClient
+
+from botyard.database.roundtrips import RoundTripCounter
+from botyard.storage import (
+    COLLECTION_NAME,
+    BeanieStorage,
+    FSMDataError,
+    prepare_database,
+    update_scope,
+)
+
+KEY = StorageKey(bot_id=42, chat_id=-100, user_id=7)
+OTHER_USER = StorageKey(bot_id=42, chat_id=-100, user_id=8)
+TOKEN = "42:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+
+
+class Form(StatesGroup):
+    name = State()
+    age = State()
+
+
+@pytest.fixture
+async def counter_client(
+    mongo_uri: str,
+) -> AsyncIterator[tuple[AsyncMongoClient[Any], RoundTripCounter]]:
+    counter = RoundTripCounter()
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        mongo_uri, tz_aware=True, event_listeners=[counter]
+    )
+    try:
+        yield client, counter
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def shared(
+    counter_client: tuple[AsyncMongoClient[Any], RoundTripCounter], database_name: str
+) -> AsyncIterator[BeanieStorage]:
+    client, counter = counter_client
+    database = client[database_name]
+    await prepare_database(database)
+    counter.reset()
+    yield BeanieStorage(database, "shop", state_ttl=timedelta(hours=1))
+    await client.drop_database(database_name)
+
+
+@pytest.fixture
+def counter(counter_client: tuple[AsyncMongoClient[Any], RoundTripCounter]) -> RoundTripCounter:
+    return counter_client[1]
+
+
+async def stored(storage: BeanieStorage, **query: Any) -> list[dict[str, Any]]:
+    return [doc async for doc in storage.collection.find({"namespace": storage.namespace, **query})]
+
+
+# aiogram's own storage contract (tests/test_fsm/storage/test_storages.py)
+
+
+async def test_set_and_get_state(shared: BeanieStorage) -> None:
+    assert await shared.get_state(KEY) is None
+    await shared.set_state(KEY, "state")
+    assert await shared.get_state(KEY) == "state"
+    await shared.set_state(KEY, None)
+    assert await shared.get_state(KEY) is None
+
+
+async def test_state_objects_are_accepted(shared: BeanieStorage) -> None:
+    await shared.set_state(KEY, Form.name)
+    assert await shared.get_state(KEY) == "Form:name"
+
+
+async def test_set_and_get_data(shared: BeanieStorage) -> None:
+    assert await shared.get_data(KEY) == {}
+    await shared.set_data(KEY, {"foo": "bar"})
+    assert await shared.get_data(KEY) == {"foo": "bar"}
+    await shared.set_data(KEY, {})
+    assert await shared.get_data(KEY) == {}
+
+
+async def test_get_value_with_default(shared: BeanieStorage) -> None:
+    assert await shared.get_value(KEY, "hello") is None
+    assert await shared.get_value(KEY, "hello", "default") == "default"
+    await shared.set_data(KEY, {"hello": "world"})
+    assert await shared.get_value(KEY, "hello") == "world"
+    assert await shared.get_value(KEY, "missing", 5) == 5
+
+
+async def test_update_data_returns_merged_dict(shared: BeanieStorage) -> None:
+    assert await shared.update_data(KEY, {"foo": "bar"}) == {"foo": "bar"}
+    assert await shared.update_data(KEY, {"baz": "spam"}) == {"foo": "bar", "baz": "spam"}
+    assert await shared.get_data(KEY) == {"foo": "bar", "baz": "spam"}
+
+
+async def test_set_data_of_non_dict_raises(shared: BeanieStorage) -> None:
+    with pytest.raises(DataNotDictLikeError):
+        await shared.set_data(KEY, ["not", "a", "dict"])  # type: ignore[arg-type]
+
+
+async def test_fsm_context_works_with_the_storage(shared: BeanieStorage) -> None:
+    context = FSMContext(storage=shared, key=KEY)
+    await context.set_state(Form.age)
+    await context.update_data(name="Ann")
+    assert await context.get_state() == "Form:age"
+    assert await context.get_value("name") == "Ann"
+    await context.clear()
+    assert await stored(shared) == []
+
+
+# beyond aiogram's contract
+
+
+async def test_records_carry_key_bot_and_times(shared: BeanieStorage) -> None:
+    key = StorageKey(
+        bot_id=42, chat_id=1, user_id=2, thread_id=3, business_connection_id="bc", destiny="x"
+    )
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    await shared.set_state(key, "s")
+    [document] = await stored(shared)
+    assert document["bot_id"] == 42
+    assert (document["chat_id"], document["user_id"], document["thread_id"]) == (1, 2, 3)
+    assert (document["business_connection_id"], document["destiny"]) == ("bc", "x")
+    assert document["updated_at"] >= before
+    assert document["expires_at"] - document["updated_at"] == timedelta(hours=1)
+    # every key field takes part: a key differing only in destiny is another record
+    assert (
+        await shared.get_state(
+            StorageKey(bot_id=42, chat_id=1, user_id=2, thread_id=3, business_connection_id="bc")
+        )
+        is None
+    )
+
+
+async def test_never_expiring_storage_writes_no_expiry(shared: BeanieStorage) -> None:
+    forever = shared.for_namespace("forever", state_ttl=None)
+    await forever.set_state(KEY, "s")
+    [document] = await stored(forever)
+    assert document["expires_at"] is None
+
+
+async def test_namespaces_are_isolated(shared: BeanieStorage) -> None:
+    other = shared.for_namespace("other")
+    await shared.set_state(KEY, "shop-state")
+    await shared.set_data(KEY, {"cart": [1]})
+    assert await other.get_state(KEY) is None
+    assert await other.get_data(KEY) == {}
+    await other.set_state(KEY, "other-state")
+    await other.set_data(KEY, {})
+    assert await shared.get_state(KEY) == "shop-state"
+    assert await shared.get_data(KEY) == {"cart": [1]}
+
+
+async def test_dotted_and_dollar_keys_round_trip(shared: BeanieStorage) -> None:
+    data = {"a.b": 1, "$where": "x", "nested": {"c.d": {"$e": [1, {"f.g": None}]}}}
+    await shared.set_data(KEY, data)
+    assert await shared.get_data(KEY) == data
+    merged = await shared.update_data(KEY, {"h.i": 2, "$j": 3})
+    assert merged == {**data, "h.i": 2, "$j": 3}
+    assert await shared.get_data(KEY) == {**data, "h.i": 2, "$j": 3}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"tags": {1, 2}}, "data['tags'] is a set"),
+        ({"price": Decimal("1.5")}, "data['price'] is a Decimal"),
+        ({"by_id": {1: "x"}}, "data['by_id'] has the key 1 of type int"),
+        ({"big": 2**64}, "data['big'] is an integer outside 64 bits"),
+        ({"items": [1, object()]}, "data['items'][1] is a object"),
+        ({3: "x"}, "FSM data key 3 is a int"),
+    ],
+)
+async def test_unstorable_values_are_refused_and_nothing_is_lost(
+    shared: BeanieStorage, value: dict[Any, Any], message: str
+) -> None:
+    await shared.set_state(KEY, "kept")
+    await shared.set_data(KEY, {"kept": True})
+    with pytest.raises(FSMDataError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        await shared.set_data(KEY, value)
+    with pytest.raises(FSMDataError):
+        await shared.update_data(KEY, value)
+    assert isinstance(FSMDataError("x"), ValueError)
+    assert await shared.get_data(KEY) == {"kept": True}
+    assert await shared.get_state(KEY) == "kept"
+
+
+async def test_concurrent_update_data_on_different_keys_all_survive(shared: BeanieStorage) -> None:
+    await asyncio.gather(*(shared.update_data(KEY, {f"k{i}": i}) for i in range(20)))
+    assert await shared.get_data(KEY) == {f"k{i}": i for i in range(20)}
+
+
+async def test_concurrent_updates_in_separate_scopes_all_survive(shared: BeanieStorage) -> None:
+    await shared.set_data(KEY, {"start": 0})
+
+    async def one_update(i: int) -> None:
+        async with update_scope():
+            await shared.get_state(KEY)
+            await asyncio.sleep(0.01)  # all scopes read the same old data
+            await shared.update_data(KEY, {f"k{i}": i})
+
+    await asyncio.gather(*(one_update(i) for i in range(10)))
+    assert await shared.get_data(KEY) == {"start": 0, **{f"k{i}": i for i in range(10)}}
+
+
+async def test_clear_leaves_no_record(shared: BeanieStorage) -> None:
+    await shared.set_state(KEY, "s")
+    await shared.set_data(KEY, {"a": 1})
+    await shared.set_state(KEY, None)
+    assert len(await stored(shared)) == 1  # data still there
+    await shared.set_data(KEY, {})
+    assert await stored(shared) == []
+    # the other order
+    await shared.set_data(KEY, {"a": 1})
+    await shared.set_state(KEY, "s")
+    await shared.set_data(KEY, {})
+    await shared.set_state(KEY, None)
+    assert await stored(shared) == []
+
+
+async def test_clearing_one_half_keeps_a_concurrent_write_of_the_other(
+    shared: BeanieStorage,
+) -> None:
+    """A clear must not delete what another writer stored meanwhile (aiogram's race)."""
+    await shared.set_data(KEY, {"a": 1})
+    async with update_scope():
+        assert await shared.get_data(KEY) == {"a": 1}
+        await shared.set_data(KEY, {})  # flushed as a conditional delete
+        # another update, outside this one's scope, sets a state before the flush
+        elsewhere = asyncio.create_task(
+            shared.set_state(KEY, "set-meanwhile"), context=contextvars.Context()
+        )
+        await elsewhere
+    assert await shared.get_state(KEY) == "set-meanwhile"
+    assert await shared.get_data(KEY) == {}
+
+
+async def test_closing_a_view_keeps_the_shared_client(shared: BeanieStorage) -> None:
+    other = shared.for_namespace("other")
+    await other.close()
+    await shared.set_state(KEY, "still works")
+    assert await shared.get_state(KEY) == "still works"
+
+
+async def test_connect_owns_and_closes_its_client(mongo_uri: str, database_name: str) -> None:
+    storage = await BeanieStorage.connect(mongo_uri, database=database_name, namespace="solo")
+    await storage.set_state(KEY, "s")
+    indexes = await storage.collection.index_information()
+    assert {"fsm_key", "fsm_ttl", "fsm_ns_expires", "fsm_ns_updated"} <= set(indexes)
+    assert indexes["fsm_key"]["unique"]
+    assert indexes["fsm_ttl"]["expireAfterSeconds"] == 0
+    await storage.database.client.drop_database(database_name)
+    await storage.close()
+    with pytest.raises(Exception):  # noqa: B017, PT011 - any error: the client is closed
+        await storage.get_state(KEY)
+
+
+async def test_scope_reads_once_and_writes_once(
+    shared: BeanieStorage, counter: RoundTripCounter
+) -> None:
+    async with update_scope():
+        assert await shared.get_state(KEY) is None
+        await shared.update_data(KEY, {"a": 1})
+        assert await shared.get_data(KEY) == {"a": 1}
+        await shared.set_state(KEY, "s")
+        assert await shared.get_state(KEY) == "s"
+        assert counter.total == 1
+    assert counter.total == 2
+    assert await shared.get_data(KEY) == {"a": 1}
+
+
+async def test_writes_before_an_exception_are_kept(shared: BeanieStorage) -> None:
+    with pytest.raises(RuntimeError):
+        async with update_scope():
+            await shared.set_state(KEY, "half-way")
+            raise RuntimeError("handler failed")
+    assert await shared.get_state(KEY) == "half-way"
+
+
+async def test_task_outliving_its_update_writes_through(shared: BeanieStorage) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def background() -> None:
+        started.set()
+        await release.wait()
+        await shared.set_state(OTHER_USER, "late")
+
+    async with update_scope():
+        task = asyncio.create_task(background())
+        await started.wait()
+    release.set()
+    await task
+    assert await shared.get_state(OTHER_USER) == "late"
+
+
+async def test_read_only_activity_refreshes_expiry_at_most_once_per_tenth(
+    shared: BeanieStorage, counter: RoundTripCounter
+) -> None:
+    await shared.set_state(KEY, "s")
+    [first] = await stored(shared)
+    counter.reset()
+    async with update_scope():
+        await shared.get_state(KEY)
+    assert counter.total == 1  # fresh record: no refresh write
+    old = first["updated_at"] - timedelta(minutes=7)  # older than a tenth of the 1 h TTL
+    await shared.collection.update_one({"_id": first["_id"]}, {"$set": {"updated_at": old}})
+    counter.reset()
+    async with update_scope():
+        await shared.get_state(KEY)
+    assert counter.total == 2
+    [refreshed] = await stored(shared)
+    assert refreshed["updated_at"] > old
+    assert refreshed["expires_at"] - refreshed["updated_at"] == timedelta(hours=1)
+    assert refreshed["state"] == "s"
+
+
+# round trips through a real aiogram Dispatcher
+
+
+def build_dispatcher(storage: BeanieStorage) -> Dispatcher:
+    router = Router()
+
+    @router.message(CommandStart())
+    async def start(message: Message, state: FSMContext) -> None:
+        await state.set_state(Form.name)
+
+    @router.message(Form.name)
+    async def got_name(message: Message, state: FSMContext) -> None:
+        await state.update_data(name=message.text)
+        await state.set_state(Form.age)
+
+    @router.message(Form.age, F.text == "boom")
+    async def fails(message: Message, state: FSMContext) -> None:
+        await state.update_data(age="partial")
+        raise RuntimeError("handler failed")
+
+    @router.message(Form.age)
+    async def got_age(message: Message, state: FSMContext) -> None:
+        await state.clear()
+
+    @router.message()
+    async def echo(message: Message) -> None:
+        pass
+
+    dispatcher = Dispatcher(storage=storage)
+    storage.install(dispatcher)
+    dispatcher.include_router(router)
+    return dispatcher
+
+
+def message_update(update_id: int, text: str, user_id: int = 7) -> Update:
+    return Update.model_validate(
+        {
+            "update_id": update_id,
+            "message": {
+                "message_id": update_id,
+                "date": 0,
+                "chat": {"id": user_id, "type": "private"},
+                "from": {"id": user_id, "is_bot": False, "first_name": "U"},
+                "text": text,
+                "entities": (
+                    [{"type": "bot_command", "offset": 0, "length": len(text)}]
+                    if text.startswith("/")
+                    else []
+                ),
+            },
+        }
+    )
+
+
+async def test_round_trips_per_update_through_a_dispatcher(
+    shared: BeanieStorage, counter: RoundTripCounter
+) -> None:
+    dispatcher = build_dispatcher(shared)
+    bot = Bot(TOKEN)
+
+    async def feed(update_id: int, text: str) -> int:
+        counter.reset()
+        await dispatcher.feed_update(bot, message_update(update_id, text))
+        return counter.total
+
+    assert await feed(1, "hello") == 1, "an update with no FSM use: one read"
+    assert await feed(2, "/start") == 2, "set_state: one read, one write"
+    assert await feed(3, "Ann") == 2, "wizard step (update_data + set_state): one read, one write"
+    key = StorageKey(bot_id=42, chat_id=7, user_id=7)
+    assert await shared.get_state(key) == Form.age.state
+    assert await shared.get_data(key) == {"name": "Ann"}
+    assert await feed(4, "33") == 2, "state.clear(): one read, one delete"
+    assert await stored(shared) == []
+    await bot.session.close()
+
+
+async def test_writes_of_a_failing_handler_are_stored(shared: BeanieStorage) -> None:
+    dispatcher = build_dispatcher(shared)
+    bot = Bot(TOKEN)
+    await dispatcher.feed_update(bot, message_update(1, "/start"))
+    await dispatcher.feed_update(bot, message_update(2, "Ann"))
+    with pytest.raises(RuntimeError, match="handler failed"):
+        await dispatcher.feed_update(bot, message_update(3, "boom"))
+    key = StorageKey(bot_id=42, chat_id=7, user_id=7)
+    assert await shared.get_data(key) == {"name": "Ann", "age": "partial"}
+    await bot.session.close()
+
+
+async def test_install_is_idempotent_and_orders_before_fsm(shared: BeanieStorage) -> None:
+    dispatcher = build_dispatcher(shared)
+    shared.install(dispatcher)
+    kinds = [type(m).__name__ for m in dispatcher.update.outer_middleware]
+    assert kinds.count("UpdateScopeMiddleware") == 1
+    assert kinds.index("UpdateScopeMiddleware") < kinds.index("FSMContextMiddleware")
+
+
+async def test_collection_name_is_stable(shared: BeanieStorage) -> None:
+    assert shared.collection.name == COLLECTION_NAME == "fsm_records"

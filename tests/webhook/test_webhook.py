@@ -1,0 +1,304 @@
+"""Webhook mode in-process: secrets, rejections, the journal, round trips, rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from pymongo import AsyncMongoClient, MongoClient
+
+from botyard.cli import main
+from botyard.emulator import BotAPIEmulator
+from botyard.ops.http_server import server_address
+from botyard.registry.loader import load_registry
+from botyard.runtime import supervisor as supervisor_module
+from botyard.webhook.endpoint import MAX_BODY_BYTES, SECRET_HEADER
+from botyard.webhook.journal import JOURNAL_COLLECTION, UpdateJournal
+from botyard.webhook.secrets import SECRETS_COLLECTION, SecretStore
+
+from webhook_harness import Yard, open_yard, wait_until
+
+
+@pytest.fixture
+async def yard(
+    tmp_path: Path, bot_api: BotAPIEmulator, mongo_uri: str, database_name: str
+) -> AsyncIterator[Yard]:
+    async with open_yard(tmp_path, bot_api, mongo_uri, database_name) as opened:
+        yield opened
+
+
+def webhook_of(yard: Yard, bot: str) -> tuple[str, str]:
+    """The bot's webhook path on our server, and its secret token, as Telegram has them."""
+    webhook = yard.emulator.bot(yard.tokens[bot]).webhook
+    assert webhook.secret_token is not None
+    assert webhook.url.startswith(yard.url)
+    return webhook.url.removeprefix(yard.url), webhook.secret_token
+
+
+async def test_set_webhook_uses_a_secret_path_and_token_never_the_bot_token(yard: Yard) -> None:
+    token = yard.add("shop")
+    yard.write(max_connections=7)
+    await yard.start()
+    info = yard.emulator.webhook_info(token)
+    assert info["url"].startswith(yard.url + "/webhook/shop/")
+    assert token not in info["url"]
+    assert token.split(":")[1] not in info["url"]
+    assert info["max_connections"] == 7
+    assert yard.emulator.bot(token).allowed_updates == ["message"], "from the bot's routers"
+    stored = await yard.supervisor.webhooks.secret_store.current(["shop"])  # type: ignore[union-attr]
+    assert info["url"].endswith("/" + stored["shop"].path)
+    assert yard.emulator.bot(token).webhook.secret_token == stored["shop"].token
+    assert len(stored["shop"].token) >= 32
+    assert stored["shop"].path != stored["shop"].token
+
+
+async def test_bad_requests_are_rejected_and_nothing_is_handled(yard: Yard) -> None:
+    token = yard.add("shop")
+    yard.write()
+    supervisor = await yard.start()
+    path, secret = webhook_of(yard, "shop")
+    update = json.dumps({"update_id": 10, "message": {"message_id": 1, "date": 0, "chat": {}}})
+    good = {SECRET_HEADER: secret, "Content-Type": "application/json"}
+
+    wrong_secret = await yard.request("POST", path, data=update, headers={SECRET_HEADER: "x"})
+    no_secret = await yard.request("POST", path, data=update)
+    unknown_bot = await yard.request("POST", "/webhook/nobody/abc", data=update, headers=good)
+    wrong_path = await yard.request("POST", "/webhook/shop/guessed", data=update, headers=good)
+    garbage = await yard.request("POST", path, data=b"\x00not json{", headers=good)
+    not_update = await yard.request("POST", path, data=b'["update_id"]', headers=good)
+    no_id = await yard.request("POST", path, data=b'{"update_id": "1"}', headers=good)
+    oversized_body = b'{"update_id": 11, "pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    oversized = await yard.request("POST", path, data=oversized_body, headers=good)
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the read limit catches it
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b" " * 65536
+
+    oversized_chunked = await yard.request("POST", path, data=chunks(), headers=good)
+
+    assert wrong_secret[0] == 401
+    assert no_secret[0] == 401
+    assert unknown_bot[0] == 404
+    assert wrong_path[0] == 404
+    assert garbage[0] == 400
+    assert "not JSON" in garbage[1]
+    assert not_update[0] == 400
+    assert no_id[0] == 400
+    assert oversized[0] == 400
+    assert oversized_chunked[0] == 400
+    runner = supervisor.runners["shop"]
+    assert runner.counters.received == 0
+    assert await yard.collection_count(JOURNAL_COLLECTION) == 0
+    assert yard.emulator.sent_messages(token) == []
+    metrics = supervisor.metrics
+    assert metrics.webhook_requests.labels("shop", "unauthorized")._value.get() == 2
+    assert metrics.webhook_requests.labels("shop", "bad_request")._value.get() == 5
+    assert metrics.webhook_unknown_path._value.get() == 2
+
+    # the real thing still gets through, delivered by the emulator
+    yard.emulator.send_message(token, 1, "hello")
+    assert (await yard.emulator.wait_for_reply(token, 1))["text"] == "hello"
+    await wait_until(lambda: runner.counters.handled == 1)
+    assert runner.counters.received == 1
+
+
+async def test_round_trips_per_webhook_update(yard: Yard, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Journal insert + the FSM's own round trips + the (batched) journal delete."""
+    monkeypatch.setattr(supervisor_module, "HEARTBEAT_INTERVAL", 3600.0)
+    token = yard.add("shop")
+    yard.write()
+    supervisor = await yard.start()
+    counter = supervisor.metrics.round_trips
+    await wait_until(lambda: supervisor.metrics.fsm_sampled_at is not None)
+
+    async def one(text: str, user: int) -> dict[str, int]:
+        counter.reset()
+        yard.emulator.send_message(token, user, text)
+        await yard.emulator.wait_for_reply(token, user)
+        await wait_until(lambda: counter.commands["delete"] == 1)
+        return dict(counter.commands)
+
+    read_only = await one("hello", 1)
+    state_changing = await one("remember", 2)
+    assert read_only == {"insert": 1, "find": 1, "delete": 1}
+    assert state_changing == {"insert": 1, "find": 1, "update": 1, "delete": 1}
+    assert await yard.collection_count(JOURNAL_COLLECTION) == 0
+
+
+async def test_journaled_updates_of_a_dead_process_are_handled_at_start(
+    yard: Yard, mongo_uri: str, database_name: str
+) -> None:
+    """What a crashed process accepted (answered 200) but never handled is not lost."""
+    token = yard.add("shop")
+    yard.write()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        crashed = UpdateJournal(client[database_name])
+        crashed.instance = "crashed-host:1:dead"  # wrote no heartbeat: it is gone
+        for text in ("first", "second"):
+            update = yard.emulator.send_message(token, 42, text)
+            assert await crashed.record("shop", update["update_id"], update)
+        first_id = update["update_id"] - 1
+        yard.emulator.bot(token).drop_pending()  # Telegram got its 200 for both
+        assert not await crashed.record("shop", first_id, {}), "a redelivery is known"
+    finally:
+        await client.close()
+    await yard.start()
+    await wait_until(lambda: len(yard.emulator.sent_messages(token, 42)) == 2)
+    assert [m["text"] for m in yard.emulator.sent_messages(token, 42)] == ["first", "second"]
+    await wait_until(lambda: yard.supervisor.runners["shop"].executor.pending == 0)  # type: ignore[union-attr]
+    assert await yard.stop() == 0
+    assert await yard.collection_count(JOURNAL_COLLECTION) == 0
+
+
+async def test_rotated_secrets_are_applied_and_the_old_ones_refused(
+    yard: Yard, mongo_uri: str, database_name: str
+) -> None:
+    token = yard.add("shop")
+    yard.write()
+    supervisor = await yard.start()
+    old_path, old_secret = webhook_of(yard, "shop")
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        new = await SecretStore(client[database_name]).rotate("shop")
+        assert await client[database_name][SECRETS_COLLECTION].count_documents({}) == 1
+    finally:
+        await client.close()
+    assert supervisor.webhooks is not None
+    await supervisor.webhooks.maintain()  # what the heartbeat does every few seconds
+    new_path, new_secret = webhook_of(yard, "shop")
+    assert new_path.endswith("/" + new.path)
+    assert new_secret == new.token
+    assert new_path != old_path
+    update = json.dumps({"update_id": 99})
+    refused = await yard.request("POST", old_path, data=update, headers={SECRET_HEADER: old_secret})
+    assert refused[0] == 404
+    yard.emulator.send_message(token, 5, "after rotation")
+    assert (await yard.emulator.wait_for_reply(token, 5))["text"] == "after rotation"
+
+
+async def test_switching_a_bot_to_polling_deletes_its_webhook(yard: Yard) -> None:
+    token = yard.add("shop")
+    yard.write()
+    await yard.start()
+    assert yard.emulator.webhook_info(token)["url"]
+    assert await yard.stop() == 0
+    yard.modes["shop"] = yard.modes["shop"].replace("mode: webhook", "mode: polling")
+    yard.write()
+    await yard.start()
+    assert yard.emulator.webhook_info(token)["url"] == ""
+    yard.emulator.send_message(token, 3, "polled")
+    assert (await yard.emulator.wait_for_reply(token, 3))["text"] == "polled"
+
+
+def test_rotate_command_rotates_webhook_bots_and_names_bad_input(
+    tmp_path: Path, mongo_uri: str, database_name: str
+) -> None:
+    registry = tmp_path / "botyard.yaml"
+    bots = "".join(
+        f"  - name: {name}\n    token: 12345678{index}:{'A' * 35}\n"
+        f"    routers: [bots.echo:router]\n    mode: {mode}\n"
+        for index, (name, mode) in enumerate([("hook", "webhook"), ("poll", "polling")])
+    )
+    registry.write_text(
+        f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\n"
+        f"webhook:\n  base_url: https://bots.example.com\nbots:\n{bots}"
+    )
+
+    def rotate(*args: str) -> Any:
+        return CliRunner().invoke(main, ["webhook", "rotate", str(registry), *args])
+
+    def stored() -> dict[str, Any]:
+        with MongoClient(mongo_uri) as client:
+            return {doc["_id"]: doc for doc in client[database_name][SECRETS_COLLECTION].find()}
+
+    try:
+        first = rotate()
+        assert first.exit_code == 0, first.output
+        assert "rotated the webhook secrets of hook;" in first.output
+        before = stored()
+        assert set(before) == {"hook"}
+        assert before["hook"]["path"] not in first.output
+        assert before["hook"]["token"] not in first.output
+        again = rotate("--bot", "hook")
+        assert again.exit_code == 0, again.output
+        assert stored()["hook"]["token"] != before["hook"]["token"]
+
+        polling = rotate("--bot", "poll")
+        assert polling.exit_code == 1
+        assert "not in webhook mode: poll" in polling.output
+        unknown = rotate("--bot", "nope")
+        assert unknown.exit_code == 1
+        assert "no bot named 'nope'" in unknown.output
+        registry.write_text(registry.read_text().replace("mode: webhook", "mode: polling"))
+        none = rotate()
+        assert none.exit_code == 1
+        assert "no bot in botyard.yaml uses mode: webhook" in none.output
+    finally:
+        with MongoClient(mongo_uri) as client:
+            client.drop_database(database_name)
+
+
+async def test_a_running_process_takes_over_only_what_dead_replicas_left(
+    yard: Yard, mongo_uri: str, database_name: str
+) -> None:
+    token = yard.add("shop")
+    yard.write()
+    supervisor = await yard.start()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        database = client[database_name]
+        alive, dead = UpdateJournal(database), UpdateJournal(database)
+        alive.instance, dead.instance = "other-host:1:alive", "other-host:2:dead"
+        await alive.heartbeat()  # the dead one never wrote one
+        orphan = yard.emulator.send_message(token, 51, "orphan")
+        busy = yard.emulator.send_message(token, 52, "in hand elsewhere")
+        yard.emulator.bot(token).drop_pending()
+        assert await dead.record("shop", orphan["update_id"], orphan)
+        assert await alive.record("shop", busy["update_id"], busy)
+        assert supervisor.webhooks is not None
+        await supervisor.webhooks.maintain()  # what every heartbeat does
+        assert (await yard.emulator.wait_for_reply(token, 51))["text"] == "orphan"
+        await wait_until(lambda: supervisor.runners["shop"].counters.handled == 1)
+        async with asyncio.timeout(30):  # the handled update's delete is batched
+            while await database[JOURNAL_COLLECTION].count_documents({}) > 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        remaining = await database[JOURNAL_COLLECTION].find().to_list()
+        assert [(entry["update_id"], entry["owner"]) for entry in remaining] == [
+            (busy["update_id"], alive.instance)
+        ], "the live replica's update is left to it"
+        assert yard.emulator.sent_messages(token, 52) == []
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("sections", "modes", "expected"),
+    [
+        ("webhook:\n  base_url: https://x.example\n  listen: 127.0.0.1:8443\n", "webhook", 8443),
+        (
+            "webhook:\n  base_url: https://x.example\n  listen: 127.0.0.1:8443\n"
+            "ops:\n  listen: 127.0.0.1:9090\n",
+            "polling",
+            9090,
+        ),
+        ("ops:\n  listen: 127.0.0.1:9090\n", "polling", 9090),
+        ("", "polling", None),
+    ],
+    ids=["webhook-bot", "no-webhook-bot-uses-ops", "ops-only", "no-server"],
+)
+def test_the_server_listens_on_webhook_listen_else_on_ops_listen(
+    tmp_path: Path, sections: str, modes: str, expected: int | None
+) -> None:
+    path = tmp_path / "botyard.yaml"
+    path.write_text(
+        f"{sections}bots:\n  - name: shop\n    token: 123456789:{'A' * 35}\n"
+        f"    routers: [bots.echo:router]\n    mode: {modes}\n"
+    )
+    address = server_address(load_registry(path))
+    assert (address[1] if address else None) == expected
