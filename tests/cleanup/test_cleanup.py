@@ -37,6 +37,7 @@ import botyard.cleanup.sweep as cleanup_module
 from botyard.cleanup.schedule import misfire_grace_time
 from botyard.cleanup.sweep import Sweeper, realign_filter, stale_filter
 from botyard.cli import main
+from botyard.database.documents import Document
 from botyard.database.embedded import free_port
 from botyard.database.roundtrips import DRIVER_COMMANDS
 from botyard.emulator import BotAPIEmulator, EmulatorThread
@@ -47,7 +48,6 @@ from botyard.storage import COLLECTION_NAME, BeanieStorage, prepare_database, up
 
 from e2e import REPO
 
-Document = dict[str, Any]
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 

@@ -45,6 +45,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from botyard.database.documents import Document
 from botyard.registry.models import BotConfig, CleanupConfig, Registry
 from botyard.runtime.routers import resolve_callable
 from botyard.storage import COLLECTION_NAME, KEY_FIELDS, utcnow
@@ -64,7 +65,6 @@ __all__ = [
 
 logger = logging.getLogger("botyard.cleanup")
 
-Document = dict[str, Any]
 ExpiredHook = Callable[[Bot, StorageKey, str | None, dict[str, Any]], Awaitable[Any]]
 """``async def on_state_expired(bot, key, state, data)``, called before the record goes."""
 HookBots = Callable[[BotConfig], AbstractAsyncContextManager[Bot]]

@@ -10,18 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from botyard.database.documents import Document
 from botyard.database.location import open_store
 from botyard.registry.models import Registry
 from botyard.tokens import mask_uri
 
-Document = dict[str, Any]
 T = TypeVar("T")
 
 #: A command that cannot reach the database says so after this long.

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from botyard.cli.database import connect, run_on_database
 from botyard.cli.options import load_or_exit, registry_argument
+from botyard.database.documents import Document
 from botyard.importers import (
     FORMATS,
     Aiogram2Source,
@@ -49,7 +50,6 @@ from botyard.registry.models import Registry
 from botyard.storage import FSMRecord, prepare_database
 from botyard.tokens import mask_uri
 
-Document = dict[str, Any]
 T = TypeVar("T")
 
 #: Errors that are bad input or a busy lock, not bugs: one line, exit status 1.

@@ -21,8 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from botyard.cleanup.sweep import BotSweep, Sweeper, delete_in_batches, stale_filter
-from botyard.cli.database import Document, run_on_database
+from botyard.cli.database import run_on_database
 from botyard.cli.options import bot_or_exit, load_quietly, registry_argument
+from botyard.database.documents import Document
 from botyard.registry.durations import format_duration, parse_duration
 from botyard.registry.models import BotConfig, Registry
 from botyard.storage import COLLECTION_NAME, prepare_database, utcnow

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 from pymongo.asynchronous.database import AsyncDatabase
 
-from botyard.cli.database import Document, run_on_database
+from botyard.cli.database import run_on_database
 from botyard.cli.options import bot_or_exit, load_quietly, registry_argument
+from botyard.database.documents import Document
 from botyard.webhook.journal import HEARTBEAT_INTERVAL
 from botyard.webhook.secrets import SecretStore
 

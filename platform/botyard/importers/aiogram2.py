@@ -19,9 +19,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from botyard.database.documents import Document
 from botyard.importers.source import (
     Batch,
-    Document,
     ParseError,
     SourceError,
     count_documents,

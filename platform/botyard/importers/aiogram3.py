@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from aiogram.fsm.storage.base import DEFAULT_DESTINY, StorageKey
 from pymongo.asynchronous.collection import AsyncCollection
 
-from botyard.importers.source import CollectionSource, Document, ParseError, parse_id
+from botyard.database.documents import Document
+from botyard.importers.source import CollectionSource, ParseError, parse_id
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from aiogram.fsm.storage.base import StorageKey
 
-from botyard.importers.source import CollectionSource, Document, parse_id
+from botyard.database.documents import Document
+from botyard.importers.source import CollectionSource, parse_id
 
 
 class SeedSource(CollectionSource):

@@ -16,10 +16,9 @@ from aiogram.fsm.storage.base import StorageKey
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
+from botyard.database.documents import Document
 from botyard.storage.bson_values import FSMDataError, check_storable
 from botyard.tokens import mask_uri
-
-Document = dict[str, Any]
 
 
 class ParseError(ValueError):

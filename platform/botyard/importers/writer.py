@@ -23,10 +23,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
+from botyard.database.documents import Document
 from botyard.importers.source import Batch, SourceRecord, Unparseable
 from botyard.storage import COLLECTION_NAME, KEY_FIELDS, FSMRecord, record_filter, utcnow
-
-Document = dict[str, Any]
 
 #: Set with ``updated_at`` by an import: equal to it while nobody touched the record since.
 IMPORTED_AT = "imported_at"

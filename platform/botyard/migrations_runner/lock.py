@@ -19,15 +19,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from botyard.database.documents import Document
 from botyard.storage import utcnow
 
-Document = dict[str, Any]
 logger = logging.getLogger("botyard.migrate")
 
 LOCK_COLLECTION = "migrations_lock"

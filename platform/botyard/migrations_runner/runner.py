@@ -17,17 +17,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from beanie.migrations.database import DBHandler
 from beanie.migrations.models import MigrationLog
 from beanie.migrations.runner import MigrationNode
 from pymongo.asynchronous.database import AsyncDatabase
 
+from botyard.database.documents import Document
 from botyard.migrations_runner.lock import MigrationLock
 from botyard.migrations_runner.transactions import TransactionSupport, transaction_support
 
-Document = dict[str, Any]
 logger = logging.getLogger("botyard.migrate")
 #: Called after each migration with its file name and the seconds it took.
 StepReport = Callable[[str, float], None]

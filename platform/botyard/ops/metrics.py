@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,6 +28,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from botyard.cleanup.sweep import BotSweep
+from botyard.database.documents import Document
 from botyard.database.roundtrips import RoundTripCounter
 from botyard.registry.models import BotConfig
 from botyard.runtime.runner import BotRunner, BotStatus
@@ -38,7 +38,6 @@ __all__ = ["FSM_SAMPLE_INTERVAL", "NO_STATE", "PlatformMetrics"]
 
 logger = logging.getLogger("botyard.metrics")
 
-Document = dict[str, Any]
 FSM_SAMPLE_INTERVAL = 60.0
 NO_STATE = "(none)"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

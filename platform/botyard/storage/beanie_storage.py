@@ -17,18 +17,12 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from botyard.database.documents import Document, utcnow
 from botyard.storage.bson_values import check_storable
 from botyard.storage.record import COLLECTION_NAME, FSMRecord, record_filter
 from botyard.storage.scope import UNSET, PendingRecord, UpdateScopeMiddleware, current_scope
 
-Document = dict[str, Any]
 _PROJECTION = {"_id": 0, "state": 1, "data": 1, "updated_at": 1, "expires_at": 1}
-
-
-def utcnow() -> datetime:
-    """Now in UTC, at the millisecond precision BSON dates keep."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 async def prepare_database(database: AsyncDatabase[Document]) -> None:

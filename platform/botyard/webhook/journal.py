@@ -31,12 +31,12 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from botyard.database.documents import Document
 from botyard.storage import utcnow
 
 __all__ = [
@@ -48,7 +48,6 @@ __all__ = [
 
 logger = logging.getLogger("botyard.journal")
 
-Document = dict[str, Any]
 JOURNAL_COLLECTION = "webhook_updates"
 INSTANCES_COLLECTION = "botyard_instances"
 #: Finished updates are deleted in one batch after this many seconds.

@@ -16,17 +16,16 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from botyard.database.documents import Document
 from botyard.storage import utcnow
 
 __all__ = ["SECRETS_COLLECTION", "SecretStore", "WebhookSecret", "new_secret"]
 
-Document = dict[str, Any]
 SECRETS_COLLECTION = "webhook_secrets"
 #: 32 random bytes, URL-safe base64: only ``A-Za-z0-9_-``, as Telegram requires of secret_token.
 SECRET_BYTES = 32
