@@ -245,10 +245,11 @@ class World:
 
     def reply(self, bot: str, user: int, timeout: float = 20.0) -> str:
         message = self.emulator.wait_for_reply(self.tokens[bot], user, timeout=timeout)
+        assert isinstance(message, dict)
         return str(message["text"])
 
     def collection(self, name: str, query: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        with MongoClient(self.mongo_uri) as client:
+        with MongoClient[dict[str, Any]](self.mongo_uri) as client:
             return list(client[self.database_name][name].find(query or {}))
 
     def records(self, namespace: str) -> dict[int, dict[str, Any]]:
@@ -272,5 +273,5 @@ def world(
     tmp_path: Path, emulator: EmulatorThread, mongo_uri: str, database_name: str
 ) -> Iterator[World]:
     yield World(tmp_path, emulator, mongo_uri, database_name)
-    with MongoClient(mongo_uri) as client:
+    with MongoClient[dict[str, Any]](mongo_uri) as client:
         client.drop_database(database_name)

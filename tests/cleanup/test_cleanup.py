@@ -316,7 +316,7 @@ async def test_hook_gets_bot_key_state_and_data_before_removal_and_failures_are_
     sys.path.insert(0, str(tmp_path))
     try:
         hook_module = importlib.import_module(module)
-        hook_module.COLLECTION = collection
+        vars(hook_module)["COLLECTION"] = collection
         with caplog.at_level(logging.ERROR, logger="botyard.cleanup"):
             [result] = await tool.run([bot])
     finally:
@@ -391,7 +391,7 @@ async def test_a_record_active_again_during_the_sweep_is_kept(
     clock.advance(2 * HOUR)
     sys.path.insert(0, str(tmp_path))
     try:
-        importlib.import_module(module).STORAGE = storage
+        vars(importlib.import_module(module))["STORAGE"] = storage
         telegram = Bot("42:" + "A" * 35)
         tool = sweeper(database, tmp_path, hook_bots=lambda _: contextlib.nullcontext(telegram))
         [result] = await tool.run([bot_config("quiz", on_state_expired=f"{module}:on_expired")])

@@ -98,7 +98,9 @@ def test_sigkill_mid_questionnaire_then_restart_loses_nothing(world: World) -> N
     with world.botyard() as second:
         assert world.reply("questionnaire", user) == THANKS
         assert world.reply("questionnaire", 202) == QUESTIONS[0]
-        assert world.emulator.wait_for_reply(slow_token, user, timeout=30)["text"] == "done slow 3"
+        slow_reply = world.emulator.wait_for_reply(slow_token, user, timeout=30)
+        assert isinstance(slow_reply, dict)
+        assert slow_reply["text"] == "done slow 3"
         assert second.stop() == 0
     record = world.records("questionnaire")[user]
     assert record["data"] == {"q1": "red", "q2": "cat", "q3": "pizza"}

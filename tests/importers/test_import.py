@@ -114,7 +114,7 @@ def report_lines(result: Result) -> list[str]:
 # aiogram 3
 
 
-AIOGRAM3 = [
+AIOGRAM3: list[dict[str, Any]] = [
     {"_id": "fsm:10:10", "state": "Questionnaire:q2", "data": {"q1": "rød 🎨 Grüße"}},
     {"_id": "fsm:11:11", "state": "Questionnaire:q1"},
     {"_id": "fsm:12:12", "data": {"lang": "日本語", "a.b": 1, "nested": {"list": [1, "два"]}}},
@@ -455,7 +455,7 @@ def test_the_questionnaire_bot_resumes_imported_conversations(
     world.write({"questionnaire": "bots.questionnaire:router"})
     users = {"aiogram": 601, "aiogram2": 602, "seed": 603}
     source = f"{database_name}_old"
-    with MongoClient(mongo_uri) as client:
+    with MongoClient[dict[str, Any]](mongo_uri) as client:
         old = client[source]
         old["fsm3"].insert_one(
             {"_id": "fsm:601:601", "state": "Questionnaire:q2", "data": {"q1": "rød"}}
@@ -518,6 +518,6 @@ def test_the_questionnaire_bot_resumes_imported_conversations(
         assert records[602]["data"] == {"q1": "grün"}
         assert records[603]["data"] == {"q1": "синий", "q2": "猫", "q3": "soup"}
     finally:
-        with MongoClient(mongo_uri) as client:
+        with MongoClient[dict[str, Any]](mongo_uri) as client:
             client.drop_database(source)
             client.drop_database(database_name)

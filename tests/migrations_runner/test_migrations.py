@@ -114,7 +114,7 @@ class Setup:
 @pytest.fixture
 def setup(tmp_path: Path, mongo_uri: str, database_name: str) -> Iterator[Setup]:
     yield Setup(tmp_path, mongo_uri, database_name)
-    with MongoClient(mongo_uri) as client:
+    with MongoClient[dict[str, Any]](mongo_uri) as client:
         client.drop_database(database_name)
 
 
@@ -282,7 +282,7 @@ def test_transaction_support_is_read_from_the_hello_reply(
 
 
 def test_secantusdb_reports_a_replica_set_so_migrations_use_transactions(mongo_uri: str) -> None:
-    with MongoClient(mongo_uri) as client:
+    with MongoClient[dict[str, Any]](mongo_uri) as client:
         verdict = transaction_support(client.admin.command("hello"))
     assert verdict.supported, verdict.reason
 
@@ -534,5 +534,5 @@ def test_the_installed_image_migrates_from_app_migrations(
         )
         assert "1 applied, 0 pending" in status
     finally:
-        with MongoClient(mongo_uri) as client:
+        with MongoClient[dict[str, Any]](mongo_uri) as client:
             client.drop_database(database_name)

@@ -84,9 +84,10 @@ class Client:
     async def say(self, bot: str, user: int, text: str) -> dict[str, Any]:
         """Send a message and return the chat once the bot replied and finished handling."""
         sent = await self.call("POST", f"/api/bots/{bot}/users/{user}/messages", {"text": text})
-        return await self.call(
+        chat: dict[str, Any] = await self.call(
             "GET", f"/api/bots/{bot}/users/{user}/chat?wait=30&after={sent['message_id']}"
         )
+        return chat
 
     async def bots(self) -> dict[str, dict[str, Any]]:
         return {bot["name"]: bot for bot in (await self.call("GET", "/api/bots"))["bots"]}
@@ -378,7 +379,9 @@ async def test_the_stream_pushes_replies_state_and_counters(
         latest = dict(first)
 
         def records() -> int:
-            return {b["name"]: b for b in latest["bots"]["bots"]}["questionnaire"]["fsm_records"]
+            return int(
+                {b["name"]: b for b in latest["bots"]["bots"]}["questionnaire"]["fsm_records"]
+            )
 
         async with asyncio.timeout(30):
             while latest["chat"]["fsm"]["state"] != "Questionnaire:q1" or records() != 1:

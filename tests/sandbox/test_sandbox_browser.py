@@ -11,6 +11,7 @@ import json
 import re
 import urllib.request
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,10 @@ class Page:
         self.until(lambda: self.fsm() == (state, data), f"FSM state {state} with data {data}")
 
 
+def last_message_is(page: Page, message: tuple[str, str]) -> bool:
+    return page.messages()[-1] == message
+
+
 def test_the_page_runs_the_example_bots_for_several_users(
     browser: webdriver.Chrome, tmp_path: Path, mongo_uri: str, database_name: str
 ) -> None:
@@ -219,9 +224,7 @@ def test_the_page_runs_the_example_bots_for_several_users(
         page.say("/start", "Count: 0")
         for expected in ("Count: 1", "Count: 2"):
             page.click('#messages .message[data-from="bot"] button[data-callback="inc"]')
-            page.until(
-                lambda e=expected: page.messages()[-1] == ("bot", e), f"edited to {expected}"
-            )
+            page.until(partial(last_message_is, page, ("bot", expected)), f"edited to {expected}")
         page.wait_fsm("none", {"count": 2})
         assert len(page.messages()) == 2, "edited in place, not sent again"
         assert page.text('#messages .message[data-from="bot"] .edited') == "edited"

@@ -214,7 +214,7 @@ def test_rotate_command_rotates_webhook_bots_and_names_bad_input(
         return CliRunner().invoke(main, ["webhook", "rotate", str(registry), *args])
 
     def stored() -> dict[str, Any]:
-        with MongoClient(mongo_uri) as client:
+        with MongoClient[dict[str, Any]](mongo_uri) as client:
             return {doc["_id"]: doc for doc in client[database_name][SECRETS_COLLECTION].find()}
 
     try:
@@ -240,7 +240,7 @@ def test_rotate_command_rotates_webhook_bots_and_names_bad_input(
         assert none.exit_code == 1
         assert "no bot in botyard.yaml uses mode: webhook" in none.output
     finally:
-        with MongoClient(mongo_uri) as client:
+        with MongoClient[dict[str, Any]](mongo_uri) as client:
             client.drop_database(database_name)
 
 
