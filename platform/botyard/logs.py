@@ -1,4 +1,12 @@
-"""Logging for the platform: one line per event, and never a bot token."""
+"""Logging for the platform: one line per event, never a secret, never a whole document.
+
+What each level shows: INFO, one line per bot event (start, stop, status,
+reload, cleanup); WARNING and ERROR, what went wrong, with tracebacks; DEBUG,
+botyard's own details. Libraries are capped at INFO whatever the level
+(:data:`CAPPED_LIBRARIES`): PyMongo's command log prints whole commands and
+replies at DEBUG, users' FSM data and messages among them. ``--debug-logger
+pymongo`` lifts the cap for one library when a problem needs it.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +15,24 @@ from collections.abc import Iterable
 
 from botyard.tokens import TokenRedactor
 
+#: Loggers kept at INFO or above unless named explicitly (their DEBUG output
+#: holds commands, documents and requests: users' data).
+CAPPED_LIBRARIES = ("pymongo", "aiohttp", "aiogram", "apscheduler", "asyncio")
+#: Longest line of a message or traceback that is logged; the rest is counted, not shown.
+MAX_LINE_CHARS = 2000
+#: Longest message or traceback that is logged in total.
+MAX_RECORD_CHARS = 20_000
+#: Cut this far past a limit before redacting, so a token the cut splits is still
+#: whole when masked (a URL-encoded token is at most 87 characters).
+_REDACTION_MARGIN = 100
+
 
 class TokenRedactingFilter(logging.Filter):
-    """Masks tokens in every record, including exception tracebacks.
+    """Masks tokens and secrets in every record, including tracebacks, and caps its length.
 
     aiohttp and aiogram put request URLs (``/bot<token>/method``) into some
-    error messages; this filter is the last line that keeps them out of logs.
+    error messages, and a database error can quote a whole document (a user's
+    20 MB of FSM data); this filter is the last line that keeps both out of logs.
     Tokens the registry names are masked even when they do not look like real ones.
     """
 
@@ -24,17 +44,44 @@ class TokenRedactingFilter(logging.Filter):
         """Mask these tokens from now on (the registry's, after each load)."""
         self._redact.remember(tokens)
 
+    def remember_secrets(self, secrets: Iterable[str]) -> None:
+        """Mask these secrets from now on (webhook secrets, as they are read)."""
+        self._redact.remember_secrets(secrets)
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = self._redact(record.getMessage()), None
+        record.msg, record.args = self._capped(record.getMessage()), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self._redact(record.exc_text)
+            record.exc_text = self._capped(record.exc_text)
         return True
 
+    def _capped(self, text: str) -> str:
+        """``text`` redacted, each line at most :data:`MAX_LINE_CHARS`, all of it at most
+        :data:`MAX_RECORD_CHARS` (plus the notes saying how much was left out)."""
+        lines = text.split("\n")
+        if len(text) <= MAX_RECORD_CHARS and all(len(line) <= MAX_LINE_CHARS for line in lines):
+            return self._redact(text)
+        capped = "\n".join(
+            self._redact(line)
+            if len(line) <= MAX_LINE_CHARS
+            else self._redact(line[: MAX_LINE_CHARS + _REDACTION_MARGIN])[:MAX_LINE_CHARS]
+            + f"... [{len(line) - MAX_LINE_CHARS} more characters not logged]"
+            for line in lines
+        )
+        if len(capped) <= MAX_RECORD_CHARS:
+            return capped
+        return capped[:MAX_RECORD_CHARS] + f"... [{len(capped) - MAX_RECORD_CHARS} more not logged]"
 
-def configure_logging(level: str = "INFO") -> TokenRedactingFilter:
-    """Log to stderr through a token-redacting filter, which is returned for updates."""
+
+def configure_logging(
+    level: str = "INFO", debug_loggers: Iterable[str] = ()
+) -> TokenRedactingFilter:
+    """Log to stderr through a redacting filter, which is returned for updates.
+
+    Libraries stay at INFO or above (see :data:`CAPPED_LIBRARIES`) except those
+    named in ``debug_loggers``, which log at ``level``.
+    """
     redactor = TokenRedactingFilter()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -42,6 +89,11 @@ def configure_logging(level: str = "INFO") -> TokenRedactingFilter:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    capped = max(root.level, logging.INFO)
+    for name in CAPPED_LIBRARIES:
+        logging.getLogger(name).setLevel(capped)
     # aiogram logs every handled update at INFO; one line per update drowns the bot events.
-    logging.getLogger("aiogram.event").setLevel(logging.WARNING)
+    logging.getLogger("aiogram.event").setLevel(max(capped, logging.WARNING))
+    for name in debug_loggers:
+        logging.getLogger(name).setLevel(root.level)
     return redactor

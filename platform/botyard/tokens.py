@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 __all__ = [
     "TOKEN_PATTERN",
@@ -28,6 +28,10 @@ TOKEN_PATTERN = re.compile(r"\d{5,20}:[A-Za-z0-9_-]{30,64}")
 # Tokens appear inside URLs such as ``.../bot123456:AAE.../getMe``, where no word
 # boundary precedes the digits, hence look-arounds instead of ``\b``.
 _TOKEN_IN_TEXT = re.compile(r"(?<!\d)(\d{5,20}):[A-Za-z0-9_-]{30,64}(?![A-Za-z0-9_-])")
+#: The same in a URL-encoded text (``123456%3AAAE...``, as in a logged query string).
+_ENCODED_TOKEN_IN_TEXT = re.compile(r"(?<!\d)(\d{5,20})%3[Aa][A-Za-z0-9_-]{30,64}(?![A-Za-z0-9_-])")
+#: Runs of secret characters long enough to be a known secret standing alone.
+_SECRET_RUN = re.compile(r"[A-Za-z0-9_-]{16,}")
 _DIGITS_BEFORE_COLON = re.compile(r"(\d+):")
 
 
@@ -68,18 +72,26 @@ def mask_token(token: str) -> str:
 
 
 class TokenRedactor:
-    """Masks the tokens it knows, and anything shaped like a token, in any text.
+    """Masks the tokens and secrets it knows, and anything shaped like a token, in any text.
+
+    A token is masked in every form it takes in text: plain, URL-encoded
+    (``123%3AAAE...``), and its secret part standing alone (an error quoting
+    only what follows the colon). Other secrets it was told about (webhook
+    secrets) are masked wherever they stand alone.
 
     A process hosting 10,000 bots knows 10,000 tokens, and every log line passes
     through here: replacing each known token in turn made one line cost 5 ms.
-    Known tokens are looked up by the bot id before a ``:`` in the text, so the
-    cost follows the length of the text, not the number of tokens.
+    Known tokens are looked up by the bot id before a ``:`` in the text, and bare
+    secrets by the runs of secret characters in it, so the cost follows the
+    length of the text, not the number of tokens.
     """
 
     def __init__(self, tokens: Iterable[str] = ()) -> None:
         self._by_id: dict[str, set[str]] = {}
         #: Known secrets without a ``<digits>:`` prefix (malformed), replaced literally.
         self._odd: set[str] = set()
+        #: Secrets masked when they stand alone: tokens' secret parts, webhook secrets.
+        self._bare: set[str] = set()
         self.remember(tokens)
 
     def remember(self, tokens: Iterable[str]) -> None:
@@ -87,11 +99,17 @@ class TokenRedactor:
             token = raw.strip() if raw else ""
             if not token:
                 continue
-            bot_id, colon, _ = token.partition(":")
+            bot_id, colon, secret = token.partition(":")
             if colon and bot_id.isdigit() and 5 <= len(bot_id) <= 20:  # what __call__ looks up
                 self._by_id.setdefault(bot_id, set()).add(token)
             else:
-                self._odd.add(token)
+                self._odd.update({token, quote(token, safe="")})
+            if colon and _SECRET_RUN.fullmatch(secret):
+                self._bare.add(secret)
+
+    def remember_secrets(self, secrets: Iterable[str]) -> None:
+        """Mask these secrets (webhook path secrets and secret tokens) as ``***``."""
+        self._bare.update(secret for secret in secrets if _SECRET_RUN.fullmatch(secret))
 
     def __call__(self, text: str) -> str:
         known = set(self._odd)
@@ -102,7 +120,13 @@ class TokenRedactor:
                     known.update(self._by_id.get(digits[start:], ()))
         for token in sorted(known, key=len, reverse=True):
             text = text.replace(token, mask_token(token))
-        return _TOKEN_IN_TEXT.sub(lambda match: f"{match.group(1)}:***", text)
+        text = _TOKEN_IN_TEXT.sub(lambda match: f"{match.group(1)}:***", text)
+        text = _ENCODED_TOKEN_IN_TEXT.sub(lambda match: f"{match.group(1)}%3A***", text)
+        if self._bare:
+            text = _SECRET_RUN.sub(
+                lambda match: "***" if match.group() in self._bare else match.group(), text
+            )
+        return text
 
 
 def redact(text: str, tokens: Iterable[str] = ()) -> str:

@@ -22,6 +22,14 @@ from botyard.registry.loader import RegistryError, check_registry, registry_json
     show_default=True,
 )
 @click.option(
+    "--debug-logger",
+    "debug_loggers",
+    multiple=True,
+    metavar="LOGGER",
+    help="Let this library logger (e.g. pymongo) log at --log-level too; libraries are "
+    "capped at INFO otherwise. Their DEBUG output may contain users' data.",
+)
+@click.option(
     "--shutdown-timeout",
     type=click.FloatRange(min=0),
     default=25.0,
@@ -34,7 +42,13 @@ from botyard.registry.loader import RegistryError, check_registry, registry_json
     is_flag=True,
     help="Do not reload when the registry file changes (SIGHUP still reloads).",
 )
-def run(registry_path: Path, log_level: str, shutdown_timeout: float, no_watch: bool) -> None:
+def run(
+    registry_path: Path,
+    log_level: str,
+    debug_loggers: tuple[str, ...],
+    shutdown_timeout: float,
+    no_watch: bool,
+) -> None:
     """Run every enabled bot of REGISTRY until SIGINT or SIGTERM.
 
     SIGHUP, or saving the file, reloads the registry: added bots start, removed
@@ -45,7 +59,7 @@ def run(registry_path: Path, log_level: str, shutdown_timeout: float, no_watch: 
     from botyard.runtime.supervisor import Supervisor
 
     usual = pause_full_collections()
-    redactor = configure_logging(log_level)
+    redactor = configure_logging(log_level, debug_loggers)
     registry = load_or_exit(registry_path)
     supervisor = Supervisor(
         registry, shutdown_timeout=shutdown_timeout, watch=not no_watch, redactor=redactor

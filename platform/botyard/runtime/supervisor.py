@@ -157,7 +157,10 @@ class Supervisor:
         journal = UpdateJournal(self.database)
         await journal.prepare()
         self.webhooks = WebhookEndpoint(
-            journal, SecretStore(self.database), lambda: self.registry.webhook, self.metrics
+            journal,
+            SecretStore(self.database, on_read=self._remember_secrets),
+            lambda: self.registry.webhook,
+            self.metrics,
         )
         watchdog = LoopWatchdog(asyncio.get_running_loop(), self.metrics)
         watchdog.start()
@@ -343,6 +346,10 @@ class Supervisor:
     def _on_stop_signal(self, signum: int) -> None:
         logger.info("%s received: stopping", signal.Signals(signum).name)
         self.request_stop()
+
+    def _remember_secrets(self, secrets: Iterable[str]) -> None:
+        if self._redactor is not None:
+            self._redactor.remember_secrets(secrets)
 
     def _remember_tokens(self, registry: Registry) -> None:
         if self._redactor is not None:

@@ -13,7 +13,7 @@ up and call ``setWebhook`` again).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -56,14 +56,34 @@ class WebhookSecret:
 
 
 class SecretStore:
-    """Reads, creates and rotates webhook secrets in ``database``."""
+    """Reads, creates and rotates webhook secrets in ``database``.
 
-    def __init__(self, database: AsyncDatabase[Document]) -> None:
+    ``on_read`` is told the secrets of every document read or written, for the
+    log filter to mask them from then on.
+    """
+
+    def __init__(
+        self,
+        database: AsyncDatabase[Document],
+        on_read: Callable[[Iterable[str]], None] | None = None,
+    ) -> None:
         self.collection = database[SECRETS_COLLECTION]
+        self._on_read = on_read
+
+    def _tell(self, *values: str) -> None:
+        if self._on_read is not None:
+            self._on_read(values)
+
+    def _secret(self, document: Document) -> WebhookSecret:
+        secret = WebhookSecret.from_document(document)
+        self._tell(secret.path, secret.token)
+        return secret
 
     async def get_or_create(self, bot: str) -> WebhookSecret:
         """The bot's secrets, created on first use; concurrent callers all get the same."""
-        generated = {"path": new_secret(), "token": new_secret(), "rotated_at": utcnow()}
+        path, token = new_secret(), new_secret()
+        self._tell(path, token)  # before the write's log could show them
+        generated = {"path": path, "token": token, "rotated_at": utcnow()}
         try:
             document = await self.collection.find_one_and_update(
                 {"_id": bot},
@@ -74,20 +94,22 @@ class SecretStore:
         except DuplicateKeyError:  # another process inserted it first: read theirs
             document = await self.collection.find_one({"_id": bot})
         assert document is not None
-        return WebhookSecret.from_document(document)
+        return self._secret(document)
 
     async def current(self, bots: Iterable[str]) -> dict[str, WebhookSecret]:
         """The stored secrets of ``bots`` (those that have some), in one query."""
         cursor = self.collection.find({"_id": {"$in": list(bots)}})
-        return {doc["_id"]: WebhookSecret.from_document(doc) async for doc in cursor}
+        return {doc["_id"]: self._secret(doc) async for doc in cursor}
 
     async def rotate(self, bot: str) -> WebhookSecret:
         """Replace the bot's secrets with fresh ones (creating them if it had none)."""
+        path, token = new_secret(), new_secret()
+        self._tell(path, token)
         document = await self.collection.find_one_and_update(
             {"_id": bot},
-            {"$set": {"path": new_secret(), "token": new_secret(), "rotated_at": utcnow()}},
+            {"$set": {"path": path, "token": token, "rotated_at": utcnow()}},
             upsert=True,
             return_document=ReturnDocument.AFTER,
         )
         assert document is not None
-        return WebhookSecret.from_document(document)
+        return self._secret(document)
