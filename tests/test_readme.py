@@ -24,7 +24,7 @@ def python_blocks(section: str) -> dict[str, str]:
 
 def test_the_bot_test_in_the_readme_passes(tmp_path: Path) -> None:
     blocks = python_blocks(readme_section("Testing your own bots"))
-    assert set(blocks) == {"conftest.py", "tests/test_questionnaire.py"}
+    assert set(blocks) == {"conftest.py", "tests/test_questionnaire.py", "tests/test_flood.py"}
     for name, source in blocks.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(source, encoding="utf-8")
@@ -42,4 +42,4 @@ def test_the_bot_test_in_the_readme_passes(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout
+    assert "2 passed" in result.stdout

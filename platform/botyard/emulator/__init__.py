@@ -14,6 +14,7 @@ from botyard.emulator.errors import (
     UnknownBotError,
 )
 from botyard.emulator.events import EmulatorEvent, Subscription
+from botyard.emulator.faults import Fault, FloodLimits
 from botyard.emulator.state import DeliveryAttempt, EmulatedBot, SimulatedUser
 from botyard.emulator.thread import EmulatorThread
 
@@ -26,6 +27,8 @@ __all__ = [
     "EmulatorEvent",
     "EmulatorStoppedError",
     "EmulatorThread",
+    "Fault",
+    "FloodLimits",
     "SimulatedUser",
     "Subscription",
     "UnknownBotError",

@@ -2,7 +2,9 @@
 
 End-to-end tests that run ``botyard run`` as a subprocess, or an emulator
 started with ``python -m botyard.emulator``, are driven through these routes.
-``{bot}`` is a token, a bot id or a username. Answers are JSON; errors are
+``{bot}`` is a token, a bot id or a username. ``/faults`` and
+``/flood_limits`` make the Bot API misbehave (see
+:meth:`BotAPIEmulator.add_fault`). Answers are JSON; errors are
 ``{"error": "..."}`` with 400 (bad input), 404 (unknown bot), 408 (a wait
 timed out) or 503 (the emulator is stopping).
 """
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from botyard.emulator.errors import ControlError
+from botyard.emulator.faults import FloodLimits
 from botyard.emulator.state import JSON, EmulatedBot
 
 if TYPE_CHECKING:
@@ -48,6 +51,16 @@ def _integer(source: Mapping[str, Any], name: str, default: int | None = None) -
 
 def _optional_integer(source: Mapping[str, Any], name: str) -> int | None:
     return None if source.get(name) is None else _integer(source, name)
+
+
+def _number(source: Mapping[str, Any], name: str, default: float) -> float:
+    value = source.get(name, default)
+    if isinstance(value, bool):
+        raise ControlError(f"{name!r} must be a number, not {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ControlError(f"{name!r} must be a number, not {value!r}") from None
 
 
 def _string(source: Mapping[str, Any], name: str) -> str:
@@ -191,6 +204,70 @@ def add_control_routes(app: web.Application, emulator: BotAPIEmulator) -> None:
     async def calls(request: web.Request) -> JSON:
         return {"calls": dict(bot_of(request).calls)}
 
+    async def faults(request: web.Request) -> JSON:
+        return {"faults": [fault.as_json() for fault in emulator.faults]}
+
+    async def add_fault(request: web.Request) -> JSON:
+        body = await _body(request)
+        methods = body.get("methods")
+        if methods is not None and not (
+            isinstance(methods, str)
+            or (isinstance(methods, list) and all(isinstance(m, str) for m in methods))
+        ):
+            raise ControlError("'methods' must be a method name or a list of them")
+        bot = body.get("bot")
+        if bot is not None and not isinstance(bot, str | int):
+            raise ControlError("'bot' must be a token, a bot id or a username")
+        probability = body.get("probability")
+        fault = emulator.add_fault(
+            _string(body, "kind"),
+            methods=methods,
+            bot=bot,
+            chat_id=_optional_integer(body, "chat_id"),
+            every=_optional_integer(body, "every"),
+            probability=None if probability is None else _number(body, "probability", 0.0),
+            seed=_optional_integer(body, "seed"),
+            retry_after=_integer(body, "retry_after", 1),
+            status=_integer(body, "status", 502),
+            hang=_number(body, "hang", 65.0),
+            times=_optional_integer(body, "times"),
+        )
+        return fault.as_json()
+
+    async def clear_faults(request: web.Request) -> JSON:
+        removed = len(emulator.faults)
+        emulator.clear_faults()
+        return {"removed": removed}
+
+    async def remove_fault(request: web.Request) -> JSON:
+        emulator.remove_fault(_integer(request.match_info, "id"))
+        return {"removed": 1}
+
+    async def flood_limits(request: web.Request) -> JSON:
+        limits = emulator.flood_limits
+        return {"flood_limits": limits.as_json() if limits is not None else None}
+
+    async def enforce_flood_limits(request: web.Request) -> JSON:
+        body = await _body(request)
+        default = FloodLimits()
+        limits = emulator.enforce_flood_limits(
+            FloodLimits(
+                per_bot=_number(body, "per_bot", default.per_bot),
+                per_chat=_number(body, "per_chat", default.per_chat),
+                per_group=_number(body, "per_group", default.per_group),
+                burst=_integer(body, "burst", default.burst),
+                tolerance=_number(body, "tolerance", default.tolerance),
+            )
+        )
+        return {"flood_limits": limits.as_json()}
+
+    async def lift_flood_limits(request: web.Request) -> JSON:
+        emulator.lift_flood_limits()
+        return {"flood_limits": None}
+
+    async def fault_counts(request: web.Request) -> JSON:
+        return emulator.fault_counts(bot_of(request).token)
+
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "", health),
         ("GET", "/bots", list_bots),
@@ -205,6 +282,14 @@ def add_control_routes(app: web.Application, emulator: BotAPIEmulator) -> None:
         ("GET", "/bots/{bot}/updates", updates),
         ("GET", "/bots/{bot}/deliveries", deliveries),
         ("GET", "/bots/{bot}/calls", calls),
+        ("GET", "/bots/{bot}/faults", fault_counts),
+        ("GET", "/faults", faults),
+        ("POST", "/faults", add_fault),
+        ("DELETE", "/faults", clear_faults),
+        ("DELETE", "/faults/{id}", remove_fault),
+        ("GET", "/flood_limits", flood_limits),
+        ("PUT", "/flood_limits", enforce_flood_limits),
+        ("DELETE", "/flood_limits", lift_flood_limits),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, PREFIX + path, _json_route(handler))

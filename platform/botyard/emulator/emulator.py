@@ -24,6 +24,13 @@ from aiohttp import web
 
 from botyard.emulator.errors import BotAPIError, ControlError, EmulatorStoppedError, UnknownBotError
 from botyard.emulator.events import EventHub, Subscription
+from botyard.emulator.faults import (
+    FLOOD_LIMITED_METHODS,
+    Fault,
+    FloodGate,
+    FloodLimits,
+    counts_report,
+)
 from botyard.emulator.methods import METHODS, canonical_name
 from botyard.emulator.params import Params
 from botyard.emulator.server import build_app
@@ -39,7 +46,9 @@ class BotAPIEmulator:
     """An in-process Telegram Bot API server with simulated users.
 
     ``webhook_retry_delay`` (doubling up to ``webhook_max_retry_delay``) and
-    ``webhook_timeout`` are in seconds; tests make them small.
+    ``webhook_timeout`` are in seconds; tests make them small. ``flood_limits``
+    enforces Telegram's flood limits from the start (see
+    :meth:`enforce_flood_limits`).
     """
 
     def __init__(
@@ -48,6 +57,7 @@ class BotAPIEmulator:
         webhook_retry_delay: float = 1.0,
         webhook_max_retry_delay: float = 30.0,
         webhook_timeout: float = 10.0,
+        flood_limits: FloodLimits | None = None,
     ) -> None:
         self.events = EventHub()
         self.webhooks = WebhookDelivery(
@@ -56,6 +66,9 @@ class BotAPIEmulator:
         )
         self._bots: dict[str, EmulatedBot] = {}
         self._users: dict[int, SimulatedUser] = {}
+        self._faults: list[Fault] = []
+        self._fault_ids = 0
+        self._flood_gate = FloodGate(flood_limits) if flood_limits is not None else None
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         self.stopping = False
@@ -418,10 +431,116 @@ class BotAPIEmulator:
         """A stream of :class:`EmulatorEvent` from now on, for live UIs; close it when done."""
         return self.events.subscribe(maxsize)
 
+    # -- faults and flood limits -------------------------------------------
+
+    def add_fault(
+        self,
+        kind: str,
+        *,
+        methods: str | list[str] | tuple[str, ...] | None = None,
+        bot: str | int | None = None,
+        chat_id: int | None = None,
+        every: int | None = None,
+        probability: float | None = None,
+        seed: int | None = None,
+        retry_after: int = 1,
+        status: int = 502,
+        hang: float = 65.0,
+        times: int | None = None,
+    ) -> Fault:
+        """Fail chosen Bot API calls made over HTTP; the struck calls are not processed.
+
+        ``kind``: ``"429"`` (with ``retry_after`` seconds), ``"5xx"`` (HTTP
+        ``status``, 502 unless given), ``"drop"`` (the connection is closed with
+        no answer) or ``"timeout"`` (no answer for ``hang`` seconds, then
+        closed). The rule matches calls of ``methods`` (any spelling; all when
+        ``None``), of one ``bot`` and to one ``chat_id`` when given; it strikes
+        every ``every``-th match, or each with ``probability`` drawn from
+        ``random.Random(seed)``, or every match; at most ``times`` in all.
+        Rules are checked in the order added; the first that strikes wins.
+        """
+        names: frozenset[str] | None = None
+        if methods is not None:
+            wanted = [methods] if isinstance(methods, str) else list(methods)
+            unknown = [name for name in wanted if canonical_name(name) is None]
+            if unknown or not wanted:
+                raise ControlError(
+                    f"methods must name Bot API methods the emulator has, not {unknown or wanted}"
+                    f" (it has {', '.join(METHODS)})"
+                )
+            names = frozenset(name for name in map(canonical_name, wanted) if name)
+        fault = Fault(
+            self._fault_ids + 1,
+            kind,  # type: ignore[arg-type]  # Fault checks it
+            methods=names,
+            bot_id=self.bot(bot).id if bot is not None else None,
+            chat_id=chat_id,
+            every=every,
+            probability=probability,
+            seed=seed,
+            retry_after=retry_after,
+            status=status,
+            hang=hang,
+            times=times,
+        )
+        self._fault_ids = fault.id
+        self._faults.append(fault)
+        logger.info("fault %s added: %s", fault.id, fault.as_json())
+        return fault
+
+    @property
+    def faults(self) -> list[Fault]:
+        """The fault rules in force, oldest first."""
+        return list(self._faults)
+
+    def remove_fault(self, fault: Fault | int) -> None:
+        """Stop injecting a fault (the rule or its id)."""
+        fault_id = fault if isinstance(fault, int) else fault.id
+        kept = [rule for rule in self._faults if rule.id != fault_id]
+        if len(kept) == len(self._faults):
+            raise ControlError(f"no fault with id {fault_id}")
+        self._faults = kept
+
+    def clear_faults(self) -> None:
+        """Stop injecting every fault."""
+        self._faults = []
+
+    def enforce_flood_limits(self, limits: FloodLimits | None = None) -> FloodLimits:
+        """Answer 429 to sends beyond ``limits`` (Telegram's by default) from now on."""
+        limits = limits or FloodLimits()
+        self._flood_gate = FloodGate(limits)
+        return limits
+
+    def lift_flood_limits(self) -> None:
+        """Stop enforcing flood limits."""
+        self._flood_gate = None
+
+    @property
+    def flood_limits(self) -> FloodLimits | None:
+        """The flood limits enforced, or ``None``."""
+        return self._flood_gate.limits if self._flood_gate is not None else None
+
+    def fault_counts(self, token: str | int) -> JSON:
+        """What the bot's calls met: ``{"injected": {method: {kind: n}}, "refused": {method:
+        {scope: n}}}``, where ``refused`` counts 429s for exceeding the flood limits."""
+        return counts_report(self.bot(token))
+
     # -- the Bot API -------------------------------------------------------
 
-    async def execute(self, token: str, method: str, params: Params | Mapping[str, Any]) -> Any:
-        """Run one Bot API call as the server does; raises :class:`BotAPIError` like Telegram."""
+    async def execute(
+        self,
+        token: str,
+        method: str,
+        params: Params | Mapping[str, Any],
+        *,
+        faults: bool = False,
+    ) -> Any:
+        """Run one Bot API call as the server does; raises :class:`BotAPIError` like Telegram.
+
+        With ``faults`` (calls over HTTP), fault rules and flood limits apply
+        first; a dropped connection is raised as
+        :class:`~botyard.emulator.faults.DropConnection`.
+        """
         bot = self._bots.get(token)
         if bot is None or bot.revoked:
             raise BotAPIError.unauthorized()
@@ -429,9 +548,16 @@ class BotAPIEmulator:
         bot.calls[name or method] += 1
         if name is None:
             raise BotAPIError.method_not_found()
-        return await METHODS[name](
-            self, bot, params if isinstance(params, Params) else Params(params)
-        )
+        call_params = params if isinstance(params, Params) else Params(params)
+        if faults:
+            for fault in self._faults:
+                if fault.strikes(bot, name, call_params):
+                    bot.injected[(name, fault.kind)] += 1
+                    fault.fail()
+            if self._flood_gate is not None and name in FLOOD_LIMITED_METHODS:
+                now = asyncio.get_running_loop().time()
+                self._flood_gate.admit(bot, name, call_params, now)
+        return await METHODS[name](self, bot, call_params)
 
     async def _run_webhook_reply(self, bot: EmulatedBot, method: str, params: Params) -> None:
         try:

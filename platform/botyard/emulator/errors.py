@@ -13,10 +13,13 @@ from typing import Any
 class BotAPIError(Exception):
     """A failed Bot API call, answered as ``{"ok": false, "error_code", "description"}``."""
 
-    def __init__(self, error_code: int, description: str) -> None:
+    def __init__(
+        self, error_code: int, description: str, parameters: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(description)
         self.error_code = error_code
         self.description = description
+        self.parameters = parameters
 
     @classmethod
     def bad_request(cls, detail: str) -> BotAPIError:
@@ -38,9 +41,25 @@ class BotAPIError(Exception):
         """409, as Telegram answers a second poller or polling while a webhook is set."""
         return cls(409, f"Conflict: {detail}")
 
+    @classmethod
+    def too_many_requests(cls, retry_after: int) -> BotAPIError:
+        """429, as Telegram answers a flood: retry after ``retry_after`` seconds."""
+        return cls(
+            429,
+            f"Too Many Requests: retry after {retry_after}",
+            {"retry_after": retry_after},
+        )
+
     def as_json(self) -> dict[str, Any]:
         """The response body Telegram sends for this error."""
-        return {"ok": False, "error_code": self.error_code, "description": self.description}
+        body: dict[str, Any] = {
+            "ok": False,
+            "error_code": self.error_code,
+            "description": self.description,
+        }
+        if self.parameters:
+            body["parameters"] = dict(self.parameters)
+        return body
 
 
 class ControlError(Exception):

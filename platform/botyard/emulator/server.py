@@ -6,6 +6,7 @@ builds; GET and POST are both answered, as Telegram does.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -13,12 +14,20 @@ from aiohttp import web
 
 from botyard.emulator.control import add_control_routes
 from botyard.emulator.errors import BotAPIError
+from botyard.emulator.faults import DropConnection
 from botyard.emulator.params import read_request_params
 
 if TYPE_CHECKING:
     from botyard.emulator.emulator import BotAPIEmulator
 
 logger = logging.getLogger(__name__)
+
+
+def _dropped(request: web.Request) -> web.Response:
+    """Close the connection under the request, so the client gets no answer at all."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=204)
 
 
 def build_app(emulator: BotAPIEmulator) -> web.Application:
@@ -28,9 +37,15 @@ def build_app(emulator: BotAPIEmulator) -> web.Application:
         method = request.match_info["method"]
         try:
             params = await read_request_params(request)
-            result = await emulator.execute(request.match_info["token"], method, params)
+            result = await emulator.execute(
+                request.match_info["token"], method, params, faults=True
+            )
         except BotAPIError as exc:
             return web.json_response(exc.as_json(), status=exc.error_code)
+        except DropConnection as drop:
+            if drop.hang:
+                await asyncio.sleep(drop.hang)
+            return _dropped(request)
         except Exception:
             # Answer like Telegram's 500 so the bot sees a server error, not a decode error.
             logger.exception("emulator failed on %s", method)

@@ -132,6 +132,10 @@ class EmulatedBot:
     chats: dict[int, Chat] = field(default_factory=dict)
     sent: list[StoredMessage] = field(default_factory=list)
     calls: Counter[str] = field(default_factory=Counter)
+    injected: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Calls struck by a fault, by (method, fault kind)."""
+    refused: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Sends refused by the flood limits, by (method, scope: bot, chat or group)."""
     open_callback_queries: set[str] = field(default_factory=set)
     callback_answers: dict[str, JSON] = field(default_factory=dict)
     deliveries: list[DeliveryAttempt] = field(default_factory=list)

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from botyard.emulator.emulator import BotAPIEmulator
+from botyard.emulator.faults import Fault, FloodLimits
 from botyard.emulator.state import JSON, DeliveryAttempt, EmulatedBot, SimulatedUser
 
 P = ParamSpec("P")
@@ -24,12 +25,19 @@ T = TypeVar("T")
 class EmulatorThread:
     """A started :class:`BotAPIEmulator` driven from synchronous code.
 
-    ``settings`` are :class:`BotAPIEmulator`'s keyword arguments. Use as a
-    context manager, or call :meth:`start` and :meth:`stop`.
+    ``settings`` and ``flood_limits`` are :class:`BotAPIEmulator`'s keyword
+    arguments. Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, **settings: float) -> None:
-        self.emulator = BotAPIEmulator(**settings)
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        flood_limits: FloodLimits | None = None,
+        **settings: float,
+    ) -> None:
+        self.emulator = BotAPIEmulator(flood_limits=flood_limits, **settings)
         self._host = host
         self._port = port
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -189,3 +197,27 @@ class EmulatorThread:
     def delivery_attempts(self, token: str | int) -> list[DeliveryAttempt]:
         """See :meth:`BotAPIEmulator.delivery_attempts`."""
         return self._call(self.emulator.delivery_attempts, token)
+
+    def add_fault(self, kind: str, **rule: Any) -> Fault:
+        """See :meth:`BotAPIEmulator.add_fault`; ``rule`` takes its keyword arguments."""
+        return self._call(self.emulator.add_fault, kind, **rule)
+
+    def remove_fault(self, fault: Fault | int) -> None:
+        """See :meth:`BotAPIEmulator.remove_fault`."""
+        self._call(self.emulator.remove_fault, fault)
+
+    def clear_faults(self) -> None:
+        """See :meth:`BotAPIEmulator.clear_faults`."""
+        self._call(self.emulator.clear_faults)
+
+    def enforce_flood_limits(self, limits: FloodLimits | None = None) -> FloodLimits:
+        """See :meth:`BotAPIEmulator.enforce_flood_limits`."""
+        return self._call(self.emulator.enforce_flood_limits, limits)
+
+    def lift_flood_limits(self) -> None:
+        """See :meth:`BotAPIEmulator.lift_flood_limits`."""
+        self._call(self.emulator.lift_flood_limits)
+
+    def fault_counts(self, token: str | int) -> JSON:
+        """See :meth:`BotAPIEmulator.fault_counts`."""
+        return self._call(self.emulator.fault_counts, token)
