@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,22 +12,28 @@ from typing import Any
 
 import pytest
 from aiogram import Bot, Dispatcher, F, Router
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import DataNotDictLikeError
 from aiogram.filters import CommandStart
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.fsm.storage.base import StorageKey
+from aiogram.fsm.storage.memory import DisabledEventIsolation, SimpleEventIsolation
 from aiogram.types import Message, Update
 from pymongo import AsyncMongoClient
 
 from botyard.database.roundtrips import RoundTripCounter
+from botyard.emulator import BotAPIEmulator
 from botyard.storage import (
     COLLECTION_NAME,
     BeanieStorage,
     FSMDataError,
+    UpdateScopeMiddleware,
     prepare_database,
     update_scope,
 )
+from botyard.storage.scope import KeyedLocks
 
 KEY = StorageKey(bot_id=42, chat_id=-100, user_id=7)
 OTHER_USER = StorageKey(bot_id=42, chat_id=-100, user_id=8)
@@ -431,3 +438,175 @@ async def test_install_is_idempotent_and_orders_before_fsm(shared: BeanieStorage
 
 async def test_collection_name_is_stable(shared: BeanieStorage) -> None:
     assert shared.collection.name == COLLECTION_NAME == "fsm_records"
+
+
+# what MongoDB refuses, refused before anything is written
+
+
+async def test_data_too_large_for_one_document_is_refused_before_any_write(
+    shared: BeanieStorage, counter: RoundTripCounter
+) -> None:
+    await shared.set_data(KEY, {"kept": True})
+    blob = "x" * (20 * 1024 * 1024)
+    counter.reset()
+    with pytest.raises(FSMDataError, match=r"bot 'shop' \(chat -100, user 7\).*'blob'"):
+        await shared.set_data(KEY, {"blob": blob})
+    with pytest.raises(FSMDataError, match="'blob'"):
+        await shared.update_data(KEY, {"blob": blob})
+    assert counter.total == 0
+    half = "y" * (9 * 1024 * 1024)
+    with pytest.raises(FSMDataError, match=r"would take 18,8.* bytes.*largest key 'second'"):
+        async with update_scope():
+            await shared.update_data(KEY, {"first": half})
+            await shared.update_data(KEY, {"second": half + "z"})  # the merged data is too big
+    assert await shared.get_data(KEY) == {"kept": True, "first": half}
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"x": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"deep": nested(1000)}, "data['deep'] nests more than 98 levels deep"),
+        ({"deep": nested(99)}, "data['deep'] nests more than 98 levels deep"),
+        ({"deep": [[[[]]]] * 2 + [nested(150)]}, "data['deep'] nests more than 98"),
+    ],
+)
+async def test_data_nested_deeper_than_mongodb_allows_is_refused(
+    shared: BeanieStorage, value: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(FSMDataError, match=re.escape(message)):
+        await shared.set_data(KEY, value)
+    await shared.set_data(KEY, {"deep": nested(98)})  # the deepest MongoDB stores
+    assert await shared.get_data(KEY) == {"deep": nested(98)}
+
+
+async def test_data_containing_itself_is_refused(shared: BeanieStorage) -> None:
+    cyclic: dict[str, Any] = {"name": "a"}
+    cyclic["self"] = cyclic
+    with pytest.raises(FSMDataError, match=re.escape("data['loop']['self'] contains itself")):
+        await shared.update_data(KEY, {"loop": cyclic})
+    listed: list[Any] = [1]
+    listed.append(listed)
+    with pytest.raises(FSMDataError, match=re.escape("data['items'][1] contains itself")):
+        await shared.set_data(KEY, {"items": listed})
+    shared_leaf = {"a": 1}
+    await shared.set_data(KEY, {"twice": [shared_leaf, shared_leaf]})  # shared, not a cycle
+    assert await shared.get_data(KEY) == {"twice": [{"a": 1}, {"a": 1}]}
+
+
+# a conversation expires as a whole or survives as a whole
+
+
+@pytest.mark.parametrize("write", ["set_state", "update_data", "set_data"])
+async def test_a_record_swept_while_its_update_runs_is_not_brought_back_half_empty(
+    shared: BeanieStorage, counter: RoundTripCounter, write: str
+) -> None:
+    await shared.set_state(KEY, Form.name)
+    await shared.set_data(KEY, {"name": "Ann"})
+    counter.reset()
+    async with update_scope():
+        assert await shared.get_state(KEY) == Form.name.state
+        # the cleanup removes the stale record while the handler runs
+        await shared.collection.delete_one({"namespace": "shop", "user_id": KEY.user_id})
+        if write == "set_state":
+            await shared.set_state(KEY, Form.age)
+        elif write == "update_data":
+            await shared.update_data(KEY, {"age": 33})
+        else:
+            await shared.set_data(KEY, {"age": 33})
+    assert counter.total == 3  # the read, the sweep's delete, the one write: no extra trip
+    assert await stored(shared) == [], "expired as a whole"
+
+
+async def test_an_update_setting_state_and_data_after_a_sweep_starts_afresh(
+    shared: BeanieStorage,
+) -> None:
+    await shared.set_state(KEY, Form.age)
+    async with update_scope():
+        await shared.get_state(KEY)
+        await shared.collection.delete_one({"namespace": "shop", "user_id": KEY.user_id})
+        await shared.set_state(KEY, Form.name)
+        await shared.set_data(KEY, {"started": True})
+    assert await shared.get_state(KEY) == Form.name.state
+    assert await shared.get_data(KEY) == {"started": True}
+
+
+# install() in a plain aiogram bot
+
+
+async def test_install_keeps_a_plain_aiogram_bot_consistent_under_concurrent_users(
+    shared: BeanieStorage, bot_api: BotAPIEmulator
+) -> None:
+    """aiogram handles each polled update as a task, with no events isolation by default:
+    the next message of a user must still see what the previous one stored after replying."""
+    token = bot_api.add_bot(username="counter_bot").token
+    router = Router()
+
+    @router.message()
+    async def count(message: Message, state: FSMContext) -> None:
+        seen = (await state.get_data()).get("seen", 0) + 1
+        await message.answer(str(seen))  # the reply goes out before the write is stored
+        await state.update_data(seen=seen)
+
+    dispatcher = Dispatcher(storage=shared)
+    shared.install(dispatcher)
+    dispatcher.include_router(router)
+    bot = Bot(token, session=AiohttpSession(api=TelegramAPIServer.from_base(bot_api.url)))
+    users, messages = range(2001, 2011), 6
+    for round_ in range(messages):
+        for user in users:
+            bot_api.send_message(token, user, f"m{round_}")
+    polling = asyncio.create_task(dispatcher.start_polling(bot, handle_signals=False))
+    try:
+        for user in users:
+            replies = await bot_api.wait_for_reply(
+                token, user, count=messages, after_message_id=0, timeout=60
+            )
+            assert isinstance(replies, list)
+            assert sorted(int(reply["text"]) for reply in replies) == list(range(1, messages + 1))
+    finally:
+        await dispatcher.stop_polling()
+        await polling
+        await bot.session.close()
+    for user in users:
+        key = StorageKey(bot_id=bot.id, chat_id=user, user_id=user)
+        assert await shared.get_data(key) == {"seen": messages}
+
+
+async def test_install_moves_an_existing_events_isolation_around_the_writes(
+    shared: BeanieStorage,
+) -> None:
+    isolation = SimpleEventIsolation()
+    dispatcher = Dispatcher(storage=shared, events_isolation=isolation)
+    shared.install(dispatcher)
+    [scope] = [
+        m for m in dispatcher.update.outer_middleware if isinstance(m, UpdateScopeMiddleware)
+    ]
+    assert scope._isolation is isolation
+    assert isinstance(dispatcher.fsm.events_isolation, DisabledEventIsolation)  # no deadlock
+    dispatcher.include_router(Router())
+    bot = Bot(TOKEN)
+    await asyncio.gather(*(dispatcher.feed_update(bot, message_update(i, "hi")) for i in range(5)))
+    assert isolation._locks  # the dispatcher's own isolation did the locking
+    await bot.session.close()
+
+
+async def test_keyed_locks_forget_keys_nobody_holds() -> None:
+    locks = KeyedLocks()
+    order: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with locks.lock(KEY):
+            order.append(f"{name} in")
+            await asyncio.sleep(0.01)
+            order.append(f"{name} out")
+
+    await asyncio.gather(hold("a"), hold("b"))
+    assert order == ["a in", "a out", "b in", "b out"]
+    assert locks._held == {}

@@ -11,6 +11,7 @@ from aiogram import Dispatcher
 from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
+from aiogram.fsm.storage.memory import DisabledEventIsolation
 from beanie import init_beanie
 from pymongo import AsyncMongoClient, DeleteOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
@@ -18,9 +19,15 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from botyard.database.documents import Document, utcnow
-from botyard.storage.bson_values import check_storable
+from botyard.storage.bson_values import check_size, check_storable
 from botyard.storage.record import COLLECTION_NAME, FSMRecord, record_filter
-from botyard.storage.scope import UNSET, PendingRecord, UpdateScopeMiddleware, current_scope
+from botyard.storage.scope import (
+    UNSET,
+    KeyedLocks,
+    PendingRecord,
+    UpdateScopeMiddleware,
+    current_scope,
+)
 
 _PROJECTION = {"_id": 0, "state": 1, "data": 1, "updated_at": 1, "expires_at": 1}
 
@@ -90,16 +97,27 @@ class BeanieStorage(BaseStorage):
 
         The scope middleware goes before aiogram's FSM middleware, so the state
         read that middleware makes on every update is the scope's single read.
+        Each update's writes are stored when its handling ends, after its
+        replies; so that the conversation's next update cannot read before
+        that, the scope holds the update's key locked until its writes are
+        stored. The dispatcher's own events isolation, if it has one, is the
+        lock (moved out of the FSM middleware, which would release it before
+        the writes); without one, a lock per key that is dropped when unused.
         """
         if dispatcher.fsm.storage is not self:
             dispatcher.fsm.storage = self
         outer = dispatcher.update.outer_middleware
         if any(isinstance(middleware, UpdateScopeMiddleware) for middleware in outer):
             return
+        isolation = dispatcher.fsm.events_isolation
+        if isinstance(isolation, DisabledEventIsolation):
+            isolation = KeyedLocks()
+        else:
+            dispatcher.fsm.events_isolation = DisabledEventIsolation()
         fsm_registered = dispatcher.fsm in outer
         if fsm_registered:
             outer.unregister(dispatcher.fsm)
-        outer.register(UpdateScopeMiddleware())
+        outer.register(UpdateScopeMiddleware(dispatcher.fsm, isolation))
         if fsm_registered:
             outer.register(dispatcher.fsm)
 
@@ -133,6 +151,7 @@ class BeanieStorage(BaseStorage):
                 f"Data must be a dict or dict-like object, got {type(data).__name__}"
             )
         check_storable(data)
+        check_size(data, self._conversation(key))
         scope = current_scope()
         if scope is None:
             record = PendingRecord()
@@ -152,12 +171,18 @@ class BeanieStorage(BaseStorage):
         check_storable(patch)
         scope = current_scope()
         if scope is None:
+            check_size(patch, self._conversation(key))  # the merge is the server's
             return await self._update_data_now(key, patch)
         record = scope.record(self, key)
         if not record.knows_data:
             await self._load(key, record)
+        check_size(record.data_with(patch), self._conversation(key))
         record.update_data(patch)
         return record.data
+
+    def _conversation(self, key: StorageKey) -> str:
+        """Which bot and conversation ``key`` is, for error messages."""
+        return f"bot {self.namespace!r} (chat {key.chat_id}, user {key.user_id})"
 
     # reading and writing
 
@@ -243,7 +268,10 @@ class BeanieStorage(BaseStorage):
             ):
                 return update  # the other half is known to hold something
             return {**match_key, **empty_other}, update
-        return UpdateOne(match_key, pipeline, upsert=True)
+        # A record this update read and that is gone now was removed by the cleanup
+        # meanwhile: a write that keeps part of it must not bring back the rest empty.
+        whole = record.new_state is not UNSET and record.new_data is not None
+        return UpdateOne(match_key, pipeline, upsert=whole or not record.exists)
 
     def _refresh(
         self, match_key: Document, record: PendingRecord, now: datetime

@@ -11,6 +11,7 @@ kept, as with aiogram's storages.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from aiogram import BaseMiddleware
-from aiogram.fsm.storage.base import StorageKey
+from aiogram import BaseMiddleware, Bot
+from aiogram.fsm.middleware import FSMContextMiddleware
+from aiogram.fsm.storage.base import BaseEventIsolation, StorageKey
 from aiogram.types import TelegramObject
 
 if TYPE_CHECKING:
@@ -72,8 +74,12 @@ class PendingRecord:
 
     @property
     def data(self) -> dict[str, Any]:
+        return copy.deepcopy(self.data_with())
+
+    def data_with(self, patch: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The data as it stands, with ``patch`` merged on top (shared, not copied)."""
         base = self.stored_data if self.new_data is None else self.new_data
-        return copy.deepcopy({**base, **self.data_patch})
+        return {**base, **self.data_patch, **(patch or {})}
 
     def set_state(self, state: str | None) -> None:
         self.new_state = state
@@ -148,12 +154,54 @@ async def update_scope() -> AsyncIterator[UpdateScope]:
         await scope.flush()
 
 
+@dataclass
+class _HeldLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class KeyedLocks(BaseEventIsolation):
+    """aiogram events isolation: one lock per storage key, dropped when nobody needs it.
+
+    aiogram's ``SimpleEventIsolation`` keeps a lock for every key it ever saw.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[StorageKey, _HeldLock] = {}
+
+    @asynccontextmanager
+    async def lock(self, key: StorageKey) -> AsyncIterator[None]:
+        held = self._held.setdefault(key, _HeldLock())
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if not held.users:
+                del self._held[key]
+
+    async def close(self) -> None:
+        self._held.clear()
+
+
 class UpdateScopeMiddleware(BaseMiddleware):
     """Outer update middleware that runs each update inside an :func:`update_scope`.
 
     It must run before aiogram's ``FSMContextMiddleware``, whose state read is
-    then the scope's one read: use :meth:`BeanieStorage.install`.
+    then the scope's one read: use :meth:`BeanieStorage.install`. Given the
+    dispatcher's FSM middleware and an events isolation, it holds the update's
+    key locked until the scope's writes are stored, so the conversation's next
+    update reads what this one wrote.
     """
+
+    def __init__(
+        self,
+        fsm: FSMContextMiddleware | None = None,
+        isolation: BaseEventIsolation | None = None,
+    ) -> None:
+        self._fsm = fsm
+        self._isolation = isolation
 
     async def __call__(
         self,
@@ -161,5 +209,14 @@ class UpdateScopeMiddleware(BaseMiddleware):
         event: TelegramObject,
         data: dict[str, Any],
     ) -> Any:
-        async with update_scope():
+        bot = data.get("bot")
+        context = (
+            self._fsm.resolve_event_context(bot, data)
+            if self._fsm is not None and self._isolation is not None and isinstance(bot, Bot)
+            else None
+        )
+        if context is None or self._isolation is None:
+            async with update_scope():
+                return await handler(event, data)
+        async with self._isolation.lock(context.key), update_scope():
             return await handler(event, data)
