@@ -224,6 +224,7 @@ def test_minimal_file_uses_built_in_defaults(tmp_path: Path) -> None:
     assert registry.ops is None
     assert registry.cleanup.batch_size == 1000
     assert registry.bot("shop").state_ttl == timedelta(days=7)
+    assert registry.storage.timeout == timedelta(seconds=10)
 
 
 def test_fsm_strategy_is_spelled_by_name(tmp_path: Path) -> None:
@@ -435,6 +436,25 @@ def test_token_written_in_the_file_never_appears_in_other_errors(tmp_path: Path)
 def test_bad_durations(tmp_path: Path, value: str, expected: str) -> None:
     path = write(tmp_path, one_bot(f"    state_ttl: {value}\n"))
     assert problems_of(path) == f"{path}:5: bots[0] (shop).state_ttl: {expected}"
+
+
+def test_storage_timeout_is_a_positive_duration(tmp_path: Path) -> None:
+    path = write(tmp_path, "storage:\n  timeout: 1m30s\n" + one_bot())
+    assert load_registry(path, environ=ENV).storage.timeout == timedelta(seconds=90)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("never", "'never' is not allowed here (use 30s, 15m, 12h or 7d)"),
+        ("0s", "duration '0s' is zero (use 30s, 15m, 12h or 7d)"),
+        ("10", "bare number 10 has no unit (use 30s, 15m, 12h or 7d; e.g. 10s or 10m)"),
+        ("10ms", "invalid duration '10ms' (use 30s, 15m, 12h or 7d)"),
+    ],
+)
+def test_bad_storage_timeout(tmp_path: Path, value: str, expected: str) -> None:
+    path = write(tmp_path, f"storage:\n  timeout: {value}\n" + one_bot())
+    assert problems_of(path) == f"{path}:2: storage.timeout: {expected}"
 
 
 def test_durations_parse_and_format() -> None:
@@ -864,7 +884,7 @@ def test_json_schema_documents_every_key() -> None:
     for name, definition in definitions.items():
         visit(definition, name)
     expected = {
-        "storage", "uri", "database", "defaults", "state_ttl", "fsm_strategy",
+        "storage", "uri", "database", "timeout", "defaults", "state_ttl", "fsm_strategy",
         "max_concurrent_updates", "cleanup", "schedule", "batch_size", "webhook", "base_url",
         "listen", "max_connections", "ops", "bots", "name", "token", "routers", "api_server",
         "namespace", "enabled", "mode", "on_state_expired", "settings",
@@ -876,6 +896,7 @@ def test_json_schema_documents_every_key() -> None:
     assert "default" not in bot["state_ttl"]  # inherited from defaults, not fixed
     defaults = definitions["Defaults"]["properties"]
     assert defaults["state_ttl"]["default"] == "7d"
+    assert definitions["StorageConfig"]["properties"]["timeout"]["default"] == "10s"
     assert defaults["fsm_strategy"]["default"] == "user_in_chat"
     assert bot["fsm_strategy"]["enum"] == [
         "user_in_chat", "chat", "global_user", "user_in_topic", "chat_topic",

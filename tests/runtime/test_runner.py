@@ -218,7 +218,7 @@ async def test_stop_requested_together_with_a_reload_still_stops(
     path = tmp_path / "botyard.yaml"
     (tmp_path / "quiet.py").write_text("from aiogram import Router\nrouter = Router()\n")
     path.write_text(
-        f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n"
+        f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\n  timeout: 3s\nbots:\n"
         f"  - name: quiet\n    token: {bot_api.add_bot().token}\n"
         f"    routers: [quiet:router]\n    api_server: {bot_api.url}\n"
     )
@@ -226,6 +226,8 @@ async def test_stop_requested_together_with_a_reload_still_stops(
     running = asyncio.create_task(supervisor.run())
     try:
         await wait_for(lambda: supervisor.cleanup is not None)
+        assert supervisor.client is not None
+        assert supervisor.client.options.timeout == 3.0, "storage.timeout reaches the client"
         await asyncio.sleep(0.05)  # the watcher is waiting for a reload request
         supervisor.request_reload()
         supervisor.request_stop()

@@ -13,26 +13,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import click
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from botyard.database.client import mongo_client
 from botyard.database.documents import Document
 from botyard.database.location import open_store
 from botyard.registry.models import Registry
 from botyard.tokens import mask_uri
 
 T = TypeVar("T")
-
-#: A command that cannot reach the database says so after this long.
-SERVER_SELECTION_TIMEOUT_MS = 10_000
-
-
-def connect(uri: str, appname: str) -> AsyncMongoClient[Document]:
-    """A client for a command: timezone-aware dates, a short wait for an unreachable server."""
-    return AsyncMongoClient(
-        uri, tz_aware=True, appname=appname, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS
-    )
 
 
 @contextlib.asynccontextmanager
@@ -41,7 +31,7 @@ async def registry_database(
 ) -> AsyncIterator[AsyncDatabase[Document]]:
     """The registry's database on a client of its own; nothing is created in it."""
     async with open_store(registry) as uri:
-        client = connect(uri, appname)
+        client = mongo_client(uri, timeout=registry.storage.timeout, appname=appname)
         try:
             yield client[registry.storage.database]
         finally:

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from beanie import init_beanie
 from click.core import ParameterSource
 from pymongo.asynchronous.database import AsyncDatabase
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from botyard.cli.database import connect, run_on_database
+from botyard.cli.database import run_on_database
 from botyard.cli.options import load_or_exit, registry_argument
+from botyard.database.client import mongo_client
 from botyard.database.documents import Document
 from botyard.importers import (
     FORMATS,
@@ -47,7 +47,7 @@ from botyard.migrations_runner import (
 )
 from botyard.registry.durations import format_duration
 from botyard.registry.models import Registry
-from botyard.storage import FSMRecord, prepare_database
+from botyard.storage import prepare_database
 from botyard.tokens import mask_uri
 
 T = TypeVar("T")
@@ -290,7 +290,7 @@ def import_state(
     label = source_label(uri, database, collection or "")
 
     async def copy(target: AsyncDatabase[Document]) -> ImportReport:
-        client = connect(uri, "botyard-import")
+        client = mongo_client(uri, timeout=registry.storage.timeout, appname="botyard-import")
         try:
             source = _source(source_format, client[database], collection or "", label, key_options)
             click.echo(f"source: {source.describe()}")
@@ -299,10 +299,8 @@ def import_state(
                 f"state_ttl {format_duration(bot.state_ttl)})"
             )
             total = await source.count()
-            if dry_run:  # bind the model without creating indexes: nothing is written
-                await init_beanie(database=target, document_models=[FSMRecord], skip_indexes=True)
-            else:
-                await prepare_database(target)
+            # A dry run writes nothing, not even the indexes.
+            await prepare_database(target, create_indexes=not dry_run)
             writer = RecordWriter(
                 target,
                 bot.namespace,

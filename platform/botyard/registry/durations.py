@@ -18,6 +18,7 @@ NEVER = "never"
 
 ACCEPTED_FORMS = "use 30s, 15m, 12h, 7d or never"
 """Shown at the end of every duration error, so the fix is in the message."""
+_POSITIVE_FORMS = "use 30s, 15m, 12h or 7d"
 
 _UNIT_SECONDS = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _FORMAT_UNITS = {unit: size for unit, size in _UNIT_SECONDS.items() if unit != "w"}
@@ -33,25 +34,24 @@ def parse_duration(value: object, *, allow_never: bool = True) -> timedelta | No
     ``<number><unit>`` parts, units in decreasing order (``1d12h``, not ``12h1d``).
     Raises ``ValueError`` with a message that names the accepted forms.
     """
+    forms = ACCEPTED_FORMS if allow_never else _POSITIVE_FORMS
     if isinstance(value, timedelta):
         if value <= timedelta(0):
-            raise ValueError(f"duration must be positive, got {value} ({ACCEPTED_FORMS})")
+            raise ValueError(f"duration must be positive, got {value} ({forms})")
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise ValueError(f"expected a duration, got {_kind(value)} ({ACCEPTED_FORMS})")
+        raise ValueError(f"expected a duration, got {_kind(value)} ({forms})")
     text = value.strip().lower()
     if _NUMBER.fullmatch(text):
-        raise ValueError(
-            f"bare number {text} has no unit ({ACCEPTED_FORMS}; e.g. {text}s or {text}m)"
-        )
+        raise ValueError(f"bare number {text} has no unit ({forms}; e.g. {text}s or {text}m)")
     if text == NEVER:
         if not allow_never:
-            raise ValueError("'never' is not allowed here (use 30s, 15m, 12h or 7d)")
+            raise ValueError(f"'never' is not allowed here ({forms})")
         return None
     if not _WHOLE.fullmatch(text):
-        raise ValueError(f"invalid duration {value!r} ({ACCEPTED_FORMS})")
+        raise ValueError(f"invalid duration {value!r} ({forms})")
     parts = _PART.findall(text)
     units = [unit for _, unit in parts]
     order = list(_UNIT_SECONDS)
@@ -61,9 +61,8 @@ def parse_duration(value: object, *, allow_never: bool = True) -> timedelta | No
         )
     seconds = sum(int(number) * _UNIT_SECONDS[unit] for number, unit in parts)
     if seconds == 0:
-        raise ValueError(
-            f"duration {value!r} is zero; to disable expiry write never ({ACCEPTED_FORMS})"
-        )
+        disable = "; to disable expiry write never" if allow_never else ""
+        raise ValueError(f"duration {value!r} is zero{disable} ({forms})")
     return timedelta(seconds=seconds)
 
 

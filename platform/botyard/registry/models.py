@@ -47,6 +47,7 @@ from botyard.registry.durations import ACCEPTED_FORMS, format_duration, parse_du
 from botyard.tokens import check_token, mask_token, mask_uri
 
 __all__ = [
+    "DEFAULT_STORAGE_TIMEOUT",
     "BotConfig",
     "CleanupConfig",
     "Defaults",
@@ -59,6 +60,9 @@ __all__ = [
     "format_loc",
     "split_listen",
 ]
+
+#: ``storage.timeout`` when the file does not set it.
+DEFAULT_STORAGE_TIMEOUT = timedelta(seconds=10)
 
 Loc = tuple[str | int, ...]
 """A key path into the file, as pydantic reports it: ``("bots", 1, "state_ttl")``."""
@@ -210,6 +214,13 @@ Duration = Annotated[
     WithJsonSchema({"type": "string", "examples": ["30s", "15m", "12h", "7d", "1h30m", "never"]}),
 ]
 """A positive ``timedelta``, or ``None`` for ``never``."""
+Timeout = Annotated[
+    timedelta,
+    BeforeValidator(lambda value: parse_duration(value, allow_never=False)),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["5s", "10s", "1m"]}),
+]
+"""A positive ``timedelta``; ``never`` is refused."""
 Strategy = Annotated[
     FSMStrategy,
     BeforeValidator(_parse_strategy),
@@ -267,6 +278,15 @@ class StorageConfig(_Section):
     database: DatabaseName = Field(
         default="botyard",
         description="Database that holds the state of every bot, one namespace per bot.",
+    )
+    timeout: Timeout = Field(
+        default=DEFAULT_STORAGE_TIMEOUT,
+        json_schema_extra={"default": format_duration(DEFAULT_STORAGE_TIMEOUT)},
+        description=(
+            "Longest any one database operation may take before it fails (MongoDB's "
+            "timeoutMS), e.g. 10s. A failed write of an update is retried; raise it for "
+            "migrations that rewrite a large collection in a single operation."
+        ),
     )
 
     @field_validator("uri", mode="before")

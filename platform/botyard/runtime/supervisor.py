@@ -24,6 +24,7 @@ from pymongo.errors import PyMongoError
 
 from botyard.cleanup.schedule import CleanupScheduler
 from botyard.cleanup.sweep import BotSweep
+from botyard.database.client import mongo_client
 from botyard.database.location import open_store
 from botyard.logs import TokenRedactingFilter
 from botyard.ops.health import Readiness
@@ -43,8 +44,6 @@ from botyard.webhook.secrets import SecretStore
 logger = logging.getLogger("botyard.supervisor")
 
 WATCH_INTERVAL = 1.0
-#: MongoDB being unreachable should fail a write within seconds, so the update is retried.
-SERVER_SELECTION_TIMEOUT_MS = 5000
 
 RegistryLoader = Callable[[Path], Registry]
 
@@ -135,11 +134,10 @@ class Supervisor:
     @contextlib.asynccontextmanager
     async def _shared_resources(self) -> AsyncIterator[None]:
         async with open_store(self.registry) as uri:
-            self.client = AsyncMongoClient(
+            self.client = mongo_client(
                 uri,
-                tz_aware=True,
+                timeout=self.registry.storage.timeout,
                 appname="botyard",
-                serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
                 event_listeners=self.metrics.mongo_listeners,
             )
             self.database = self.client[self.registry.storage.database]

@@ -13,11 +13,12 @@ from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
 from aiogram.fsm.storage.memory import DisabledEventIsolation
 from beanie import init_beanie
-from pymongo import AsyncMongoClient, DeleteOne, ReturnDocument, UpdateOne
+from pymongo import DeleteOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from botyard.database.client import mongo_client
 from botyard.database.documents import Document, utcnow
 from botyard.storage.bson_values import check_size, check_storable
 from botyard.storage.record import COLLECTION_NAME, FSMRecord, record_filter
@@ -32,9 +33,13 @@ from botyard.storage.scope import (
 _PROJECTION = {"_id": 0, "state": 1, "data": 1, "updated_at": 1, "expires_at": 1}
 
 
-async def prepare_database(database: AsyncDatabase[Document]) -> None:
-    """Bind the Beanie model to ``database`` and create the FSM indexes."""
-    await init_beanie(database=database, document_models=[FSMRecord])
+async def prepare_database(
+    database: AsyncDatabase[Document], *, create_indexes: bool = True
+) -> None:
+    """Bind the Beanie model to ``database`` and create the FSM indexes (unless told not to)."""
+    await init_beanie(
+        database=database, document_models=[FSMRecord], skip_indexes=not create_indexes
+    )
 
 
 class BeanieStorage(BaseStorage):
@@ -78,8 +83,12 @@ class BeanieStorage(BaseStorage):
         state_ttl: timedelta | None = None,
         **client_options: Any,
     ) -> BeanieStorage:
-        """Open a client of its own, create the indexes, and return a storage owning it."""
-        client: AsyncMongoClient[Document] = AsyncMongoClient(url, tz_aware=True, **client_options)
+        """Open a client of its own, create the indexes, and return a storage owning it.
+
+        The client has botyard's timeouts (``timeout=timedelta(...)`` bounds each
+        operation, 10 s by default); other keywords go to ``AsyncMongoClient``.
+        """
+        client = mongo_client(url, **client_options)
         db = client[database]
         try:
             await prepare_database(db)
