@@ -118,6 +118,6 @@ def test_a_busy_listen_address_is_one_line_and_exit_1(world: World) -> None:
         taken.listen()
         with world.botyard() as botyard:
             assert botyard.wait(60) == 1
-    assert f"Error: cannot listen on 127.0.0.1:{world.port} (webhook.listen" in botyard.output
+    assert f"error: cannot listen on 127.0.0.1:{world.port} (webhook.listen" in botyard.output
     assert "Traceback" not in botyard.output
     assert "bot=echo started" not in botyard.output

@@ -1,10 +1,15 @@
-"""The ``botyard`` command line: one module per group of commands."""
+"""The ``botyard`` command line: one module per group of commands.
+
+Commands raise :class:`~botyard.errors.BotyardError`; :mod:`.errors` prints it.
+The only package that imports click. May import every other package.
+"""
 
 from __future__ import annotations
 
 import click
 
 from botyard import __version__
+from botyard.cli.errors import ReportingGroup
 from botyard.cli.migrate import import_state, migrate
 from botyard.cli.run import check, run, schema
 from botyard.cli.sandbox import sandbox
@@ -12,7 +17,7 @@ from botyard.cli.states import cleanup, states
 from botyard.cli.webhook import webhook
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="botyard")
 def main() -> None:
     """Host many aiogram bots in one process, with their FSM state in MongoDB.

@@ -2,7 +2,7 @@
 
 The embedded store when ``storage.uri`` is empty (only while no ``botyard run``
 uses it), a client of the command's own, and database errors turned into one
-line naming the database (its password masked) and exit status 1.
+:class:`~botyard.errors.BotyardError` naming the database (its password masked).
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-import click
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from botyard.database.client import mongo_client
 from botyard.database.documents import Document
 from botyard.database.location import open_store
+from botyard.errors import BotyardError
 from botyard.registry.models import Registry
 from botyard.tokens import mask_uri
 
@@ -43,10 +43,9 @@ def run_on_database(
     action: Callable[[AsyncDatabase[Document]], Awaitable[T]],
     *,
     appname: str,
-    expected: tuple[type[Exception], ...] = (),
 ) -> T:
-    """Run ``action`` on the registry's database; a database error or an ``expected``
-    one is printed as one line, with exit status 1."""
+    """Run ``action`` on the registry's database; a database error becomes a
+    :class:`~botyard.errors.BotyardError` naming the database."""
 
     async def main() -> T:
         async with registry_database(registry, appname) as database:
@@ -56,8 +55,4 @@ def run_on_database(
         return asyncio.run(main())
     except PyMongoError as error:
         where = mask_uri(registry.storage.uri) if registry.storage.uri else "the embedded store"
-        click.echo(f"error: database {where}: {error}", err=True)
-        raise SystemExit(1) from None
-    except expected as error:
-        click.echo(f"error: {error}", err=True)
-        raise SystemExit(1) from None
+        raise BotyardError(f"database {where}: {error}") from None

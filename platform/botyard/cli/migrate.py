@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from botyard.cli.database import run_on_database
-from botyard.cli.options import load_or_exit, registry_argument
+from botyard.cli.options import load_quietly, registry_argument
 from botyard.database.client import mongo_client
 from botyard.database.documents import Document
 from botyard.importers import (
@@ -29,19 +29,13 @@ from botyard.importers import (
     RecordWriter,
     SeedSource,
     Source,
-    SourceError,
     import_records,
 )
 from botyard.importers.source import source_label
-from botyard.logs import configure_logging
 from botyard.migrations_runner import (
     LockHolder,
-    LockLost,
-    LockTimeout,
-    MigrationError,
     MigrationLock,
     Migrations,
-    MigrationsNotFound,
     TransactionSupport,
     find_migrations,
 )
@@ -51,9 +45,6 @@ from botyard.storage import prepare_database
 from botyard.tokens import mask_uri
 
 T = TypeVar("T")
-
-#: Errors that are bad input or a busy lock, not bugs: one line, exit status 1.
-_EXPECTED = (MigrationError, MigrationsNotFound, LockTimeout, LockLost, SourceError)
 
 
 @click.group()
@@ -196,11 +187,7 @@ def _move(
 
 def _prepare(registry_path: Path, folder: Path | None) -> tuple[Registry, Path]:
     registry = load_quietly(registry_path)
-    try:
-        found = find_migrations(registry.path, folder)
-    except MigrationsNotFound as error:
-        click.echo(f"error: {error}", err=True)
-        raise SystemExit(1) from None
+    found = find_migrations(registry.path, folder)
     click.echo(f"migrations: {found} (database {registry.storage.database})")
     return registry, found
 
@@ -209,15 +196,7 @@ def _prepare(registry_path: Path, folder: Path | None) -> tuple[Registry, Path]:
 
 
 def _run(registry: Registry, action: Callable[[AsyncDatabase[Document]], Awaitable[T]]) -> T:
-    return run_on_database(registry, action, appname="botyard-migrate", expected=_EXPECTED)
-
-
-def load_quietly(registry_path: Path) -> Registry:
-    """The registry, tokens optional, with warnings only (the embedded store's among them)."""
-    redactor = configure_logging("WARNING")
-    registry = load_or_exit(registry_path, require_tokens=False)
-    redactor.remember(bot.token_value for bot in registry.bots if bot.token)
-    return registry
+    return run_on_database(registry, action, appname="botyard-migrate")
 
 
 # --- import ------------------------------------------------------------------------

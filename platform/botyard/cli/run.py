@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from botyard.cli.options import load_or_exit, registry_argument
+from botyard.cli.options import registry_argument
 from botyard.logs import configure_logging
-from botyard.registry.loader import RegistryError, check_registry, registry_json_schema
+from botyard.registry.loader import check_registry, load_registry, registry_json_schema
 
 
 @click.command()
@@ -60,7 +60,7 @@ def run(
 
     usual = pause_full_collections()
     redactor = configure_logging(log_level, debug_loggers)
-    registry = load_or_exit(registry_path)
+    registry = load_registry(registry_path)
     supervisor = Supervisor(
         registry, shutdown_timeout=shutdown_timeout, watch=not no_watch, redactor=redactor
     )
@@ -74,12 +74,7 @@ def check(registry_path: Path) -> None:
 
     Exits 0 when the registry is valid, 1 with every problem listed otherwise.
     """
-    try:
-        summary = check_registry(registry_path)
-    except RegistryError as error:
-        click.echo(f"error: invalid registry\n{error}", err=True)
-        raise SystemExit(1) from None
-    click.echo(summary)
+    click.echo(check_registry(registry_path))
 
 
 @click.command()

@@ -10,7 +10,7 @@ import click
 
 from botyard.cli.options import registry_argument
 from botyard.logs import configure_logging
-from botyard.registry.loader import RegistryError, check_registry
+from botyard.registry.loader import check_registry
 
 
 @click.command()
@@ -34,7 +34,7 @@ def sandbox(registry_path: Path, host: str, port: int, allow_remote: bool) -> No
     simulated users chat with them while their FSM state is shown beside the
     chat. Saving the file reloads it. Stop with Ctrl-C.
     """
-    from botyard.sandbox import Sandbox, SandboxError
+    from botyard.sandbox import Sandbox
 
     if not _is_loopback(host):
         if not allow_remote:
@@ -48,25 +48,14 @@ def sandbox(registry_path: Path, host: str, port: int, allow_remote: bool) -> No
             err=True,
         )
     redactor = configure_logging("INFO")
-    try:  # every router imported before the page is announced
-        check_registry(registry_path, require_tokens=False)
-    except RegistryError as error:
-        click.echo(f"error: invalid registry\n{error}", err=True)
-        raise SystemExit(1) from None
+    # Every router imported before the page is announced.
+    check_registry(registry_path, require_tokens=False)
     server = Sandbox(registry_path, host=host, port=port, redactor=redactor)
 
     def announce(url: str) -> None:
         click.echo(f"botyard sandbox: open {url} (Ctrl-C stops)")
 
-    try:
-        code = asyncio.run(server.run(announce))
-    except RegistryError as error:
-        click.echo(f"error: invalid registry\n{error}", err=True)
-        raise SystemExit(1) from None
-    except SandboxError as error:
-        click.echo(f"error: {error}", err=True)
-        raise SystemExit(1) from None
-    raise SystemExit(code)
+    raise SystemExit(asyncio.run(server.run(announce)))
 
 
 def _is_loopback(host: str) -> bool:

@@ -22,8 +22,9 @@ from rich.table import Table
 
 from botyard.cleanup.sweep import BotSweep, Sweeper, delete_in_batches, stale_filter
 from botyard.cli.database import run_on_database
-from botyard.cli.options import bot_or_exit, load_quietly, registry_argument
+from botyard.cli.options import load_quietly, registry_argument
 from botyard.database.documents import Document
+from botyard.errors import BotyardError
 from botyard.registry.durations import format_duration, parse_duration
 from botyard.registry.models import BotConfig, Registry
 from botyard.storage import COLLECTION_NAME, prepare_database, utcnow
@@ -49,7 +50,7 @@ def cleanup(registry_path: Path, bot_name: str | None, dry_run: bool) -> None:
     brought in line with the current state_ttl. Exits 1 if any bot's sweep failed.
     """
     registry = load_quietly(registry_path)
-    bots = [bot_or_exit(registry, bot_name)] if bot_name else list(registry.bots)
+    bots = [registry.bot(bot_name)] if bot_name else list(registry.bots)
 
     async def sweep(database: AsyncDatabase[Document]) -> list[BotSweep]:
         return await Sweeper.for_registry(database, registry).run(bots, dry_run=dry_run)
@@ -65,8 +66,7 @@ def cleanup(registry_path: Path, bot_name: str | None, dry_run: bool) -> None:
         console.print(f"removed {removed} stale record(s) in {seconds:.2f}s")
     failed = [result.bot for result in results if result.error]
     if failed:
-        click.echo(f"error: the sweep failed for {', '.join(failed)} (see above)", err=True)
-        raise SystemExit(1)
+        raise BotyardError(f"the sweep failed for {', '.join(failed)} (see above)")
 
 
 def _sweep_table(results: list[BotSweep], dry_run: bool) -> Table:
@@ -201,7 +201,7 @@ def purge(
     expiry. A bot that keeps running sees its users start over.
     """
     registry = load_quietly(registry_path)
-    bot = bot_or_exit(registry, bot_name)
+    bot = registry.bot(bot_name)
     query: Document = {"namespace": bot.namespace}
     if state is not None:
         query["state"] = state
@@ -253,12 +253,10 @@ def _describe_selection(bot: BotConfig, state: str | None, older_than: timedelta
 
 async def _confirm(question: str) -> None:
     if not sys.stdin.isatty():
-        click.echo(
-            "error: purge asks for confirmation, and stdin is not a terminal; "
-            "pass --yes to delete without asking",
-            err=True,
+        raise BotyardError(
+            "purge asks for confirmation, and stdin is not a terminal; "
+            "pass --yes to delete without asking"
         )
-        raise SystemExit(1)
     # click.confirm blocks on the terminal: keep it off the event loop.
     await asyncio.to_thread(click.confirm, question, abort=True)
 

@@ -8,8 +8,9 @@ import click
 from pymongo.asynchronous.database import AsyncDatabase
 
 from botyard.cli.database import run_on_database
-from botyard.cli.options import bot_or_exit, load_quietly, registry_argument
+from botyard.cli.options import load_quietly, registry_argument
 from botyard.database.documents import Document
+from botyard.errors import BotyardError
 from botyard.webhook.journal import HEARTBEAT_INTERVAL
 from botyard.webhook.secrets import SecretStore
 
@@ -38,19 +39,16 @@ def rotate(registry_path: Path, bot_names: tuple[str, ...]) -> None:
     """
     registry = load_quietly(registry_path)
     if bot_names:
-        bots = [bot_or_exit(registry, name) for name in bot_names]
+        bots = [registry.bot(name) for name in bot_names]
         polling = [bot.name for bot in bots if bot.mode != "webhook"]
         if polling:
-            click.echo(
-                f"error: not in webhook mode: {', '.join(polling)} (set mode: webhook first)",
-                err=True,
+            raise BotyardError(
+                f"not in webhook mode: {', '.join(polling)} (set mode: webhook first)"
             )
-            raise SystemExit(1)
     else:
         bots = [bot for bot in registry.bots if bot.mode == "webhook"]
         if not bots:
-            click.echo(f"error: no bot in {registry_path.name} uses mode: webhook", err=True)
-            raise SystemExit(1)
+            raise BotyardError(f"no bot in {registry_path.name} uses mode: webhook")
 
     async def rotate_all(database: AsyncDatabase[Document]) -> None:
         store = SecretStore(database)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
+from botyard.errors import BotyardError
 
 SERVER_COMMAND = "secantusd-py"
 INSTALL_HINT = (
@@ -29,12 +29,9 @@ INSTALL_HINT = (
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-class EmbeddedStoreError(click.ClickException, RuntimeError):
-    """The embedded development database could not be started.
-
-    A ``ClickException`` so that ``botyard run`` reports it as one line (what
-    failed and how to fix it) with exit status 1, instead of a traceback.
-    """
+class EmbeddedStoreError(BotyardError, RuntimeError):
+    """The embedded development database could not be started; the message says what
+    failed and how to fix it."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:

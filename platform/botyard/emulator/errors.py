@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from botyard.errors import BotyardError
 
-class BotAPIError(Exception):
+
+class BotAPIError(BotyardError):
     """A failed Bot API call, answered as ``{"ok": false, "error_code", "description"}``."""
 
     def __init__(
@@ -62,7 +64,7 @@ class BotAPIError(Exception):
         return body
 
 
-class ControlError(Exception):
+class ControlError(BotyardError):
     """A test or driver misused the control API; ``status`` is the HTTP control API's answer."""
 
     status = 400

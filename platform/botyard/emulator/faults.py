@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args
 from botyard.emulator.errors import BotAPIError, ControlError
 from botyard.emulator.params import Params
 from botyard.emulator.state import JSON, EmulatedBot
+from botyard.errors import BotyardError
 
 FaultKind = Literal["429", "5xx", "drop", "timeout"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
@@ -32,7 +33,7 @@ FLOOD_LIMITED_METHODS = frozenset({"sendMessage", "editMessageText"})
 """The methods the emulator implements that send to a chat, hence count against flood limits."""
 
 
-class DropConnection(Exception):
+class DropConnection(BotyardError):
     """Close the caller's connection without an answer; ``hang`` seconds first (a timeout)."""
 
     def __init__(self, hang: float = 0.0) -> None:

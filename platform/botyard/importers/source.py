@@ -17,15 +17,16 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from botyard.database.documents import Document
+from botyard.errors import BotyardError
 from botyard.storage.bson_values import FSMDataError, check_storable
 from botyard.tokens import mask_uri
 
 
-class ParseError(ValueError):
+class ParseError(BotyardError, ValueError):
     """A source document that cannot become a botyard record; the message says why."""
 
 
-class SourceError(RuntimeError):
+class SourceError(BotyardError, RuntimeError):
     """The source database failed (unreachable, no such collection, ...)."""
 
 

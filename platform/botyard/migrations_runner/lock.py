@@ -25,6 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from botyard.database.documents import Document
+from botyard.errors import BotyardError
 from botyard.storage import utcnow
 
 logger = logging.getLogger("botyard.migrate")
@@ -36,11 +37,11 @@ DEFAULT_TTL = timedelta(seconds=60)
 _POLL_SECONDS = (0.2, 0.5, 1.0, 2.0)
 
 
-class LockTimeout(RuntimeError):
+class LockTimeout(BotyardError, RuntimeError):
     """Another run held the lock for longer than we were willing to wait."""
 
 
-class LockLost(RuntimeError):
+class LockLost(BotyardError, RuntimeError):
     """Our lock expired or was taken over while we held it."""
 
 

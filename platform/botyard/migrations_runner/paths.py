@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from botyard.errors import BotyardError
+
 FOLDER_NAME = "migrations"
 
 
-class MigrationsNotFound(ValueError):
+class MigrationsNotFound(BotyardError, ValueError):
     """No usable migrations folder; the message says where it was looked for."""
 
 

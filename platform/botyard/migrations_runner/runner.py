@@ -24,6 +24,7 @@ from beanie.migrations.runner import MigrationNode
 from pymongo.asynchronous.database import AsyncDatabase
 
 from botyard.database.documents import Document
+from botyard.errors import BotyardError
 from botyard.migrations_runner.lock import MigrationLock
 from botyard.migrations_runner.transactions import TransactionSupport, transaction_support
 
@@ -32,7 +33,7 @@ logger = logging.getLogger("botyard.migrate")
 StepReport = Callable[[str, float], None]
 
 
-class MigrationError(RuntimeError):
+class MigrationError(BotyardError, RuntimeError):
     """The migrations folder and the database disagree, a file is no migration, or one failed."""
 
 

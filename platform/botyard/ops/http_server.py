@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 
-import click
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from botyard.errors import BotyardError
 from botyard.ops.health import Readiness
 from botyard.ops.metrics import PlatformMetrics
 from botyard.registry.models import Registry
@@ -23,8 +23,8 @@ __all__ = ["ListenError", "OpsServer", "server_address"]
 logger = logging.getLogger("botyard.http")
 
 
-class ListenError(click.ClickException, OSError):
-    """The server cannot bind its address; ``botyard run`` reports it in one line, exit 1."""
+class ListenError(BotyardError, OSError):
+    """The server cannot bind its address; the message names the address and the reason."""
 
 
 def server_address(registry: Registry) -> tuple[str, int] | None:

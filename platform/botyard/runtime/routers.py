@@ -23,6 +23,7 @@ from typing import Any, TypeGuard
 
 from aiogram import Router
 
+from botyard.errors import BotyardError
 from botyard.registry.models import BotConfig, Loc, RegistryError, format_loc
 
 __all__ = [
@@ -45,11 +46,11 @@ def _default_locator(bot: BotConfig, loc: Loc) -> str:
 _IMPORTLIB = Path(importlib.__file__).parent
 
 
-class _SpecError(Exception):
+class _SpecError(BotyardError):
     """A spec that cannot be turned into the object it names; the message says why."""
 
 
-class RouterBuildError(Exception):
+class RouterBuildError(BotyardError):
     """A factory failed when a Dispatcher was built, though it worked at start."""
 
 

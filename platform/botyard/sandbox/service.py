@@ -21,6 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from botyard.emulator import BotAPIEmulator, ControlError, EmulatedBot, SimulatedUser
+from botyard.errors import BotyardError
 from botyard.logs import TokenRedactingFilter
 from botyard.registry.models import BotConfig
 from botyard.runtime.supervisor import Supervisor
@@ -46,7 +47,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SETTLE_POLL = 0.02
 
 
-class SandboxError(RuntimeError):
+class SandboxError(BotyardError, RuntimeError):
     """The sandbox could not start (the port is taken, say); the message says why."""
 
 

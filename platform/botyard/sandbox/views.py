@@ -15,6 +15,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from botyard.emulator import EmulatedBot
 from botyard.emulator.text import utf16_length
+from botyard.errors import BotyardError
 from botyard.registry.models import BotConfig
 from botyard.runtime.runner import BotRunner
 from botyard.storage import COLLECTION_NAME, record_filter
@@ -28,7 +29,7 @@ MAX_MESSAGE_LENGTH = 4096
 MAX_WAIT = 60.0
 
 
-class PageError(Exception):
+class PageError(BotyardError):
     """Bad input from the page or an API client: answered as ``{"error": message}``."""
 
     def __init__(self, status: int, message: str) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 import bson
 from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 
+from botyard.errors import BotyardError
+
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _SCALARS = (
@@ -44,7 +46,7 @@ MAX_DATA_NESTING = 98
 MAX_DATA_BYTES = 16 * 1024 * 1024 - 16 * 1024
 
 
-class FSMDataError(ValueError):
+class FSMDataError(BotyardError, ValueError):
     """FSM data holds a value MongoDB cannot store; the message names the key."""
 
 

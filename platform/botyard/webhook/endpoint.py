@@ -33,6 +33,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
+from botyard.errors import BotyardError
 from botyard.ops.metrics import PlatformMetrics
 from botyard.registry.models import WebhookConfig
 from botyard.runtime.runner import BotRunner
@@ -239,7 +240,7 @@ class _Binding:
         self._endpoint.detach(self._bot, runner)
 
 
-class _BadUpdate(ValueError):
+class _BadUpdate(BotyardError, ValueError):
     """The body is not an update; the message says why (answered 400)."""
 
 
