@@ -275,6 +275,42 @@ def test_default_value_and_dollar_escape(tmp_path: Path) -> None:
     assert registry.storage.database == "real"
 
 
+@pytest.mark.parametrize(
+    ("reference", "environ", "expected"),
+    [
+        ("${DB-fallback}", {}, "fallback"),
+        ("${DB-fallback}", {"DB": ""}, ""),
+        ("${DB:-fallback}", {"DB": ""}, "fallback"),
+        ("${DB-fallback}", {"DB": "real"}, "real"),
+        ("${DB:+alt}", {"DB": "real"}, "alt"),
+        ("${DB:+alt}", {"DB": ""}, ""),
+        ("${DB+alt}", {"DB": ""}, "alt"),
+        ("${DB?needed}", {"DB": ""}, ""),
+        ("${DB:?needed}", {"DB": "real"}, "real"),
+    ],
+)
+def test_docker_compose_reference_forms(
+    tmp_path: Path, reference: str, environ: dict[str, str], expected: str
+) -> None:
+    path = write(tmp_path, f"storage:\n  uri: ''\n  database: x{reference}\n" + one_bot())
+    registry = load_registry(path, environ={"A_TOKEN": TOKEN_A, **environ})
+    assert registry.storage.database == f"x{expected}"
+
+
+def test_required_references_name_the_variable_and_say_the_message(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "storage:\n  uri: ${MONGO:?set it to the replica set URI}\n  database: ${DB?}\n"
+        + one_bot(),
+    )
+    message = problems_of(path, {"A_TOKEN": TOKEN_A, "MONGO": ""})
+    assert (
+        f"{path}:2: storage.uri: environment variable MONGO is empty: "
+        "set it to the replica set URI" in message
+    )
+    assert f"{path}:3: storage.database: environment variable DB is not set" in message
+
+
 def test_invalid_and_unterminated_references(tmp_path: Path) -> None:
     path = write(tmp_path, "storage:\n  database: ${1BAD}\n  uri: ${OPEN\n" + one_bot())
     message = problems_of(path)

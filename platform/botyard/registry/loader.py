@@ -48,6 +48,9 @@ Lines: TypeAlias = dict[Loc, int]
 
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REFERENCE = re.compile(r"\$\$|\$\{(?P<body>[^}]*)\}|\$\{")
+_REFERENCE_BODY = re.compile(
+    r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<operator>:?[-+?])(?P<argument>.*))?", re.DOTALL
+)
 
 
 # --- loading -----------------------------------------------------------------------
@@ -227,7 +230,8 @@ def _substitute(
     problems: _Problems,
     file_name: str,
 ) -> Any:
-    """Replace ``${VAR}``/``${VAR:-default}`` in every string value; ``$$`` is ``$``."""
+    """Replace ``${VAR}`` references in every string value, in Docker Compose's forms
+    (``:-``, ``-``, ``:?``, ``?``, ``:+``, ``+``); ``$$`` is ``$``."""
 
     done: dict[int, Any] = {}  # containers shared through YAML aliases are done once
 
@@ -255,15 +259,30 @@ def _substitute(
             if body is None:
                 problems.add(loc, "unterminated ${ (write ${NAME}, or $$ for a literal $)")
                 return ""
-            name, has_default, default = body.partition(":-")
-            if not _VARIABLE.fullmatch(name):
+            reference = _REFERENCE_BODY.fullmatch(body)
+            if reference is None:
                 problems.add(
-                    loc, f"invalid reference ${{{body}}}: write ${{NAME}} or ${{NAME:-default}}"
+                    loc,
+                    f"invalid reference ${{{body}}}: write ${{NAME}}, ${{NAME:-default}}, "
+                    "${NAME-default}, ${NAME:?message} or ${NAME?message}",
                 )
                 return ""
+            name = reference["name"]
+            operator, argument = reference["operator"] or "", reference["argument"] or ""
             value = variables.get(name)
-            if has_default and not value:
-                return default
+            # As in Docker Compose: with ':' an empty value counts as unset.
+            unset = value is None or (operator.startswith(":") and not value)
+            if operator.endswith("-") and unset:
+                return argument
+            if operator.endswith("+"):
+                return "" if unset else argument
+            if operator.endswith("?") and unset:
+                problems.add(
+                    loc,
+                    f"environment variable {name} is {'not set' if value is None else 'empty'}"
+                    + (f": {argument}" if argument else ""),
+                )
+                return ""
             if value is None:
                 missing.append(name)
                 return ""
