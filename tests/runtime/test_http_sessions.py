@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import weakref
 from collections.abc import AsyncIterator
 
@@ -93,4 +94,42 @@ async def test_pool_hands_out_platform_sessions() -> None:
     assert isinstance(first, PlatformSession)
     assert pool.acquire("b", "http://127.0.0.1:1") is first
     assert pool.acquire("c", "http://127.0.0.1:1") is not first
+    await pool.close()
+
+
+async def test_a_bot_restarted_with_a_new_token_gets_its_updates_bound_to_it(
+    bot_api: BotAPIEmulator, emulated: EmulatedBot, bot: Bot
+) -> None:
+    """Hot reload changed the token: the new runner's Bot shares the session and bot id."""
+    bot_api.send_message(emulated.token, 5, "one")
+    bot_api.send_message(emulated.token, 5, "two")
+    first = await bot(GetUpdates(timeout=0))
+    assert first[0].message is not None
+    assert first[0].message.bot is bot
+    renewed = Bot(f"{emulated.id}:{'N' * 35}", session=bot.session)
+    answer = json.dumps({"ok": True, "result": bot_api.pending_updates(emulated.token)})
+    session = bot.session
+    assert isinstance(session, PlatformSession)
+    again = session.check_response(renewed, GetUpdates(timeout=0), 200, answer).result
+    assert again is not None
+    assert [update.update_id for update in again] == [update.update_id for update in first]
+    for old, new in zip(first, again, strict=True):
+        assert new is not old
+        assert new.message is not None
+        assert new.message.bot is renewed, "a reply would go out with the old token"
+
+
+async def test_releasing_a_seat_forgets_the_bots_updates(
+    bot_api: BotAPIEmulator, emulated: EmulatedBot
+) -> None:
+    pool = SessionPool()
+    session = pool.acquire("sessions", bot_api.url)
+    pool.acquire("another", bot_api.url)  # keeps the session open
+    bot = Bot(emulated.token, session=session)
+    bot_api.send_message(emulated.token, 5, "one")
+    await bot(GetUpdates(timeout=0))
+    assert isinstance(session, PlatformSession)
+    assert session._unconfirmed
+    await pool.release("sessions", bot)
+    assert session._unconfirmed == {}
     await pool.close()

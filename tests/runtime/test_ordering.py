@@ -121,3 +121,25 @@ def test_ordering_key_follows_the_fsm_strategy() -> None:
     assert ordering_key(alice, FSMStrategy.CHAT) == ordering_key(bob, FSMStrategy.CHAT)
     no_chat = Update.model_validate({"update_id": 3})
     assert ordering_key(no_chat, FSMStrategy.USER_IN_CHAT) == ("update", 3)
+
+
+def test_lower_ids_after_a_quiet_period_are_a_new_sequence() -> None:
+    """Telegram may restart a bot's update ids lower after weeks without updates."""
+    now = [0.0]
+    tracker = OffsetTracker(clock=lambda: now[0])
+    for update_id in (700_000, 700_001):
+        tracker.start(update_id)
+        tracker.finish(update_id)
+    now[0] += 60
+    assert tracker.known(700_000), "a redelivery soon after: already handled"
+    tracker.start(700_002)  # still unfinished when a long quiet period follows
+    now[0] += 8 * 24 * 3600
+    assert tracker.known(5), "with an update unfinished, Telegram may still send old ones"
+    tracker.finish(700_002)
+    assert not tracker.known(5)
+    tracker.start(5)
+    assert tracker.offset == 5
+    tracker.finish(5)
+    assert tracker.offset == 6
+    assert tracker.known(5)
+    assert not tracker.known(6)

@@ -15,7 +15,7 @@ from aiogram import Bot, F, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import CallbackQuery, Message
-from aiogram.utils.backoff import BackoffConfig
+from aiogram.utils.backoff import Backoff, BackoffConfig
 from pymongo import AsyncMongoClient
 
 from botyard.emulator import BotAPIEmulator
@@ -352,3 +352,42 @@ async def test_full_collections_resume_once_every_bot_started(
         running.cancel()
         gc.set_threshold(*usual)
         gc.unfreeze()
+
+
+async def test_restart_backoff_starts_over_after_a_healthy_period(
+    bot_api: BotAPIEmulator, storage: BeanieStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        runner_module,
+        "RESTART_BACKOFF",
+        BackoffConfig(min_delay=1.0, max_delay=1000.0, factor=10.0, jitter=0.0),
+    )
+    monkeypatch.setattr(runner_module, "HEALTHY_PERIOD", 0.3)
+
+    async def no_wait(self: Backoff) -> None:
+        next(self)  # the delay grows as if slept
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(Backoff, "asleep", no_wait)
+    token = bot_api.add_bot().token
+    runner = make_runner(bot_api, token, storage, echo_router())
+    healthy_for = [0.0, 0.0, 0.0, 0.5, 0.0, 0.0]
+
+    async def crashing_poll() -> None:
+        if not healthy_for:
+            await asyncio.get_running_loop().create_future()
+        runner._set_status(BotStatus.RUNNING, "polling")
+        await asyncio.sleep(healthy_for.pop(0))
+        raise RuntimeError("polling bug")
+
+    monkeypatch.setattr(runner, "_poll", crashing_poll)
+    delays: list[str] = []
+    runner._on_status = lambda _runner, status, detail: (
+        delays.append(detail.rpartition(" ")[2]) if status == BotStatus.BACKING_OFF else None
+    )
+    runner.start()
+    await wait_for(lambda: len(delays) == 6)
+    # three quick crashes back off 1, 10, 100 s; after a healthy run, 1 s again
+    assert delays == ["1s", "10s", "100s", "1s", "10s", "100s"]
+    await runner.stop(5)
+    await runner.bot.session.close()

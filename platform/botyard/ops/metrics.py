@@ -140,6 +140,19 @@ class PlatformMetrics:
 
         return observe
 
+    def forget(self, bot: str) -> None:
+        """Drop every series of ``bot``, which left the registry (reloads must not pile them up)."""
+        for metric in (
+            self.handling_seconds,
+            self.webhook_requests,
+            self.cleanup_runs,
+            self.cleanup_removed,
+            self.cleanup_failures,
+            self.loop_blocked,
+        ):
+            metric.remove_by_labels({"bot": bot})
+        self.fsm_records = {key: n for key, n in self.fsm_records.items() if key[0] != bot}
+
     def count_webhook(self, bot: str, outcome: str) -> None:
         self.webhook_requests.labels(bot=bot, outcome=outcome).inc()
 

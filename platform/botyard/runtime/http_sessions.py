@@ -49,7 +49,14 @@ class PlatformSession(AiohttpSession):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._unconfirmed: dict[int, dict[int, Update]] = {}
+        #: By bot id: the ``Bot`` the updates are bound to, and the updates by id.
+        self._unconfirmed: dict[int, tuple[Bot, dict[int, Update]]] = {}
+
+    def forget(self, bot: Bot) -> None:
+        """Drop what was kept for ``bot`` (its runner stopped)."""
+        kept = self._unconfirmed.get(bot.id)
+        if kept is not None and kept[0] is bot:
+            del self._unconfirmed[bot.id]
 
     def check_response(
         self,
@@ -72,7 +79,12 @@ class PlatformSession(AiohttpSession):
 
     def _updates(self, bot: Bot, method: GetUpdates, content: str) -> Response[list[Update]] | None:
         """The answer with already parsed updates reused; ``None``: let aiogram handle it."""
-        known = self._unconfirmed.setdefault(bot.id, {})
+        kept = self._unconfirmed.get(bot.id)
+        if kept is None or kept[0] is not bot:
+            # Updates parsed for another Bot object of this bot id (a runner restarted,
+            # perhaps with a new token) answer with that Bot: parse them again.
+            kept = self._unconfirmed[bot.id] = (bot, {})
+        known = kept[1]
         if method.offset is not None and method.offset > 0:
             for update_id in [update_id for update_id in known if update_id < method.offset]:
                 del known[update_id]
@@ -125,11 +137,14 @@ class SessionPool:
         self._seats[bot_name] = shared
         return shared.session
 
-    async def release(self, bot_name: str) -> None:
-        """Give up ``bot_name``'s seat; a session nobody uses any more is closed."""
+    async def release(self, bot_name: str, bot: Bot | None = None) -> None:
+        """Give up ``bot_name``'s seat and what its ``bot`` left in the session; a session
+        nobody uses any more is closed."""
         shared = self._seats.pop(bot_name, None)
         if shared is None:
             return
+        if bot is not None and isinstance(shared.session, PlatformSession):
+            shared.session.forget(bot)
         shared.bots.discard(bot_name)
         if not shared.bots:
             for group in self._groups.values():

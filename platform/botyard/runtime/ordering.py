@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 
@@ -20,6 +21,9 @@ from aiogram.types import Update
 
 OrderingKey = Hashable
 logger = logging.getLogger(__name__)
+#: Seconds without a new update after which a lower update id is a new sequence, not a
+#: redelivery (redeliveries come back within a poll, and Telegram restarts ids after weeks).
+NEW_SEQUENCE_AFTER = 3600.0
 
 
 def ordering_key(update: Update, strategy: FSMStrategy) -> OrderingKey:
@@ -126,19 +130,36 @@ class OffsetTracker:
     is delivered again after the restart.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._unfinished: set[int] = set()
         self._heap: list[int] = []
         self._highest: int | None = None
         self._progress: asyncio.Event | None = None  # made when first waited for
+        self._clock = clock
+        self._last_start = clock()
 
     def known(self, update_id: int) -> bool:
-        """Seen in this process already (update ids only grow, and all are started in order)."""
-        return self._highest is not None and update_id <= self._highest
+        """Seen in this process already (update ids only grow, and all are started in order).
+
+        Telegram may restart a bot's ids at a lower random number after a long
+        time without updates. A lower id after :data:`NEW_SEQUENCE_AFTER`
+        without a new update, with nothing unfinished (everything seen was
+        confirmed, so Telegram cannot send it again), starts a new sequence.
+        """
+        if self._highest is None or update_id > self._highest:
+            return False
+        if not self._unfinished and self._clock() - self._last_start >= NEW_SEQUENCE_AFTER:
+            logger.info(
+                "update id %d after %d and a quiet period: a new sequence", update_id, self._highest
+            )
+            self._highest = None
+            return False
+        return True
 
     def start(self, update_id: int) -> None:
         self._unfinished.add(update_id)
         heapq.heappush(self._heap, update_id)
+        self._last_start = self._clock()
         if self._highest is None or update_id > self._highest:
             self._highest = update_id
 

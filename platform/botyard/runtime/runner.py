@@ -47,6 +47,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 RESTART_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=60.0, factor=2.0, jitter=0.1)
+#: A bot that ran this many seconds before failing was healthy: it restarts at the minimum delay.
+HEALTHY_PERIOD = 60.0
 RETRY_BACKOFF = BackoffConfig(min_delay=0.5, max_delay=30.0, factor=2.0, jitter=0.1)
 POLLING_TIMEOUT = 30
 #: A long poll not rejected within this many seconds was accepted (errors come at once).
@@ -201,6 +203,7 @@ class BotRunner:
         if self.spec.routers.lifecycle_hooks:
             await self.dispatcher.emit_startup(bot=self.bot, dispatcher=self.dispatcher)
         while not self._stopping:
+            served_at = time.monotonic()
             try:
                 await self._serve()
                 return
@@ -211,6 +214,7 @@ class BotRunner:
                 )
                 return
             except TelegramConflictError as error:
+                _reset_if_healthy(backoff, self.status, served_at)
                 detail = (
                     "409 Conflict: another process polls this token, or a webhook is set "
                     f"({error.message}); retrying in {backoff.next_delay:.0f}s"
@@ -220,6 +224,7 @@ class BotRunner:
                 raise
             except Exception as error:
                 logger.exception("bot=%s polling crashed", self.name)
+                _reset_if_healthy(backoff, self.status, served_at)
                 self._set_status(
                     BotStatus.BACKING_OFF,
                     f"{type(error).__name__}: {error}; restarting in {backoff.next_delay:.0f}s",
@@ -365,6 +370,12 @@ class BotRunner:
         self.offsets.finish(update.update_id)
         if on_done is not None:
             on_done(update.update_id)
+
+
+def _reset_if_healthy(backoff: Backoff, status: BotStatus, served_at: float) -> None:
+    """Restart at the shortest delay a bot that ran for :data:`HEALTHY_PERIOD` before failing."""
+    if status == BotStatus.RUNNING and time.monotonic() - served_at >= HEALTHY_PERIOD:
+        backoff.reset()
 
 
 def _detach_routers(dispatcher: Dispatcher) -> None:

@@ -262,7 +262,7 @@ class Supervisor:
         for runner, result in zip(runners, results, strict=True):
             if isinstance(result, BaseException):
                 logger.error("bot=%s did not stop cleanly: %s", runner.name, result)
-            await self._sessions.release(runner.name)
+            await self._sessions.release(runner.name, runner.bot)
             self._routers.release(runner.name)
             self._started(runner.name)
             logger.info("bot=%s stopped", runner.name)
@@ -288,6 +288,10 @@ class Supervisor:
             to_stop = [name for name in (*diff.removed, *diff.changed) if name in self.runners]
             await self._stop_bots(to_stop)
             self._remember_tokens(new)
+            for name in {bot.name for bot in self.registry.bots} - {bot.name for bot in new.bots}:
+                self.metrics.forget(name)
+                if self.webhooks is not None:
+                    self.webhooks.forget(name)
             self.registry = new
             routers: dict[str, BotRouters] = {}
             for bot in new.enabled_bots:

@@ -172,6 +172,12 @@ class WebhookEndpoint:
         if route is not None and route.runner is runner:
             route.accepting = False
 
+    def forget(self, name: str) -> None:
+        """The bot left the registry: its requests get 404, and its stopped runner is let go."""
+        route = self._routes.get(name)
+        if route is not None and not route.accepting:
+            del self._routes[name]
+
     # what runs every heartbeat
 
     async def maintain(self) -> None:
