@@ -4,6 +4,9 @@ wording for every command."""
 from __future__ import annotations
 
 import gc
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,3 +183,31 @@ def test_usage_errors_stay_clicks_with_status_2(valid: Path) -> None:
     result = _invoke(["states", str(valid), "purge", "--bot", "poller", "--older-than", "soon"])
     assert result.exit_code == 2
     assert "Usage:" in result.output
+
+
+def test_run_with_mongodb_down_says_where_and_what_to_check(tmp_path: Path) -> None:
+    """A subprocess, to see everything ``botyard run`` prints: logs included."""
+    (tmp_path / "quiet.py").write_text("from aiogram import Router\nrouter = Router()\n")
+    path = tmp_path / "botyard.yaml"
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path.write_text(
+        f"storage:\n  uri: mongodb://botyard:s3cret-pw@127.0.0.1:{port}/botyard\n"
+        "  timeout: 1s\n  database: down\n"
+        f"bots:\n  - name: quiet\n    token: '{TOKEN}'\n    routers: [quiet:router]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "botyard", "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: cannot reach MongoDB at 127.0.0.1:{port} ("), lines
+    assert "check that it is running" in lines[-1]
+    assert "Traceback" not in done.stderr
+    assert "s3cret-pw" not in done.stderr
+    assert len(lines) <= 3, lines  # the error, and at most the start-up log lines

@@ -25,6 +25,7 @@ from pymongo.errors import PyMongoError
 from botyard.cleanup.schedule import CleanupScheduler
 from botyard.cleanup.sweep import BotSweep
 from botyard.database.client import mongo_client
+from botyard.database.errors import DatabaseUnavailable
 from botyard.database.location import open_store
 from botyard.logs import TokenRedactingFilter
 from botyard.ops.health import Readiness
@@ -142,7 +143,10 @@ class Supervisor:
             )
             self.database = self.client[self.registry.storage.database]
             try:
-                await prepare_database(self.database)
+                try:
+                    await prepare_database(self.database)
+                except PyMongoError as error:
+                    raise DatabaseUnavailable.of(uri, error) from None
                 yield
             finally:
                 await self._sessions.close()
