@@ -10,10 +10,17 @@ pymongo`` lifts the cap for one library when a problem needs it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from botyard.tokens import TokenRedactor
+
+LogFormat = Literal["text", "json"]
 
 #: Loggers kept at INFO or above unless named explicitly (their DEBUG output
 #: holds commands, documents and requests: users' data).
@@ -52,8 +59,13 @@ class TokenRedactingFilter(logging.Filter):
         record.msg, record.args = self._capped(record.getMessage()), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
+        # Handlers that read the exception object itself (an error tracker's) would see
+        # its unredacted text: they get the redacted traceback text only.
+        record.exc_info = None
         if record.exc_text:
             record.exc_text = self._capped(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._capped(record.stack_info)
         return True
 
     def _capped(self, text: str) -> str:
@@ -74,18 +86,93 @@ class TokenRedactingFilter(logging.Filter):
         return capped[:MAX_RECORD_CHARS] + f"... [{len(capped) - MAX_RECORD_CHARS} more not logged]"
 
 
+@dataclass(frozen=True, slots=True)
+class LogContext:
+    """What a log record is about, where known: the bot, the update and its chat."""
+
+    bot: str | None = None
+    update_id: int | None = None
+    chat_id: int | None = None
+
+
+#: Set by the runtime around a bot's work and each update it handles.
+_NO_CONTEXT = LogContext()
+log_context: ContextVar[LogContext] = ContextVar("botyard_log_context", default=_NO_CONTEXT)
+
+_CONTEXT_FIELDS = ("bot", "update_id", "chat_id")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the context fields where
+    known, and an exception or stack as one field each."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in _CONTEXT_FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                entry[field] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class _RedactingRecordFactory:
+    """Makes every log record through the current redactor, so every handler (a bot's
+    own, ``logging.basicConfig`` in a bot module, an error tracker's) sees the
+    redacted text, and adds the :data:`log_context` fields."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+        self.redactor: TokenRedactingFilter | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record: logging.LogRecord = self.make(*args, **kwargs)
+        context = log_context.get()
+        record.bot, record.update_id, record.chat_id = (
+            context.bot,
+            context.update_id,
+            context.chat_id,
+        )
+        if self.redactor is not None:
+            self.redactor.filter(record)
+        return record
+
+
+def _record_factory() -> _RedactingRecordFactory:
+    factory = logging.getLogRecordFactory()
+    if not isinstance(factory, _RedactingRecordFactory):
+        factory = _RedactingRecordFactory(factory)
+        logging.setLogRecordFactory(factory)
+    return factory
+
+
 def configure_logging(
-    level: str = "INFO", debug_loggers: Iterable[str] = ()
+    level: str = "INFO", debug_loggers: Iterable[str] = (), log_format: LogFormat = "text"
 ) -> TokenRedactingFilter:
-    """Log to stderr through a redacting filter, which is returned for updates.
+    """Log to stderr as text lines or JSON objects, every record redacted; the redactor is
+    returned for updates (the registry's tokens, webhook secrets).
 
     Libraries stay at INFO or above (see :data:`CAPPED_LIBRARIES`) except those
     named in ``debug_loggers``, which log at ``level``.
     """
     redactor = TokenRedactingFilter()
+    _record_factory().redactor = redactor
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(redactor)
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

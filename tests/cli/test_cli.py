@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import click
+import pytest
 from click.testing import CliRunner
 
 from botyard import __version__
@@ -81,3 +83,78 @@ def test_readme_documents_every_registry_key() -> None:
     leaves = {key for key in _schema_keys(json.loads(result.output)) if "." in key}
     missing = sorted(leaves - documented)
     assert not missing, f"README does not document: {missing}"
+
+
+def _leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += _leaf_commands(command, (*path, name))
+        else:
+            found.append((*path, name))
+    return found
+
+
+def test_every_command_takes_log_level_and_log_format() -> None:
+    commands = _leaf_commands(main)
+    assert ("states", "purge") in commands
+    for path in commands:
+        command: click.Command = main
+        for name in path:
+            assert isinstance(command, click.Group)
+            command = command.commands[name]
+        options = {option for param in command.params for option in param.opts}
+        assert {"--log-level", "--log-format"} <= options, f"botyard {' '.join(path)}"
+
+
+def _write_registry(folder: Path) -> None:
+    (folder / "botyard.yaml").write_text(
+        "storage:\n  uri: mongodb://127.0.0.1:1\n"
+        "bots:\n  - name: shop\n    token: ${SHOP_TOKEN}\n    routers: [shop:router]\n"
+    )
+    (folder / "shop.py").write_text("from aiogram import Router\nrouter = Router()\n")
+
+
+def test_the_registry_defaults_to_botyard_yaml_here_or_botyard_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_registry(tmp_path)
+    monkeypatch.setenv("SHOP_TOKEN", "123456789:AA" + "x" * 33)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 0, result.output
+    assert "OK: 1 bot(s)" in result.output
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    missing = CliRunner().invoke(main, ["check"])
+    assert missing.exit_code == 1
+    assert "botyard.yaml" in missing.output
+    monkeypatch.setenv("BOTYARD_REGISTRY", str(tmp_path / "botyard.yaml"))
+    assert CliRunner().invoke(main, ["check"]).exit_code == 0
+
+
+def test_a_group_whose_registry_is_left_out_takes_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # the default registry does not exist: the error names it, not a missing subcommand
+    result = CliRunner().invoke(main, ["states", "stats"])
+    assert result.exit_code == 1, result.output
+    assert "botyard.yaml" in result.output
+    assert "No such command" not in result.output
+
+
+def test_options_are_read_from_botyard_environment_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BOTYARD_SCHEMA_INDENT", "7")
+    result = CliRunner().invoke(main, ["schema"])
+    assert result.exit_code == 0, result.output
+    assert '\n       "' in result.output, "indented by 7 from BOTYARD_SCHEMA_INDENT"
+    monkeypatch.setenv("BOTYARD_LOG_FORMAT", "xml")
+    wrong = CliRunner().invoke(main, ["schema"])
+    assert wrong.exit_code == 2
+    assert "'xml' is not one of 'text', 'json'" in wrong.output

@@ -11,13 +11,17 @@ import click
 from botyard import __version__
 from botyard.cli.errors import ReportingGroup
 from botyard.cli.migrate import import_state, migrate
+from botyard.cli.options import ENV_PREFIX
 from botyard.cli.run import check, run, schema
 from botyard.cli.sandbox import sandbox
 from botyard.cli.states import cleanup, states
 from botyard.cli.webhook import webhook
 
 
-@click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=ReportingGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": ENV_PREFIX},
+)
 @click.version_option(__version__, "-V", "--version", prog_name="botyard")
 def main() -> None:
     """Host many aiogram bots in one process, with their FSM state in MongoDB.

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from botyard.cli.database import run_on_database
-from botyard.cli.options import load_quietly, registry_argument
+from botyard.cli.options import RegistryGroup, load_quietly, logging_options, registry_argument
 from botyard.database.client import mongo_client
 from botyard.database.documents import Document
 from botyard.importers import (
@@ -47,7 +47,7 @@ from botyard.tokens import mask_uri
 T = TypeVar("T")
 
 
-@click.group()
+@click.group(cls=RegistryGroup)
 @registry_argument
 @click.pass_context
 def migrate(context: click.Context, registry_path: Path) -> None:
@@ -83,6 +83,7 @@ _lock_timeout_option = click.option(
 
 
 @migrate.command()
+@logging_options()
 @click.option("--steps", type=click.IntRange(min=1), help=_steps_help.format("apply; default all"))
 @_path_option
 @_transaction_option
@@ -100,6 +101,7 @@ def up(
 
 
 @migrate.command()
+@logging_options()
 @click.option(
     "--steps",
     type=click.IntRange(min=1),
@@ -119,6 +121,7 @@ def down(
 
 
 @migrate.command()
+@logging_options()
 @_path_option
 @click.pass_obj
 def status(registry_path: Path, folder: Path | None) -> None:
@@ -206,6 +209,7 @@ _KEY_OPTIONS = ("prefix", "separator", "with_bot_id", "with_destiny", "with_busi
 
 @click.command("import")
 @registry_argument
+@logging_options()
 @click.option(
     "--from",
     "source_format",

@@ -8,27 +8,13 @@ from pathlib import Path
 
 import click
 
-from botyard.cli.options import registry_argument
-from botyard.logs import configure_logging
+from botyard.cli.options import command_redactor, logging_options, registry_argument
 from botyard.registry.loader import check_registry, load_registry, registry_json_schema
 
 
 @click.command()
 @registry_argument
-@click.option(
-    "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="INFO",
-    show_default=True,
-)
-@click.option(
-    "--debug-logger",
-    "debug_loggers",
-    multiple=True,
-    metavar="LOGGER",
-    help="Let this library logger (e.g. pymongo) log at --log-level too; libraries are "
-    "capped at INFO otherwise. Their DEBUG output may contain users' data.",
-)
+@logging_options(default_level="INFO")
 @click.option(
     "--shutdown-timeout",
     type=click.FloatRange(min=0),
@@ -44,8 +30,6 @@ from botyard.registry.loader import check_registry, load_registry, registry_json
 )
 def run(
     registry_path: Path,
-    log_level: str,
-    debug_loggers: tuple[str, ...],
     shutdown_timeout: float,
     no_watch: bool,
 ) -> None:
@@ -59,7 +43,7 @@ def run(
     from botyard.runtime.supervisor import Supervisor
 
     usual = pause_full_collections()
-    redactor = configure_logging(log_level, debug_loggers)
+    redactor = command_redactor()
     registry = load_registry(registry_path)
     supervisor = Supervisor(
         registry, shutdown_timeout=shutdown_timeout, watch=not no_watch, redactor=redactor
@@ -69,6 +53,7 @@ def run(
 
 @click.command()
 @registry_argument
+@logging_options()
 def check(registry_path: Path) -> None:
     """Validate REGISTRY and import every router and hook, without touching the network.
 
@@ -78,6 +63,7 @@ def check(registry_path: Path) -> None:
 
 
 @click.command()
+@logging_options()
 @click.option("--indent", type=int, default=2, show_default=True)
 def schema(indent: int) -> None:
     """Print the JSON Schema of the registry file (for editors and CI validation)."""

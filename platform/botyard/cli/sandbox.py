@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from botyard.cli.options import registry_argument
-from botyard.logs import configure_logging
+from botyard.cli.options import command_redactor, logging_options, registry_argument
 from botyard.registry.loader import check_registry
 
 
 @click.command()
 @registry_argument
+@logging_options(default_level="INFO")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the page binds to.")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0: any free."
@@ -47,7 +47,7 @@ def sandbox(registry_path: Path, host: str, port: int, allow_remote: bool) -> No
             "every bot's conversations and FSM state; it has no authentication",
             err=True,
         )
-    redactor = configure_logging("INFO")
+    redactor = command_redactor()
     # Every router imported before the page is announced.
     check_registry(registry_path, require_tokens=False)
     server = Sandbox(registry_path, host=host, port=port, redactor=redactor)

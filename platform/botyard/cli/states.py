@@ -22,7 +22,7 @@ from rich.table import Table
 
 from botyard.cleanup.sweep import BotSweep, Sweeper, delete_in_batches, stale_filter
 from botyard.cli.database import run_on_database
-from botyard.cli.options import load_quietly, registry_argument
+from botyard.cli.options import RegistryGroup, load_quietly, logging_options, registry_argument
 from botyard.database.documents import Document
 from botyard.errors import BotyardError
 from botyard.registry.durations import format_duration, parse_duration
@@ -39,6 +39,7 @@ NO_STATE = "(no state)"
 
 @click.command()
 @registry_argument
+@logging_options()
 @click.option("--bot", "bot_name", metavar="NAME", help="Sweep only this bot.")
 @click.option("--dry-run", is_flag=True, help="Count what would be removed; delete nothing.")
 def cleanup(registry_path: Path, bot_name: str | None, dry_run: bool) -> None:
@@ -93,7 +94,7 @@ def _sweep_table(results: list[BotSweep], dry_run: bool) -> Table:
 # --- states ------------------------------------------------------------------------
 
 
-@click.group()
+@click.group(cls=RegistryGroup)
 @registry_argument
 @click.pass_context
 def states(context: click.Context, registry_path: Path) -> None:
@@ -102,6 +103,7 @@ def states(context: click.Context, registry_path: Path) -> None:
 
 
 @states.command()
+@logging_options()
 @click.pass_obj
 def stats(registry_path: Path) -> None:
     """Per bot: records, records per state, expired but not yet removed, oldest activity.
@@ -175,6 +177,7 @@ async def _collect_stats(
 
 
 @states.command()
+@logging_options()
 @click.option("--bot", "bot_name", metavar="NAME", required=True, help="Whose records.")
 @click.option("--state", metavar="STATE", help="Only records in this FSM state.")
 @click.option(

@@ -8,7 +8,7 @@ import click
 from pymongo.asynchronous.database import AsyncDatabase
 
 from botyard.cli.database import run_on_database
-from botyard.cli.options import load_quietly, registry_argument
+from botyard.cli.options import load_quietly, logging_options, registry_argument
 from botyard.database.documents import Document
 from botyard.errors import BotyardError
 from botyard.webhook.journal import HEARTBEAT_INTERVAL
@@ -21,6 +21,7 @@ def webhook() -> None:
 
 
 @webhook.command()
+@logging_options()
 @registry_argument
 @click.option(
     "--bot",

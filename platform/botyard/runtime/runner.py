@@ -29,6 +29,8 @@ from aiogram.types import Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
 from pymongo.errors import ConnectionFailure, OperationFailure, ServerSelectionTimeoutError
 
+from botyard.logs import LogContext, log_context
+from botyard.runtime.log_context import LogContextMiddleware
 from botyard.runtime.ordering import KeyedExecutor, OffsetTracker, ordering_key
 from botyard.runtime.routers import BotRouters, RouterBuildError
 from botyard.storage import BeanieStorage
@@ -141,6 +143,7 @@ class BotRunner:
                 **self.spec.workflow_data,
             )
             self.spec.storage.install(dispatcher)
+            dispatcher.update.outer_middleware(LogContextMiddleware(self.name))
             dispatcher.include_routers(*self.spec.routers.build())
             self._dispatcher = dispatcher
         return self._dispatcher
@@ -198,6 +201,7 @@ class BotRunner:
             self._on_status(self, status, detail)
 
     async def _run(self) -> None:
+        log_context.set(LogContext(bot=self.name))
         backoff = Backoff(RESTART_BACKOFF)
         self._set_status(BotStatus.STARTING)
         if self.spec.routers.lifecycle_hooks:
