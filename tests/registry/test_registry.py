@@ -1090,3 +1090,34 @@ def test_a_probe_learns_update_types_and_lifecycle_hooks_once_per_spec(tmp_path:
         "factory bots.flaky:make raised RuntimeError: database gone "
         f"(at {tmp_path / 'bots' / 'flaky.py'}:6)"
     )
+
+
+def test_an_alias_bomb_is_refused_naming_its_line(tmp_path: Path) -> None:
+    """A file under 1 KB whose settings expand to a billion values ("billion laughs")."""
+    levels = ["      a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 9):
+        refs = ", ".join([f"*a{level - 1}"] * 10)
+        levels.append(f"      a{level}: &a{level} [{refs}]")
+    path = tmp_path / "botyard.yaml"
+    path.write_text(one_bot("    settings:\n" + "\n".join(levels) + "\n"))
+    assert path.stat().st_size < 1024
+    message = problems_of(path)
+    assert f"{path}:13: bots[0].settings.a8[0]: aliases expand to 1,111,111 values" in message
+    assert "(the value anchored at line 11), more than the 1,000,000" in message
+
+
+def test_aliases_of_a_sane_size_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "botyard.yaml"
+    path.write_text(
+        "defaults: &defaults\n  state_ttl: 1h\nbots:\n"
+        + "".join(
+            f"  - name: b{n}\n    token: ${{A_TOKEN}}\n    routers: [bots.shop:router]\n"
+            "    settings: &common {admins: [1, 2, 3], texts: {hi: hello}}\n"
+            if n == 0
+            else f"  - name: b{n}\n    token: ${{B_TOKEN}}\n    routers: [bots.shop:router]\n"
+            "    settings: *common\n"
+            for n in range(2)
+        )
+    )
+    registry = load_registry(path, environ=ENV)
+    assert registry.bots[1].settings == {"admins": [1, 2, 3], "texts": {"hi": "hello"}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,9 +20,10 @@ from aiogram.utils.backoff import Backoff, BackoffConfig
 from pymongo import AsyncMongoClient
 
 from botyard.emulator import BotAPIEmulator
-from botyard.registry.loader import load_registry
+from botyard.registry.loader import diff_registries, load_registry
 from botyard.runtime import gc_pause
 from botyard.runtime import runner as runner_module
+from botyard.runtime import supervisor as supervisor_module
 from botyard.runtime.http_sessions import SessionPool
 from botyard.runtime.routers import BotRouters
 from botyard.runtime.runner import BotRunner, BotSpec, BotStatus
@@ -391,3 +393,41 @@ async def test_restart_backoff_starts_over_after_a_healthy_period(
     assert delays == ["1s", "10s", "100s", "1s", "10s", "100s"]
     await runner.stop(5)
     await runner.bot.session.close()
+
+
+async def test_a_reload_loads_and_diffs_the_registry_off_the_event_loop(
+    bot_api: BotAPIEmulator,
+    mongo_uri: str,
+    database_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Validating or comparing a large registry must not freeze every bot."""
+    path = tmp_path / "botyard.yaml"
+    (tmp_path / "quiet.py").write_text("from aiogram import Router\nrouter = Router()\n")
+    path.write_text(
+        f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n"
+        f"  - name: quiet\n    token: {bot_api.add_bot().token}\n"
+        f"    routers: [quiet:router]\n    api_server: {bot_api.url}\n"
+    )
+    threads: list[str] = []
+
+    def recording(function: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return function(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(supervisor_module, "diff_registries", recording(diff_registries))
+    supervisor = Supervisor(load_registry(path), loader=recording(load_registry), watch=False)
+    running = asyncio.create_task(supervisor.run())
+    try:
+        async with asyncio.timeout(30):
+            await supervisor.started.wait()
+        assert await supervisor.reload()
+    finally:
+        supervisor.request_stop()
+        await running
+    assert len(threads) == 2
+    assert threading.main_thread().name not in threads

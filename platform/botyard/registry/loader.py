@@ -111,6 +111,8 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], Lines]:
             _map_lines(node, (), lines, structure, source)
         if structure:
             raise RegistryError(structure, source=source)
+        if node is not None:
+            _refuse_alias_bomb(node, lines, source)
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as error:
         raise RegistryError([_yaml_error(source, error)]) from None
@@ -145,6 +147,63 @@ def _yaml_error(source: str, error: yaml.MarkedYAMLError) -> str:
     if "alias" in problem or "'*'" in problem:
         hint = ' (a value starting with * must be quoted, e.g. schedule: "*/10 * * * *")'
     return f"{where}: not valid YAML: {problem}{hint}"
+
+
+#: Most values a file may hold once its aliases are expanded. A registry of 10,000 bots
+#: holds about 150,000; a few lines of nested aliases can hold billions ("billion
+#: laughs"), which validating, diffing and handing to handlers would walk one by one.
+MAX_EXPANDED_VALUES = 1_000_000
+
+
+def _refuse_alias_bomb(root: yaml.Node, lines: Lines, source: str) -> None:
+    """Raise :class:`RegistryError` naming the line whose aliases expand too far."""
+    sizes: dict[int, int] = {}
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        return []
+
+    def size(node: yaml.Node) -> int:
+        # Iterative, children before parents: a deep file must not hit the recursion limit.
+        stack = [node]
+        while stack:
+            current = stack[-1]
+            pending = [child for child in children(current) if id(child) not in sizes]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            sizes[id(current)] = 1 + sum(sizes[id(child)] for child in children(current))
+        return sizes[id(node)]
+
+    if size(root) <= MAX_EXPANDED_VALUES:
+        return
+    node: yaml.Node = root
+    loc: Loc = ()
+    while True:  # down to the smallest part that is too large by itself
+        keyed = (
+            [(key.value, value) for key, value in node.value]
+            if isinstance(node, yaml.MappingNode)
+            else list(enumerate(node.value))
+        )
+        part, child = max(keyed, key=lambda item: sizes[id(item[1])])
+        if sizes[id(child)] <= MAX_EXPANDED_VALUES:
+            break
+        node, loc = child, (*loc, part) if (*loc, part) in lines else loc
+    anchored = node.start_mark.line + 1
+    line = lines.get(loc, anchored)
+    raise RegistryError(
+        [
+            f"{source}:{line}: {format_loc(loc) or 'the file'}: aliases expand to "
+            f"{sizes[id(node)]:,} values"
+            + (f" (the value anchored at line {anchored})" if anchored != line else "")
+            + f", more than the {MAX_EXPANDED_VALUES:,} botyard accepts; write the values "
+            "out, or use fewer nested aliases"
+        ]
+    )
 
 
 def _map_lines(

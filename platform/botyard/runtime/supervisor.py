@@ -281,7 +281,8 @@ class Supervisor:
             except RegistryError as error:
                 logger.error("reload rejected, the running registry stays:\n%s", error)
                 return False
-            diff = diff_registries(self.registry, new)
+            # Comparing two large registries takes long: not on the loop every bot shares.
+            diff = await asyncio.to_thread(diff_registries, self.registry, new)
             if "storage" in diff.sections:
                 logger.warning("storage settings changed: they take effect after a restart")
             if server_address(new) != server_address(self.registry):
