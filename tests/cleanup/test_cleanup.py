@@ -33,7 +33,6 @@ from click.testing import CliRunner
 from pymongo import AsyncMongoClient, MongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 
-import botyard.cleanup.sweep as cleanup_module
 from botyard.cleanup.schedule import misfire_grace_time
 from botyard.cleanup.sweep import Sweeper, realign_filter, stale_filter
 from botyard.cli import main
@@ -335,10 +334,7 @@ async def test_hook_gets_bot_key_state_and_data_before_removal_and_failures_are_
 
 
 async def test_a_hung_hook_times_out_and_a_broken_one_is_reported(
-    database: AsyncDatabase[Document],
-    clock: Clock,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    database: AsyncDatabase[Document], clock: Clock, tmp_path: Path
 ) -> None:
     module = write_module(
         tmp_path,
@@ -353,12 +349,16 @@ async def test_a_hung_hook_times_out_and_a_broken_one_is_reported(
             pass
         """,
     )
-    monkeypatch.setattr(cleanup_module, "HOOK_TIMEOUT", 0.1)
     await database[COLLECTION_NAME].insert_many(
         [record(name, 1, now=clock.now, idle=2 * HOUR, ttl=HOUR) for name in ("hung", "broken")]
     )
     telegram = Bot("42:" + "A" * 35)
-    tool = sweeper(database, tmp_path, hook_bots=lambda _: contextlib.nullcontext(telegram))
+    tool = sweeper(
+        database,
+        tmp_path,
+        hook_bots=lambda _: contextlib.nullcontext(telegram),
+        hook_timeout=0.1,
+    )
     hung, broken = await tool.run(
         [
             bot_config("hung", on_state_expired=f"{module}:hangs"),

@@ -13,7 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from botyard.database.embedded import SecantusServer
 from botyard.emulator import BotAPIEmulator
-from botyard.ops import metrics as metrics_module
 
 from webhook_harness import Yard, open_yard, wait_until
 
@@ -42,14 +41,11 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-async def test_metrics_show_counters_moving_and_never_a_token(
-    yard: Yard, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(metrics_module, "FSM_SAMPLE_INTERVAL", 0.2)
+async def test_metrics_show_counters_moving_and_never_a_token(yard: Yard) -> None:
     hook = yard.add("hook")
     poll = yard.add("poll", mode="polling")
     yard.write()
-    supervisor = await yard.start()
+    supervisor = await yard.start(fsm_sample_interval=0.2)
     _, before = await scrape(yard)
     assert value(before, "botyard_bot_status", bot="hook", status="running") == 1
     assert value(before, "botyard_bot_status", bot="poll", status="running") == 1

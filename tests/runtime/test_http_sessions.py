@@ -88,12 +88,23 @@ async def test_response_models_survive_garbage_collection(
     assert model() is not None, "pydantic rebuilds the response model after every collection"
 
 
-async def test_pool_hands_out_platform_sessions() -> None:
+async def test_session_pool_shares_sessions_per_api_server_and_grows() -> None:
     pool = SessionPool(bots_per_session=2)
-    first = pool.acquire("a", "http://127.0.0.1:1")
-    assert isinstance(first, PlatformSession)
-    assert pool.acquire("b", "http://127.0.0.1:1") is first
-    assert pool.acquire("c", "http://127.0.0.1:1") is not first
+    a = pool.acquire("a", "http://127.0.0.1:1")
+    b = pool.acquire("b", "http://127.0.0.1:1")
+    c = pool.acquire("c", "http://127.0.0.1:1")
+    other = pool.acquire("d", "http://127.0.0.1:2")
+    assert isinstance(a, PlatformSession)
+    assert a is b
+    assert c is not a
+    assert other not in (a, b, c)
+    connector = (await a.create_session()).connector
+    assert connector is not None
+    assert connector.limit >= 2 * 2, "each bot's long poll holds a connection"
+    with pytest.raises(RuntimeError, match="already holds a session"):
+        pool.acquire("a", None)
+    await pool.release("c")
+    assert pool.acquire("e", "http://127.0.0.1:1") is not c, "an emptied session is closed"
     await pool.close()
 
 

@@ -9,12 +9,13 @@ import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pytest
 from aiogram import Bot, F, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiogram.methods import GetUpdates, TelegramMethod
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.backoff import Backoff, BackoffConfig
 from pymongo import AsyncMongoClient
@@ -22,15 +23,14 @@ from pymongo import AsyncMongoClient
 from botyard.emulator import BotAPIEmulator
 from botyard.registry.loader import diff_registries, load_registry
 from botyard.runtime import gc_pause
-from botyard.runtime import runner as runner_module
 from botyard.runtime import supervisor as supervisor_module
-from botyard.runtime.http_sessions import SessionPool
 from botyard.runtime.routers import BotRouters
-from botyard.runtime.runner import BotRunner, BotSpec, BotStatus
+from botyard.runtime.runner import BotRunner, BotSpec, BotStatus, StatusListener
 from botyard.runtime.supervisor import Supervisor
 from botyard.storage import BeanieStorage, prepare_database
 
 FAST = BackoffConfig(min_delay=0.05, max_delay=0.2, factor=2.0, jitter=0.0)
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -42,21 +42,46 @@ async def storage(mongo_uri: str, database_name: str) -> AsyncIterator[BeanieSto
     await client.close()
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner_module, "RESTART_BACKOFF", FAST)
-    monkeypatch.setattr(runner_module, "RETRY_BACKOFF", FAST)
-
-
 def make_runner(
-    emulator: BotAPIEmulator, token: str, storage: BeanieStorage, router: Router, **spec: Any
+    emulator: BotAPIEmulator,
+    token: str,
+    storage: BeanieStorage,
+    router: Router,
+    *,
+    session: AiohttpSession | None = None,
+    on_status: StatusListener | None = None,
+    **spec: Any,
 ) -> BotRunner:
-    session = AiohttpSession(api=TelegramAPIServer.from_base(emulator.url))
-    bot = Bot(token, session=session)
+    session = session or AiohttpSession(api=TelegramAPIServer.from_base(emulator.url))
+    spec = {"restart_backoff": FAST, "retry_backoff": FAST, **spec}
     return BotRunner(
         BotSpec(name="bot", token=token, routers=BotRouters.of(router), storage=storage, **spec),
-        bot,
+        Bot(token, session=session),
+        on_status=on_status,
     )
+
+
+class CrashingSession(AiohttpSession):
+    """Crashes the polling loop once per entry of ``healthy_for`` (a bug-like error, not a
+    Telegram one): at once for 0, else after answering one poll (the bot runs) and
+    holding the next that many seconds. Then it polls the emulator."""
+
+    def __init__(self, emulator: BotAPIEmulator, healthy_for: list[float]) -> None:
+        super().__init__(api=TelegramAPIServer.from_base(emulator.url))
+        self.healthy_for = healthy_for
+        self._answered = False
+
+    async def make_request(
+        self, bot: Bot, method: TelegramMethod[T], timeout: int | None = None
+    ) -> T:
+        if not isinstance(method, GetUpdates) or not self.healthy_for:
+            return await super().make_request(bot, method, timeout)
+        if self.healthy_for[0] and not self._answered:
+            self._answered = True
+            return cast(T, [])
+        await asyncio.sleep(self.healthy_for.pop(0))
+        self._answered = False
+        raise RuntimeError("polling bug")
 
 
 def echo_router() -> Router:
@@ -76,31 +101,32 @@ async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
 
 
 async def test_a_crashed_polling_loop_restarts_with_backoff(
-    bot_api: BotAPIEmulator, storage: BeanieStorage, monkeypatch: pytest.MonkeyPatch
+    bot_api: BotAPIEmulator, storage: BeanieStorage
 ) -> None:
     token = bot_api.add_bot().token
     router = echo_router()
 
-    runner = make_runner(bot_api, token, storage, router)
-    crashes = 0
-    real_poll = runner._poll
-
-    async def flaky_poll() -> None:
-        nonlocal crashes
-        if crashes < 2:
-            crashes += 1
-            raise RuntimeError("polling bug")
-        await real_poll()
-
-    monkeypatch.setattr(runner, "_poll", flaky_poll)
-    seen: list[BotStatus] = []
-    runner._on_status = lambda _runner, status, _detail: seen.append(status)
+    session = CrashingSession(bot_api, healthy_for=[0.0, 0.0])
+    seen: list[tuple[BotStatus, str]] = []
+    runner = make_runner(
+        bot_api,
+        token,
+        storage,
+        router,
+        session=session,
+        on_status=lambda _runner, status, detail: seen.append((status, detail)),
+    )
     runner.start()
     bot_api.send_message(token, 1, "hi")
     reply = await bot_api.wait_for_reply(token, 1)
     assert reply["text"] == "hi"
-    assert crashes == 2
-    assert seen == [BotStatus.STARTING, BotStatus.BACKING_OFF, BotStatus.RUNNING]
+    assert session.healthy_for == []
+    assert [status for status, _ in seen] == [
+        BotStatus.STARTING,
+        BotStatus.BACKING_OFF,
+        BotStatus.RUNNING,
+    ]
+    assert seen[1][1].startswith("RuntimeError: polling bug; restarting in ")
     await runner.stop(5)
     await runner.bot.session.close()
 
@@ -157,9 +183,10 @@ async def test_a_revoked_token_stops_the_runner(
 ) -> None:
     token = bot_api.add_bot().token
     bot_api.revoke(token)
-    runner = make_runner(bot_api, token, storage, Router())
     seen: list[BotStatus] = []
-    runner._on_status = lambda _runner, status, _detail: seen.append(status)
+    runner = make_runner(
+        bot_api, token, storage, Router(), on_status=lambda _r, status, _d: seen.append(status)
+    )
     runner.start()
     await wait_for(lambda: runner.done)
     assert seen == [BotStatus.STARTING, BotStatus.UNAUTHORIZED], "never running, not even briefly"
@@ -192,23 +219,6 @@ async def test_one_users_updates_run_in_order_while_others_run_alongside(
     assert log.index((2, "other user")) < log.index((1, "first")), "user 2 did not wait for user 1"
     await runner.stop(5)
     await runner.bot.session.close()
-
-
-async def test_session_pool_shares_sessions_per_api_server_and_grows() -> None:
-    pool = SessionPool(bots_per_session=2)
-    a = pool.acquire("a", "http://127.0.0.1:1")
-    b = pool.acquire("b", "http://127.0.0.1:1")
-    c = pool.acquire("c", "http://127.0.0.1:1")
-    other = pool.acquire("d", "http://127.0.0.1:2")
-    assert a is b
-    assert c is not a
-    assert other not in (a, b, c)
-    assert a._connector_init["limit"] >= 2 * 2
-    with pytest.raises(RuntimeError, match="already holds a session"):
-        pool.acquire("a", None)
-    await pool.release("c")
-    assert pool.acquire("e", "http://127.0.0.1:1") is not c, "an emptied session is closed"
-    await pool.close()
 
 
 async def test_stop_requested_together_with_a_reload_still_stops(
@@ -256,12 +266,11 @@ async def test_the_dispatcher_is_built_for_the_first_update(
     assert runner.status_detail == "polling"
     assert bot_api.calls(token, "getUpdates") == 1
     assert bot_api.calls(token, "getMe") == 0, "the open long poll proves the token"
-    assert runner._dispatcher is None, "an idle bot polls without a Dispatcher"
-    assert router.parent_router is None
+    assert router.parent_router is None, "an idle bot polls without a Dispatcher"
     bot_api.send_message(token, 1, "hi")
     assert (await bot_api.wait_for_reply(token, 1))["text"] == "hi"
-    assert router.parent_router is runner._dispatcher is not None
-    assert runner.dispatcher is runner._dispatcher, "built once"
+    # Built once: a second build would have included the router again, which aiogram refuses.
+    assert router.parent_router is runner.dispatcher
     await runner.stop(5)
     assert router.parent_router is None, "detached, for a restarted bot's new Dispatcher"
     await runner.bot.session.close()
@@ -337,7 +346,9 @@ async def test_full_collections_resume_once_every_bot_started(
     supervisor = Supervisor(load_registry(path))
     usual = gc_pause.pause_full_collections()
     assert gc.get_threshold()[2] == gc_pause.FULL_COLLECTIONS_PAUSED
-    running = asyncio.create_task(gc_pause.run_resuming_full_collections(supervisor, usual))
+    running = asyncio.create_task(
+        gc_pause.run_resuming_full_collections(supervisor.run(), supervisor.started, usual)
+    )
     try:
         async with asyncio.timeout(10):
             await supervisor.started.wait()
@@ -359,33 +370,24 @@ async def test_full_collections_resume_once_every_bot_started(
 async def test_restart_backoff_starts_over_after_a_healthy_period(
     bot_api: BotAPIEmulator, storage: BeanieStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(
-        runner_module,
-        "RESTART_BACKOFF",
-        BackoffConfig(min_delay=1.0, max_delay=1000.0, factor=10.0, jitter=0.0),
-    )
-    monkeypatch.setattr(runner_module, "HEALTHY_PERIOD", 0.3)
-
     async def no_wait(self: Backoff) -> None:
         next(self)  # the delay grows as if slept
         await asyncio.sleep(0)
 
     monkeypatch.setattr(Backoff, "asleep", no_wait)
     token = bot_api.add_bot().token
-    runner = make_runner(bot_api, token, storage, echo_router())
-    healthy_for = [0.0, 0.0, 0.0, 0.5, 0.0, 0.0]
-
-    async def crashing_poll() -> None:
-        if not healthy_for:
-            await asyncio.get_running_loop().create_future()
-        runner._set_status(BotStatus.RUNNING, "polling")
-        await asyncio.sleep(healthy_for.pop(0))
-        raise RuntimeError("polling bug")
-
-    monkeypatch.setattr(runner, "_poll", crashing_poll)
     delays: list[str] = []
-    runner._on_status = lambda _runner, status, detail: (
-        delays.append(detail.rpartition(" ")[2]) if status == BotStatus.BACKING_OFF else None
+    runner = make_runner(
+        bot_api,
+        token,
+        storage,
+        echo_router(),
+        session=CrashingSession(bot_api, healthy_for=[0.0, 0.0, 0.0, 0.5, 0.0, 0.0]),
+        on_status=lambda _runner, status, detail: (
+            delays.append(detail.rpartition(" ")[2]) if status == BotStatus.BACKING_OFF else None
+        ),
+        restart_backoff=BackoffConfig(min_delay=1.0, max_delay=1000.0, factor=10.0, jitter=0.0),
+        healthy_period=0.3,
     )
     runner.start()
     await wait_for(lambda: len(delays) == 6)

@@ -16,7 +16,6 @@ from botyard.cli import main
 from botyard.emulator import BotAPIEmulator
 from botyard.ops.http_server import server_address
 from botyard.registry.loader import load_registry
-from botyard.runtime import supervisor as supervisor_module
 from botyard.webhook.endpoint import MAX_BODY_BYTES, SECRET_HEADER
 from botyard.webhook.journal import JOURNAL_COLLECTION, UpdateJournal
 from botyard.webhook.secrets import SECRETS_COLLECTION, SecretStore
@@ -95,10 +94,11 @@ async def test_bad_requests_are_rejected_and_nothing_is_handled(yard: Yard) -> N
     assert runner.counters.received == 0
     assert await yard.collection_count(JOURNAL_COLLECTION) == 0
     assert yard.emulator.sent_messages(token) == []
-    metrics = supervisor.metrics
-    assert metrics.webhook_requests.labels("shop", "unauthorized")._value.get() == 2
-    assert metrics.webhook_requests.labels("shop", "bad_request")._value.get() == 5
-    assert metrics.webhook_unknown_path._value.get() == 2
+    sample = supervisor.metrics.registry.get_sample_value
+    requests = "botyard_webhook_requests_total"
+    assert sample(requests, {"bot": "shop", "outcome": "unauthorized"}) == 2
+    assert sample(requests, {"bot": "shop", "outcome": "bad_request"}) == 5
+    assert sample("botyard_webhook_unknown_path_requests_total") == 2
 
     # the real thing still gets through, delivered by the emulator
     yard.emulator.send_message(token, 1, "hello")
@@ -107,12 +107,11 @@ async def test_bad_requests_are_rejected_and_nothing_is_handled(yard: Yard) -> N
     assert runner.counters.received == 1
 
 
-async def test_round_trips_per_webhook_update(yard: Yard, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_round_trips_per_webhook_update(yard: Yard) -> None:
     """Journal insert + the FSM's own round trips + the (batched) journal delete."""
-    monkeypatch.setattr(supervisor_module, "HEARTBEAT_INTERVAL", 3600.0)
     token = yard.add("shop")
     yard.write()
-    supervisor = await yard.start()
+    supervisor = await yard.start(heartbeat_interval=3600.0)
     counter = supervisor.metrics.round_trips
     await wait_until(lambda: supervisor.metrics.fsm_sampled_at is not None)
 

@@ -26,7 +26,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pymongo.asynchronous.database import AsyncDatabase
 
 from botyard.cleanup.sweep import BotSweep, Sweeper, schedule_period, temporary_bot
-from botyard.registry.models import BotConfig, CleanupConfig, Registry
+from botyard.registry.models import BotConfig, CleanupConfig
+from botyard.runtime.view import PlatformView
 
 __all__ = ["JOB_ID", "CleanupScheduler", "misfire_grace_time"]
 
@@ -43,22 +44,23 @@ def misfire_grace_time(cleanup: CleanupConfig) -> int:
 class CleanupScheduler:
     """The supervisor's cleanup job.
 
-    ``registry`` returns the registry in force when a run starts, so bots added,
-    removed or given another ``state_ttl`` by a reload are swept accordingly
-    without touching the job. ``running_bot`` gives the ``Bot`` of a running
-    bot, which its ``on_state_expired`` hook is called with; bots that are not
-    running (disabled, or failed to start) get a temporary one.
+    Each run sweeps the bots of the registry in force when it starts, so bots
+    added, removed or given another ``state_ttl`` by a reload are swept
+    accordingly without touching the job. A running bot's ``on_state_expired``
+    hook is called with that bot's ``Bot``; bots that are not running (disabled,
+    or failed to start) get a temporary one. ``on_sweeps`` is called with every
+    run's results (the metrics count them).
     """
 
     def __init__(
         self,
         database: AsyncDatabase[dict[str, Any]],
-        registry: Callable[[], Registry],
-        running_bot: Callable[[str], Bot | None] = lambda _name: None,
+        platform: PlatformView,
+        on_sweeps: Callable[[list[BotSweep]], None] | None = None,
     ) -> None:
         self._database = database
-        self._registry = registry
-        self._running_bot = running_bot
+        self._platform = platform
+        self._on_sweeps = on_sweeps
         self._scheduler: Any = None
         self._schedule: str | None = None
         self._sweep: asyncio.Task[Any] | None = None
@@ -72,7 +74,7 @@ class CleanupScheduler:
         """Start the scheduler on the running event loop, with the registry's job."""
         self._scheduler = AsyncIOScheduler(timezone=UTC, jobstores={"default": MemoryJobStore()})
         self._scheduler.start()
-        self._add_job(self._registry().cleanup)
+        self._add_job(self._platform.registry.cleanup)
 
     def rebuild(self) -> None:
         """Apply the registry's ``cleanup.schedule`` after a reload; no-op if unchanged.
@@ -80,7 +82,7 @@ class CleanupScheduler:
         An unchanged schedule keeps its next run time, so frequent reloads
         cannot postpone an interval schedule indefinitely.
         """
-        cleanup = self._registry().cleanup
+        cleanup = self._platform.registry.cleanup
         if self._scheduler is not None and cleanup.schedule != self._schedule:
             self._add_job(cleanup)
 
@@ -96,9 +98,12 @@ class CleanupScheduler:
 
     async def run_once(self) -> list[BotSweep]:
         """Sweep every bot of the registry now (what the scheduled job does)."""
-        registry = self._registry()
+        registry = self._platform.registry
         sweeper = Sweeper.for_registry(self._database, registry, hook_bots=self._hook_bot)
-        return await sweeper.run(registry.bots)
+        sweeps = await sweeper.run(registry.bots)
+        if self._on_sweeps is not None:
+            self._on_sweeps(sweeps)
+        return sweeps
 
     def _add_job(self, cleanup: CleanupConfig) -> None:
         self._scheduler.add_job(
@@ -134,7 +139,7 @@ class CleanupScheduler:
             self._sweep = None
 
     def _hook_bot(self, config: BotConfig) -> AbstractAsyncContextManager[Bot]:
-        running = self._running_bot(config.name)
+        running = self._platform.runners.get(config.name)
         if running is None:
             return temporary_bot(config)
-        return contextlib.nullcontext(running)
+        return contextlib.nullcontext(running.bot)

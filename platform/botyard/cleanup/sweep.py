@@ -258,6 +258,7 @@ class Sweeper:
         batch_size: int = 1000,
         horizon: timedelta = timedelta(minutes=30),
         hook_bots: HookBots = temporary_bot,
+        hook_timeout: float = HOOK_TIMEOUT,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -266,6 +267,7 @@ class Sweeper:
         self.batch_size = batch_size
         self.horizon = horizon
         self._hook_bots = hook_bots
+        self.hook_timeout = hook_timeout
 
     @classmethod
     def for_registry(
@@ -357,7 +359,7 @@ class Sweeper:
             bot.on_state_expired, self.base_dir, where=f"bot {bot.name!r} on_state_expired"
         )
         async with self._hook_bots(bot) as telegram:
-            calls = _HookCalls(bot.name, hook, telegram)
+            calls = _HookCalls(bot.name, hook, telegram, self.hook_timeout)
             removed = await delete_in_batches(
                 self.collection,
                 stale,
@@ -382,10 +384,11 @@ class Sweeper:
 class _HookCalls:
     """Calls a bot's ``on_state_expired`` for a batch; failures are logged and counted."""
 
-    def __init__(self, bot_name: str, hook: ExpiredHook, telegram: Bot) -> None:
+    def __init__(self, bot_name: str, hook: ExpiredHook, telegram: Bot, timeout: float) -> None:
         self.bot_name = bot_name
         self.hook = hook
         self.telegram = telegram
+        self.timeout = timeout
         self.errors = 0
         self._slots = asyncio.Semaphore(HOOK_CONCURRENCY)
 
@@ -398,7 +401,7 @@ class _HookCalls:
         data = dict(document.get("data") or {})
         async with self._slots:
             try:
-                async with asyncio.timeout(HOOK_TIMEOUT):
+                async with asyncio.timeout(self.timeout):
                     await self.hook(self.telegram, key, state, data)
             except TimeoutError:
                 self.errors += 1
@@ -406,7 +409,7 @@ class _HookCalls:
                     "cleanup bot=%s on_state_expired timed out after %.0fs for chat=%s user=%s; "
                     "the record is removed anyway",
                     self.bot_name,
-                    HOOK_TIMEOUT,
+                    self.timeout,
                     key.chat_id,
                     key.user_id,
                 )

@@ -48,7 +48,9 @@ def run(
     supervisor = Supervisor(
         registry, shutdown_timeout=shutdown_timeout, watch=not no_watch, redactor=redactor
     )
-    raise SystemExit(asyncio.run(run_resuming_full_collections(supervisor, usual)))
+    raise SystemExit(
+        asyncio.run(run_resuming_full_collections(supervisor.run(), supervisor.started, usual))
+    )
 
 
 @click.command()

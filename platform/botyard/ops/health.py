@@ -10,14 +10,13 @@ bot with its status and nothing else: no token, no secret, no error text
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from botyard.registry.models import Registry
-from botyard.runtime.runner import BotRunner, BotStatus
+from botyard.runtime.runner import BotStatus
+from botyard.runtime.view import PlatformView
 
 __all__ = ["PING_TIMEOUT", "Readiness"]
 
@@ -28,24 +27,16 @@ PING_TIMEOUT = 2.0
 class Readiness:
     """Checks the database and the bots of the registry in force."""
 
-    def __init__(
-        self,
-        database: AsyncDatabase[dict[str, Any]],
-        registry: Callable[[], Registry],
-        runners: Callable[[], Mapping[str, BotRunner]],
-        stopping: Callable[[], bool],
-    ) -> None:
+    def __init__(self, database: AsyncDatabase[dict[str, Any]], platform: PlatformView) -> None:
         self._database = database
-        self._registry = registry
-        self._runners = runners
-        self._stopping = stopping
+        self._platform = platform
 
     async def check(self) -> tuple[bool, dict[str, Any]]:
         """``(ready, body)``; the body is safe to show to anyone who can reach the port."""
         mongodb = await self._ping()
-        runners = self._runners()
+        runners = self._platform.runners
         bots = []
-        for bot in self._registry().bots:
+        for bot in self._platform.registry.bots:
             runner = runners.get(bot.name)
             if not bot.enabled:
                 status, ok = "disabled", True
@@ -54,7 +45,7 @@ class Readiness:
             else:
                 status, ok = runner.status.value, runner.status == BotStatus.RUNNING
             bots.append({"name": bot.name, "mode": bot.mode, "status": status, "ready": ok})
-        stopping = self._stopping()
+        stopping = self._platform.stopping
         ready = mongodb == "ok" and not stopping and all(bot["ready"] for bot in bots)
         body = {
             "ready": ready,

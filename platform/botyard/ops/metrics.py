@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -31,7 +31,8 @@ from botyard.cleanup.sweep import BotSweep
 from botyard.database.documents import Document
 from botyard.database.roundtrips import RoundTripCounter
 from botyard.registry.models import BotConfig
-from botyard.runtime.runner import BotRunner, BotStatus
+from botyard.runtime.runner import BotStatus
+from botyard.runtime.view import PlatformView
 from botyard.storage import COLLECTION_NAME
 
 __all__ = ["FSM_SAMPLE_INTERVAL", "NO_STATE", "PlatformMetrics"]
@@ -61,15 +62,20 @@ class _HeartbeatFailures(monitoring.ServerHeartbeatListener):
 
 
 class PlatformMetrics:
-    """The platform's metrics; ``runners`` gives the running bots when scraped."""
+    """The platform's metrics; ``platform`` gives the running bots when scraped and the
+    bots to sample every ``fsm_sample_interval`` seconds."""
 
-    def __init__(self, runners: Callable[[], Mapping[str, BotRunner]]) -> None:
+    def __init__(
+        self, platform: PlatformView, *, fsm_sample_interval: float = FSM_SAMPLE_INTERVAL
+    ) -> None:
+        self._platform = platform
+        self.fsm_sample_interval = fsm_sample_interval
         self.registry = CollectorRegistry(auto_describe=True)
         self.round_trips = RoundTripCounter()
         self.heartbeats = _HeartbeatFailures()
         self.fsm_records: dict[tuple[str, str], int] = {}
         self.fsm_sampled_at: float | None = None
-        self.registry.register(_RunnerCollector(runners))
+        self.registry.register(_RunnerCollector(platform))
         self.registry.register(_SampledCollector(self))
         self.handling_seconds = Histogram(
             "botyard_update_handling_seconds",
@@ -182,25 +188,22 @@ class PlatformMetrics:
         self.fsm_records = sample
         self.fsm_sampled_at = time.time()
 
-    async def sample_fsm_records_forever(
-        self,
-        database: AsyncDatabase[Document],
-        bots: Callable[[], Iterable[BotConfig]],
-    ) -> None:
-        """Resample every :data:`FSM_SAMPLE_INTERVAL`; a failed sample keeps the previous one."""
+    async def sample_fsm_records_forever(self, database: AsyncDatabase[Document]) -> None:
+        """Resample the registry's bots every ``fsm_sample_interval``; a failed sample keeps
+        the previous one."""
         while True:
             try:
-                await self.sample_fsm_records(database, bots())
+                await self.sample_fsm_records(database, self._platform.registry.bots)
             except PyMongoError as error:
                 logger.warning("metrics: FSM records not sampled: %s", type(error).__name__)
-            await asyncio.sleep(FSM_SAMPLE_INTERVAL)
+            await asyncio.sleep(self.fsm_sample_interval)
 
 
 class _RunnerCollector(Collector):
     """Per-bot values the runners keep, read at scrape time."""
 
-    def __init__(self, runners: Callable[[], Mapping[str, BotRunner]]) -> None:
-        self._runners = runners
+    def __init__(self, platform: PlatformView) -> None:
+        self._platform = platform
 
     def collect(self) -> Iterator[Metric]:
         families = {
@@ -227,7 +230,7 @@ class _RunnerCollector(Collector):
         status = GaugeMetricFamily(
             "botyard_bot_status", "1 for the bot's current status.", labels=["bot", "status"]
         )
-        for name, runner in sorted(self._runners().items()):
+        for name, runner in sorted(self._platform.runners.items()):
             counters = runner.counters
             for field, family in families.items():
                 family.add_metric([name], getattr(counters, field))
@@ -265,7 +268,7 @@ class _SampledCollector(Collector):
         )
         records = GaugeMetricFamily(
             "botyard_fsm_records",
-            f"FSM records per bot and state, sampled every {FSM_SAMPLE_INTERVAL:.0f}s.",
+            f"FSM records per bot and state, sampled every {metrics.fsm_sample_interval:.0f}s.",
             labels=["bot", "state"],
         )
         for (bot, state), count in sorted(metrics.fsm_records.items()):

@@ -28,7 +28,7 @@ from types import FrameType
 from aiogram.dispatcher.event.handler import CallableObject
 
 from botyard.ops.metrics import PlatformMetrics
-from botyard.runtime.runner import BotRunner
+from botyard.runtime.runner import handling_runner
 
 __all__ = ["BLOCK_THRESHOLD", "Culprit", "LoopWatchdog", "find_culprit"]
 
@@ -38,7 +38,6 @@ BLOCK_THRESHOLD = 0.1
 PROBE_INTERVAL = 0.02
 SAMPLE_INTERVAL = 0.01
 
-_HANDLE_CODE = BotRunner._handle.__code__
 _CALL_CODE = CallableObject.call.__code__
 _RUN_CODE = asyncio.Handle._run.__code__
 
@@ -73,10 +72,8 @@ def find_culprit(frame: FrameType | None) -> Culprit:
             handler = f"{child.f_globals.get('__name__', '?')}.{child.f_code.co_qualname}"
             if _location(child) != innermost:
                 where = f"{_location(child)}, blocked in {innermost}"
-        elif frame.f_code is _HANDLE_CODE:
-            runner = frame.f_locals.get("self")
-            if isinstance(runner, BotRunner):
-                bot = runner.name
+        elif (runner := handling_runner(frame)) is not None:
+            bot = runner.name
             break
         child, frame = frame, frame.f_back
     return Culprit(bot, handler, where)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-
-from botyard.runtime.supervisor import Supervisor
+from collections.abc import Coroutine
+from typing import Any
 
 __all__ = [
     "FULL_COLLECTIONS_PAUSED",
@@ -40,16 +40,19 @@ def pause_full_collections() -> Thresholds:
     return usual
 
 
-async def run_resuming_full_collections(supervisor: Supervisor, usual: Thresholds) -> int:
-    """Run ``supervisor``; once it started (or :data:`PAUSE_LIMIT`), collect, freeze, resume."""
-    running = asyncio.create_task(supervisor.run())
-    started = asyncio.create_task(supervisor.started.wait())
+async def run_resuming_full_collections(
+    main: Coroutine[Any, Any, int], started: asyncio.Event, usual: Thresholds
+) -> int:
+    """Run ``main``; once ``started`` is set, ``main`` ended, or :data:`PAUSE_LIMIT` passed,
+    collect, freeze and resume full collections. Returns what ``main`` returns."""
+    running = asyncio.create_task(main)
+    waiting = asyncio.create_task(started.wait())
     try:
         await asyncio.wait(
-            {running, started}, timeout=PAUSE_LIMIT, return_when=asyncio.FIRST_COMPLETED
+            {running, waiting}, timeout=PAUSE_LIMIT, return_when=asyncio.FIRST_COMPLETED
         )
     finally:
-        started.cancel()
+        waiting.cancel()
         gc.collect()
         gc.freeze()
         gc.set_threshold(*usual)

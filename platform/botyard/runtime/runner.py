@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Protocol
 
 from aiogram import Bot, Dispatcher
@@ -106,6 +107,12 @@ class BotSpec:
     webhook: WebhookBinding | None = None
     #: Called with the seconds each finished update took (the latency histogram).
     observe_handling: Callable[[float], None] | None = None
+    #: Delays between restarts of a crashed polling loop.
+    restart_backoff: BackoffConfig = RESTART_BACKOFF
+    #: Seconds of running after which a crash restarts at the shortest delay again.
+    healthy_period: float = HEALTHY_PERIOD
+    #: Delays between retries of a failed getUpdates, and of an update after a transient error.
+    retry_backoff: BackoffConfig = RETRY_BACKOFF
 
 
 StatusListener = Callable[["BotRunner", BotStatus, str], None]
@@ -202,7 +209,7 @@ class BotRunner:
 
     async def _run(self) -> None:
         log_context.set(LogContext(bot=self.name))
-        backoff = Backoff(RESTART_BACKOFF)
+        backoff = Backoff(self.spec.restart_backoff)
         self._set_status(BotStatus.STARTING)
         if self.spec.routers.lifecycle_hooks:
             await self.dispatcher.emit_startup(bot=self.bot, dispatcher=self.dispatcher)
@@ -218,7 +225,7 @@ class BotRunner:
                 )
                 return
             except TelegramConflictError as error:
-                _reset_if_healthy(backoff, self.status, served_at)
+                _reset_if_healthy(backoff, self.status, served_at, self.spec.healthy_period)
                 detail = (
                     "409 Conflict: another process polls this token, or a webhook is set "
                     f"({error.message}); retrying in {backoff.next_delay:.0f}s"
@@ -228,7 +235,7 @@ class BotRunner:
                 raise
             except Exception as error:
                 logger.exception("bot=%s polling crashed", self.name)
-                _reset_if_healthy(backoff, self.status, served_at)
+                _reset_if_healthy(backoff, self.status, served_at, self.spec.healthy_period)
                 self._set_status(
                     BotStatus.BACKING_OFF,
                     f"{type(error).__name__}: {error}; restarting in {backoff.next_delay:.0f}s",
@@ -248,7 +255,7 @@ class BotRunner:
 
     async def _poll(self) -> None:
         allowed_updates = self.allowed_updates
-        failures = Backoff(RETRY_BACKOFF)
+        failures = Backoff(self.spec.retry_backoff)
         webhook_deleted = False
         while not self._stopping:
             request = GetUpdates(
@@ -322,7 +329,7 @@ class BotRunner:
     # handling
 
     async def _handle(self, update: Update, on_done: Callable[[int], None] | None) -> None:
-        retry = Backoff(RETRY_BACKOFF)
+        retry = Backoff(self.spec.retry_backoff)
         started = time.perf_counter()
         try:
             while True:
@@ -376,10 +383,28 @@ class BotRunner:
             on_done(update.update_id)
 
 
-def _reset_if_healthy(backoff: Backoff, status: BotStatus, served_at: float) -> None:
-    """Restart at the shortest delay a bot that ran for :data:`HEALTHY_PERIOD` before failing."""
-    if status == BotStatus.RUNNING and time.monotonic() - served_at >= HEALTHY_PERIOD:
+def _reset_if_healthy(
+    backoff: Backoff, status: BotStatus, served_at: float, healthy_period: float
+) -> None:
+    """Restart at the shortest delay a bot that ran for ``healthy_period`` before failing."""
+    if status == BotStatus.RUNNING and time.monotonic() - served_at >= healthy_period:
         backoff.reset()
+
+
+_HANDLING = BotRunner._handle.__code__
+
+
+def handling_runner(frame: FrameType) -> BotRunner | None:
+    """The runner whose update ``frame`` is handling, when ``frame`` is the frame marker.
+
+    Every update is handled inside one runner frame that stays on the stack from
+    the start of its handling to its end, handler and retries included; the
+    event-loop watchdog walks a stack outwards until this says which bot it is in.
+    """
+    if frame.f_code is not _HANDLING:
+        return None
+    runner = frame.f_locals.get("self")
+    return runner if isinstance(runner, BotRunner) else None
 
 
 def _detach_routers(dispatcher: Dispatcher) -> None:

@@ -2,7 +2,10 @@
 
 It only supervises. Each bot's behaviour lives in its :class:`BotRunner`; the
 supervisor owns what bots share (one MongoDB client, pooled HTTP sessions, the
-event loop's signal handlers) and decides which runners exist.
+event loop's signal handlers) and decides which runners exist. Metrics,
+readiness, cleanup and webhooks read it through one read-only
+:class:`~botyard.runtime.view.PlatformView` (the supervisor itself), never
+changing it.
 """
 
 from __future__ import annotations
@@ -23,14 +26,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from botyard.cleanup.schedule import CleanupScheduler
-from botyard.cleanup.sweep import BotSweep
 from botyard.database.client import mongo_client
 from botyard.database.errors import DatabaseUnavailable
 from botyard.database.location import open_store
 from botyard.logs import TokenRedactingFilter
 from botyard.ops.health import Readiness
 from botyard.ops.http_server import OpsServer, server_address
-from botyard.ops.metrics import PlatformMetrics
+from botyard.ops.metrics import FSM_SAMPLE_INTERVAL, PlatformMetrics
 from botyard.ops.watchdog import LoopWatchdog
 from botyard.registry.loader import RegistryError, diff_registries, load_registry
 from botyard.registry.models import BotConfig, Registry
@@ -62,6 +64,8 @@ class Supervisor:
         loader: RegistryLoader = load_registry,
         bot_factory: Callable[[BotConfig, SessionPool], Bot] | None = None,
         serve_http: bool = True,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        fsm_sample_interval: float = FSM_SAMPLE_INTERVAL,
     ) -> None:
         self.registry = registry
         self.shutdown_timeout = shutdown_timeout
@@ -81,7 +85,9 @@ class Supervisor:
         self.client: AsyncMongoClient[dict[str, Any]] | None = None
         self.database: AsyncDatabase[dict[str, Any]] | None = None
         self.cleanup: CleanupScheduler | None = None
-        self.metrics = PlatformMetrics(lambda: self.runners)
+        self.metrics = PlatformMetrics(self, fsm_sample_interval=fsm_sample_interval)
+        #: Seconds between webhook maintenance rounds (orphans, rotated secrets).
+        self.heartbeat_interval = heartbeat_interval
         self.webhooks: WebhookEndpoint | None = None
         #: The webhook, health and metrics server, when the registry asks for one.
         self.http: OpsServer | None = None
@@ -105,8 +111,8 @@ class Supervisor:
             if not self._starting:
                 self.started.set()
             assert self.database is not None
-            self.cleanup = _MeteredCleanup(
-                self.database, lambda: self.registry, self._running_bot, metrics=self.metrics
+            self.cleanup = CleanupScheduler(
+                self.database, self, on_sweeps=self.metrics.record_sweeps
             )
             self.cleanup.start()
             watcher = asyncio.create_task(self._watch_registry(), name="botyard-watch")
@@ -161,7 +167,7 @@ class Supervisor:
         self.webhooks = WebhookEndpoint(
             journal,
             SecretStore(self.database, on_read=self._remember_secrets),
-            lambda: self.registry.webhook,
+            self,
             self.metrics,
         )
         watchdog = LoopWatchdog(asyncio.get_running_loop(), self.metrics)
@@ -169,7 +175,7 @@ class Supervisor:
         database = self.database
         tasks = [
             asyncio.create_task(
-                self.metrics.sample_fsm_records_forever(database, lambda: self.registry.bots),
+                self.metrics.sample_fsm_records_forever(database),
                 name="botyard-fsm-sample",
             ),
             asyncio.create_task(self._maintain_webhooks(), name="botyard-webhooks"),
@@ -177,9 +183,7 @@ class Supervisor:
         try:
             address = server_address(self.registry) if self.serve_http else None
             if address is not None:
-                readiness = Readiness(
-                    database, lambda: self.registry, lambda: self.runners, lambda: self.stopping
-                )
+                readiness = Readiness(database, self)
                 self.http = OpsServer(self.webhooks, readiness, self.metrics)
                 await self.http.start(*address)
             yield
@@ -196,7 +200,7 @@ class Supervisor:
         """Every heartbeat: recover orphaned updates, apply rotated secrets."""
         assert self.webhooks is not None
         while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await asyncio.sleep(self.heartbeat_interval)
             try:
                 await self.webhooks.maintain()
             except (PyMongoError, TelegramAPIError) as error:
@@ -252,11 +256,6 @@ class Supervisor:
             self._starting.discard(name)
             if not self._starting:
                 self.started.set()
-
-    def _running_bot(self, name: str) -> Bot | None:
-        """The ``Bot`` of a running bot, for its ``on_state_expired`` hook."""
-        runner = self.runners.get(name)
-        return None if runner is None else runner.bot
 
     async def _stop_bots(self, names: list[str]) -> None:
         runners = [self.runners.pop(name) for name in names if name in self.runners]
@@ -361,19 +360,6 @@ class Supervisor:
     def _remember_tokens(self, registry: Registry) -> None:
         if self._redactor is not None:
             self._redactor.remember(bot.token_value for bot in registry.bots if bot.token)
-
-
-class _MeteredCleanup(CleanupScheduler):
-    """The cleanup job, counting each sweep's results in the metrics."""
-
-    def __init__(self, *args: Any, metrics: PlatformMetrics, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._metrics = metrics
-
-    async def run_once(self) -> list[BotSweep]:
-        sweeps = await super().run_once()
-        self._metrics.record_sweeps(sweeps)
-        return sweeps
 
 
 def _make_bot(config: BotConfig, sessions: SessionPool) -> Bot:

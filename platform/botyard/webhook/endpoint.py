@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +36,7 @@ from botyard.errors import BotyardError
 from botyard.ops.metrics import PlatformMetrics
 from botyard.registry.models import WebhookConfig
 from botyard.runtime.runner import BotRunner
+from botyard.runtime.view import PlatformView
 from botyard.webhook.journal import JournalEntry, UpdateJournal
 from botyard.webhook.secrets import SecretStore, WebhookSecret
 
@@ -84,12 +84,12 @@ class WebhookEndpoint:
         self,
         journal: UpdateJournal,
         secret_store: SecretStore,
-        config: Callable[[], WebhookConfig | None],
+        platform: PlatformView,
         metrics: PlatformMetrics,
     ) -> None:
         self.journal = journal
         self.secret_store = secret_store
-        self._config = config
+        self._platform = platform
         self._metrics = metrics
         self._routes: dict[str, _Route] = {}
 
@@ -217,7 +217,7 @@ class WebhookEndpoint:
         self._submit(entry.bot, runner, update)
 
     async def _set_webhook(self, runner: BotRunner, secret: WebhookSecret) -> None:
-        config = self._config()
+        config = self._platform.registry.webhook
         if config is None:
             raise RuntimeError("the registry has no webhook section")
         await runner.bot.set_webhook(
