@@ -23,7 +23,7 @@ from botyard.registry.loader import (
     load_registry,
     registry_json_schema,
 )
-from botyard.registry.models import BotConfig, Defaults, Registry, RegistryError
+from botyard.registry.models import BotConfig, Defaults, Registry, RegistryError, rate_per_second
 from botyard.runtime.routers import (
     RouterBuildError,
     RouterRegistry,
@@ -214,6 +214,46 @@ def test_defaults_apply_to_bots_that_do_not_override(tmp_path: Path) -> None:
     assert bot.state_ttl == timedelta(hours=1, minutes=30)
     assert bot.fsm_strategy is FSMStrategy.GLOBAL_USER
     assert bot.max_concurrent_updates == 5
+
+
+def test_flood_limits_merge_key_by_key_and_retry_window_is_inherited(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "defaults:\n  flood_limits:\n    per_chat: 2/s\n    burst: 5\n  api_retry_for: 1m\n"
+        + one_bot("    flood_limits: {per_group: 10/m}\n")
+        + "  - name: other\n    token: ${B_TOKEN}\n    routers: [bots.shop:router]\n"
+        "    api_retry_for: 10s\n    flood_limits: {per_bot: 100/h}\n",
+    )
+    registry = load_registry(path, environ=ENV)
+    shop, other = registry.bot("shop"), registry.bot("other")
+    assert shop.flood_limits.model_dump() == {
+        "per_bot": "30/s",
+        "per_chat": "2/s",
+        "per_group": "10/m",
+        "burst": 5,
+    }
+    assert shop.api_retry_for == timedelta(minutes=1)
+    assert (other.flood_limits.per_bot, other.flood_limits.per_chat) == ("100/h", "2/s")
+    assert other.api_retry_for == timedelta(seconds=10)
+    assert rate_per_second("20/m") == pytest.approx(1 / 3)
+    assert rate_per_second(other.flood_limits.per_bot) == pytest.approx(100 / 3600)
+
+
+def test_bad_flood_limits_and_retry_window_are_named(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        one_bot(
+            "    flood_limits:\n      per_chat: fast\n      burst: 0\n    api_retry_for: never\n"
+        ),
+    )
+    assert problems_of(path).splitlines()[1:] == [
+        f"{path}:6: bots[0] (shop).flood_limits.per_chat: invalid rate 'fast': write "
+        "messages per unit, e.g. 30/s, 20/m or 100/h",
+        f"{path}:7: bots[0] (shop).flood_limits.burst: should be greater than or equal to 1 "
+        "(got 0)",
+        f"{path}:8: bots[0] (shop).api_retry_for: 'never' is not allowed here (use 30s, "
+        "15m, 12h or 7d)",
+    ]
 
 
 def test_minimal_file_uses_built_in_defaults(tmp_path: Path) -> None:
@@ -923,7 +963,8 @@ def test_json_schema_documents_every_key() -> None:
         "storage", "uri", "database", "timeout", "defaults", "state_ttl", "fsm_strategy",
         "max_concurrent_updates", "cleanup", "schedule", "batch_size", "webhook", "base_url",
         "listen", "max_connections", "ops", "bots", "name", "token", "routers", "api_server",
-        "namespace", "enabled", "mode", "on_state_expired", "settings",
+        "namespace", "enabled", "mode", "on_state_expired", "settings", "flood_limits",
+        "per_bot", "per_chat", "per_group", "burst", "api_retry_for",
     }  # fmt: skip
     assert keys == expected
     assert "path" not in schema["properties"]

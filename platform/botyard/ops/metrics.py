@@ -1,7 +1,8 @@
 """Prometheus metrics of the platform and of every bot, served at ``/metrics``.
 
 Labels carry bot names only, never a token. Values the runners already keep
-(updates received and handled, errors, in flight, status) are read when
+(updates received and handled, errors, in flight, status) and the outbound
+counts (sends delayed by flood control, 429s, retried and given-up calls) are read when
 Prometheus scrapes, so the update path pays nothing for them; the handling
 latency histogram, webhook request outcomes, cleanup results and event-loop
 measurements are recorded as they happen. FSM records by state come from a
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -31,6 +32,7 @@ from botyard.cleanup.sweep import BotSweep
 from botyard.database.documents import Document
 from botyard.database.roundtrips import RoundTripCounter
 from botyard.registry.models import BotConfig
+from botyard.runtime.outbound import OutboundStats
 from botyard.runtime.runner import BotStatus
 from botyard.runtime.view import PlatformView
 from botyard.storage import COLLECTION_NAME
@@ -77,6 +79,7 @@ class PlatformMetrics:
         self.fsm_sampled_at: float | None = None
         self.registry.register(_RunnerCollector(platform))
         self.registry.register(_SampledCollector(self))
+        self.registry.register(_OutboundCollector(platform))
         self.handling_seconds = Histogram(
             "botyard_update_handling_seconds",
             "Seconds from the start of an update's handling to its end, retries included.",
@@ -240,6 +243,48 @@ class _RunnerCollector(Collector):
         yield from families.values()
         yield in_flight
         yield status
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class _OutboundCollector(Collector):
+    """Each bot's outbound counts (:class:`OutboundStats`), read at scrape time."""
+
+    FAMILIES = (
+        (
+            "sends_delayed",
+            "botyard_api_sends_delayed",
+            "Sends that waited for a slot under the bot's flood limits (or a 429 pause).",
+        ),
+        (
+            "send_delay_seconds",
+            "botyard_api_send_delay_seconds",
+            "Seconds sends waited under the flood limits, in all.",
+        ),
+        ("too_many_requests", "botyard_api_too_many_requests", "429 answers received."),
+        ("retries", "botyard_api_call_retries", "Bot API calls retried after a transient failure."),
+        (
+            "given_up",
+            "botyard_api_calls_given_up",
+            "Bot API calls whose error reached the handler after api_retry_for of retries.",
+        ),
+    )
+
+    def __init__(self, platform: PlatformView) -> None:
+        self._platform = platform
+
+    def collect(self) -> Iterator[Metric]:
+        families = [
+            (field, CounterMetricFamily(name, text, labels=["bot"]))
+            for field, name, text in self.FAMILIES
+        ]
+        outbound: Mapping[str, OutboundStats] = self._platform.outbound
+        for bot, stats in sorted(outbound.items()):
+            for field, family in families:
+                family.add_metric([bot], getattr(stats, field))
+        for _, family in families:
+            yield family
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

@@ -6,9 +6,10 @@ ignored setting). The models are validated once at the edge, by
 :func:`botyard.registry.loader.load_registry`; the rest of botyard only reads them.
 
 Each bot's settings that can be inherited (``state_ttl``, ``fsm_strategy``,
-``max_concurrent_updates``) are resolved from ``defaults`` while the registry is
-validated, so a :class:`BotConfig` always carries its effective values and a
-change to ``defaults`` shows up as a change to the bots it affects.
+``max_concurrent_updates``, ``flood_limits`` key by key, ``api_retry_for``) are
+resolved from ``defaults`` while the registry is validated, so a
+:class:`BotConfig` always carries its effective values and a change to
+``defaults`` shows up as a change to the bots it affects.
 
 The ``Field(description=...)`` texts are the reference documentation of the
 file: they end up in ``botyard schema`` and in the README.
@@ -53,6 +54,7 @@ __all__ = [
     "BotNotFound",
     "CleanupConfig",
     "Defaults",
+    "FloodLimitsConfig",
     "OpsConfig",
     "Registry",
     "RegistryDocument",
@@ -194,6 +196,26 @@ def _check_database(value: str) -> str:
     return value
 
 
+_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*/\s*([smh])")
+_RATE_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _check_rate(value: object) -> str:
+    text = str(value).strip().lower() if isinstance(value, str | int | float) else ""
+    match = _RATE.fullmatch(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(
+            f"invalid rate {value!r}: write messages per unit, e.g. 30/s, 20/m or 100/h"
+        )
+    return f"{match.group(1)}/{match.group(2)}"
+
+
+def rate_per_second(rate: str) -> float:
+    """``"20/m"`` -> ``0.333...``: a validated rate in messages per second."""
+    count, unit = rate.split("/")
+    return float(count) / _RATE_UNIT_SECONDS[unit]
+
+
 def _empty_is_none(value: object) -> object:
     """Let ``api_server: ${BOT_API_SERVER:-}`` mean "not set" when the variable is empty."""
     return None if isinstance(value, str) and not value.strip() else value
@@ -252,6 +274,12 @@ HttpUrl = Annotated[
     WithJsonSchema({"type": "string", "format": "uri", "pattern": "^https?://"}),
 ]
 DatabaseName = Annotated[str, AfterValidator(_check_database)]
+Rate = Annotated[
+    str,
+    BeforeValidator(_check_rate),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?\s*/\s*[smh]$"}),
+]
+"""Messages per unit of time: ``30/s``, ``20/m``, ``100/h``."""
 
 
 def _undocumented_default(schema: JsonDict) -> None:
@@ -312,6 +340,34 @@ class StorageConfig(_Section):
         return value.strip() if isinstance(value, str) else value
 
 
+class FloodLimitsConfig(_Section):
+    """How fast one bot sends, kept under Telegram's flood limits by waiting, never failing."""
+
+    per_bot: Rate = Field(
+        default="30/s",
+        description="Most messages the bot sends in all, e.g. 30/s (Telegram's limit).",
+    )
+    per_chat: Rate = Field(
+        default="1/s",
+        description="Most messages the bot sends to one chat, e.g. 1/s (Telegram's limit).",
+    )
+    per_group: Rate = Field(
+        default="20/m",
+        description=(
+            "Most messages the bot sends to one group or channel (a chat with a negative "
+            "id), e.g. 20/m (Telegram's limit); per_chat applies too."
+        ),
+    )
+    burst: int = Field(
+        default=3,
+        ge=1,
+        description=(
+            "Messages that may go at once to a chat (and in all) before the rates apply; "
+            "the rates hold on average."
+        ),
+    )
+
+
 class Defaults(_Section):
     """Values every bot inherits unless it sets its own."""
 
@@ -341,6 +397,21 @@ class Defaults(_Section):
         description=(
             "Most updates one bot handles at the same time; further updates wait. "
             "Bounds the load a single busy bot puts on the process and the database."
+        ),
+    )
+    flood_limits: FloodLimitsConfig = Field(
+        default_factory=FloodLimitsConfig,
+        description=(
+            "Outbound flood control: each send waits for a slot under these rates. A bot "
+            "may set some keys; the others come from here."
+        ),
+    )
+    api_retry_for: Timeout = Field(
+        default=timedelta(seconds=30),
+        json_schema_extra={"default": "30s"},
+        description=(
+            "Longest a Bot API call spends waiting to be retried after a transient failure "
+            "(429, 5xx, a lost connection, a timeout) before its error reaches the handler."
         ),
     )
 
@@ -488,6 +559,18 @@ class BotConfig(_Section):
             "This bot's max_concurrent_updates; defaults to defaults.max_concurrent_updates."
         ),
     )
+    flood_limits: FloodLimitsConfig = Field(
+        default_factory=FloodLimitsConfig,
+        json_schema_extra=_undocumented_default,
+        description=(
+            "This bot's flood limits; keys it leaves out come from defaults.flood_limits."
+        ),
+    )
+    api_retry_for: Timeout = Field(
+        default=timedelta(seconds=30),
+        json_schema_extra=_undocumented_default,
+        description="This bot's api_retry_for; defaults to defaults.api_retry_for.",
+    )
     enabled: bool = Field(
         default=True,
         description="false keeps the bot in the file without running it.",
@@ -556,7 +639,13 @@ class BotConfig(_Section):
 
 # --- the whole file ----------------------------------------------------------------
 
-_INHERITED = ("state_ttl", "fsm_strategy", "max_concurrent_updates")
+_INHERITED = (
+    "state_ttl",
+    "fsm_strategy",
+    "max_concurrent_updates",
+    "flood_limits",
+    "api_retry_for",
+)
 
 
 class RegistryDocument(_Section):
@@ -609,7 +698,7 @@ class RegistryDocument(_Section):
         except ValidationError:
             return data
         inherited = defaults.model_dump(mode="json", include=set(_INHERITED))
-        data["bots"] = [{**inherited, **bot} if isinstance(bot, dict) else bot for bot in bots]
+        data["bots"] = [_inherit(inherited, bot) if isinstance(bot, dict) else bot for bot in bots]
         return data
 
     @model_validator(mode="after")
@@ -625,6 +714,15 @@ class RegistryDocument(_Section):
                 },
             )
         return self
+
+
+def _inherit(inherited: dict[str, Any], bot: dict[str, Any]) -> dict[str, Any]:
+    """The bot's settings over the defaults; a section (``flood_limits``) merges key by key."""
+    merged = {**inherited, **bot}
+    for key, value in inherited.items():
+        if isinstance(value, dict) and isinstance(bot.get(key), dict):
+            merged[key] = {**value, **bot[key]}
+    return merged
 
 
 def _conflicts(document: RegistryDocument) -> list[tuple[Loc, str]]:

@@ -3,7 +3,9 @@
 Every polling bot holds one connection open for its long poll, so aiogram's
 default of 100 connections per session starves past 100 bots, while a session
 per bot costs about 0.7 MB each. Bots are packed into shared sessions of a fixed
-capacity, one group per Bot API server (a session talks to one server).
+capacity, one group per Bot API server (a session talks to one server). Every
+session carries the pool's :class:`~botyard.runtime.outbound.Outbound`
+middleware: flood control and retries for the bots registered with it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from aiogram.methods import GetUpdates, Response, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.types import Update
+
+from botyard.runtime.outbound import Outbound
 
 #: Bots per shared session; each gets two connections (its long poll plus a reply).
 BOTS_PER_SESSION = 500
@@ -118,6 +122,7 @@ class SessionPool:
         self._bots_per_session = bots_per_session
         self._groups: dict[str | None, list[_Shared]] = {}
         self._seats: dict[str, _Shared] = {}
+        self.outbound = Outbound()
 
     def acquire(self, bot_name: str, api_server: str | None) -> AiohttpSession:
         """A session for ``bot_name`` talking to ``api_server`` (``None``: Telegram)."""
@@ -131,6 +136,7 @@ class SessionPool:
                 api=api,
                 limit=self._bots_per_session * CONNECTIONS_PER_BOT + SPARE_CONNECTIONS,
             )
+            session.middleware(self.outbound)
             shared = _Shared(session)
             group.append(shared)
         shared.bots.add(bot_name)

@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from botyard.ops.watchdog import LoopWatchdog
 from botyard.registry.loader import RegistryError, diff_registries, load_registry
 from botyard.registry.models import BotConfig, Registry
 from botyard.runtime.http_sessions import SessionPool
+from botyard.runtime.outbound import OutboundPolicy, OutboundStats
 from botyard.runtime.routers import BotRouters, RouterRegistry
 from botyard.runtime.runner import BotRunner, BotSpec, BotStatus
 from botyard.storage import BeanieStorage, prepare_database
@@ -134,6 +135,11 @@ class Supervisor:
     def stopping(self) -> bool:
         """Asked to stop: the process is draining and no longer ready."""
         return self._stop.is_set()
+
+    @property
+    def outbound(self) -> Mapping[str, OutboundStats]:
+        """Each running bot's outbound counts (flood control, retries), by name."""
+        return self._sessions.outbound.stats()
 
     def request_reload(self) -> None:
         self._reload_requested.set()
@@ -239,7 +245,9 @@ class Supervisor:
             ),
             observe_handling=self.metrics.observer(config.name),
         )
-        return BotRunner(spec, self._bot_factory(config, self._sessions), on_status=self._on_status)
+        bot = self._bot_factory(config, self._sessions)
+        self._sessions.outbound.register(bot, config.name, OutboundPolicy.from_config(config))
+        return BotRunner(spec, bot, on_status=self._on_status)
 
     def _on_status(self, runner: BotRunner, status: BotStatus, detail: str) -> None:
         level = (
@@ -265,6 +273,7 @@ class Supervisor:
         for runner, result in zip(runners, results, strict=True):
             if isinstance(result, BaseException):
                 logger.error("bot=%s did not stop cleanly: %s", runner.name, result)
+            self._sessions.outbound.unregister(runner.bot)
             await self._sessions.release(runner.name, runner.bot)
             self._routers.release(runner.name)
             self._started(runner.name)

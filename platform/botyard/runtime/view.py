@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from botyard.registry.models import Registry
+from botyard.runtime.outbound import OutboundStats
 from botyard.runtime.runner import BotRunner
 
 __all__ = ["PlatformView"]
@@ -28,6 +29,10 @@ class PlatformView(Protocol):
     @property
     def runners(self) -> Mapping[str, BotRunner]:
         """The bots that were started, by name."""
+
+    @property
+    def outbound(self) -> Mapping[str, OutboundStats]:
+        """Each running bot's outbound counts (flood control, retries), by name."""
 
     @property
     def stopping(self) -> bool:
