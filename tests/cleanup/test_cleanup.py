@@ -34,7 +34,7 @@ from pymongo import AsyncMongoClient, MongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 
 from botyard.cleanup.schedule import misfire_grace_time
-from botyard.cleanup.sweep import Sweeper, realign_filter, stale_filter
+from botyard.cleanup.sweep import Sweeper
 from botyard.cli import main
 from botyard.database.documents import Document
 from botyard.database.embedded import free_port
@@ -44,6 +44,7 @@ from botyard.registry.loader import load_registry
 from botyard.registry.models import BotConfig, CleanupConfig, RegistryError
 from botyard.runtime.supervisor import Supervisor
 from botyard.storage import COLLECTION_NAME, BeanieStorage, prepare_database, update_scope
+from botyard.storage.records import realign_filter, stale_filter
 
 from e2e import REPO
 

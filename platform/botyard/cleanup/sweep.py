@@ -14,13 +14,10 @@ otherwise delete a conversation the registry says is alive ("realigning"):
 - a bot whose ``state_ttl`` grew gets ``expires_at = updated_at + state_ttl`` on
   records the old, shorter TTL would expire before the sweep after next.
 
-Every query goes through an index (``(namespace, updated_at)``,
-``(namespace, expires_at)``, ``_id``). Work is done in batches of
-``batch_size``: fetch only the ``_id`` of up to that many matching records, then
-delete (or update) exactly those, with the selection repeated in the filter so a
-record that became active in between is kept. A sweep therefore never loads a
-record's state or data, unless the bot has an ``on_state_expired`` hook that
-must be given them, and running two sweeps at once removes each record once.
+The queries are :class:`~botyard.storage.records.FSMRecords`': through an
+index, in batches of ``batch_size``. A sweep therefore never loads a record's
+state or data, unless the bot has an ``on_state_expired`` hook that must be
+given them, and running two sweeps at once removes each record once.
 """
 
 from __future__ import annotations
@@ -30,10 +27,10 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,25 +38,21 @@ from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.fsm.storage.base import StorageKey
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from botyard.database.documents import Document
 from botyard.registry.models import BotConfig, CleanupConfig, Registry
 from botyard.runtime.routers import resolve_callable
-from botyard.storage import COLLECTION_NAME, KEY_FIELDS, utcnow
-from botyard.storage.record import storage_key
+from botyard.storage import utcnow
+from botyard.storage.records import FSMRecords, StoredRecord
 
 __all__ = [
     "BotSweep",
     "ExpiredHook",
     "HookBots",
     "Sweeper",
-    "delete_in_batches",
-    "realign_filter",
     "schedule_period",
-    "stale_filter",
     "temporary_bot",
 ]
 
@@ -78,16 +71,6 @@ HOOK_CONCURRENCY = 8
 #: MongoDB's TTL monitor runs about once a minute; realign a little further ahead.
 TTL_MONITOR_SLACK = timedelta(minutes=2)
 
-_ID_ONLY: Document = {"_id": 1}
-_HOOK_PROJECTION: Document = {
-    **dict.fromkeys(KEY_FIELDS, 1),
-    "bot_id": 1,
-    "state": 1,
-    "data": 1,
-}
-_BY_ID = [("_id", 1)]
-_BY_EXPIRY = [("namespace", 1), ("expires_at", 1)]
-_ANY_DATE = datetime.min.replace(tzinfo=UTC)
 #: Errors whose message says it all (bad hook, no token, database down): no traceback.
 _EXPLAINED = (ValueError, PyMongoError)
 
@@ -111,39 +94,6 @@ class BotSweep:
     dry_run: bool = False
 
 
-def stale_filter(namespace: str, state_ttl: timedelta | None, now: datetime) -> Document | None:
-    """The records of ``namespace`` idle for ``state_ttl`` at ``now``; ``None`` for never."""
-    if state_ttl is None:
-        return None
-    return {"namespace": namespace, "updated_at": {"$lte": now - state_ttl}}
-
-
-def realign_filter(
-    namespace: str, state_ttl: timedelta | None, now: datetime, horizon: timedelta
-) -> Document:
-    """Records whose ``expires_at`` would let the TTL index delete them too early.
-
-    Only records expiring within ``horizon`` are looked at: further ones get
-    their turn at a later sweep, and the range keeps this an index scan.
-    """
-    if state_ttl is None:
-        # $ne: null is not an index range on every server; every real date is after year 1.
-        return {"namespace": namespace, "expires_at": {"$gt": _ANY_DATE}}
-    return {
-        "namespace": namespace,
-        "expires_at": {"$lte": now + horizon},
-        "updated_at": {"$gt": now - state_ttl},
-        "$expr": {"$lt": ["$expires_at", _due(state_ttl)]},
-    }
-
-
-def _due(state_ttl: timedelta | None) -> Document | None:
-    """``updated_at + state_ttl`` as an aggregation expression."""
-    if state_ttl is None:
-        return None
-    return {"$add": ["$updated_at", int(state_ttl.total_seconds() * 1000)]}
-
-
 def schedule_period(cleanup: CleanupConfig, now: datetime | None = None) -> timedelta:
     """The longest time between two runs of the cleanup schedule, over its next few runs.
 
@@ -165,64 +115,6 @@ def schedule_period(cleanup: CleanupConfig, now: datetime | None = None) -> time
         (later - earlier for earlier, later in itertools.pairwise(fire_times)),
         default=timedelta(days=366),
     )
-
-
-async def delete_in_batches(
-    collection: AsyncCollection[Document],
-    query: Mapping[str, Any],
-    batch_size: int,
-    *,
-    projection: Mapping[str, Any] = _ID_ONLY,
-    before_delete: Callable[[list[Document]], Awaitable[None]] | None = None,
-    on_batch: Callable[[int], None] | None = None,
-) -> int:
-    """Delete what ``query`` matches, ``batch_size`` records per round trip; return the count.
-
-    ``before_delete`` sees each batch, fetched with ``projection``, before it
-    goes; ``on_batch`` is told how many each batch removed (for progress bars).
-    """
-
-    async def delete(batch: list[Document]) -> int:
-        if before_delete is not None:
-            await before_delete(batch)
-        result = await collection.delete_many(_within(batch, query), hint=_BY_ID)
-        if on_batch is not None:
-            on_batch(result.deleted_count)
-        return result.deleted_count
-
-    return await _in_batches(collection, query, batch_size, delete, projection=projection)
-
-
-async def _in_batches(
-    collection: AsyncCollection[Document],
-    query: Mapping[str, Any],
-    batch_size: int,
-    apply: Callable[[list[Document]], Awaitable[int]],
-    *,
-    projection: Mapping[str, Any] = _ID_ONLY,
-    hint: list[tuple[str, int]] | None = None,
-) -> int:
-    """Fetch up to ``batch_size`` matches, ``apply`` to them, repeat until none are left.
-
-    ``apply`` must make the records stop matching (delete or fix them);
-    otherwise the next fetch would return them again.
-    """
-    done = 0
-    while True:
-        cursor = collection.find(query, projection, limit=batch_size, batch_size=batch_size)
-        if hint is not None:
-            cursor = cursor.hint(hint)
-        batch = await cursor.to_list()
-        if not batch:
-            return done
-        done += await apply(batch)
-        if len(batch) < batch_size:
-            return done
-
-
-def _within(batch: list[Document], query: Mapping[str, Any]) -> Document:
-    """``query`` narrowed to the batch: a record changed since it was fetched is left alone."""
-    return {**query, "_id": {"$in": [document["_id"] for document in batch]}}
 
 
 @contextlib.asynccontextmanager
@@ -262,7 +154,7 @@ class Sweeper:
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        self.collection: AsyncCollection[Document] = database[COLLECTION_NAME]
+        self.records = FSMRecords(database)
         self.base_dir = base_dir
         self.batch_size = batch_size
         self.horizon = horizon
@@ -337,48 +229,37 @@ class Sweeper:
         return result
 
     async def _count(self, bot: BotConfig, now: datetime) -> tuple[int, int, int]:
-        stale = stale_filter(bot.namespace, bot.state_ttl, now)
-        removed = 0 if stale is None else await self.collection.count_documents(stale)
-        realign = realign_filter(bot.namespace, bot.state_ttl, now, self.horizon)
-        realigned = await self.collection.count_documents(realign, hint=_BY_EXPIRY)
+        removed = await self.records.count_stale(bot.namespace, bot.state_ttl, now)
+        realigned = await self.records.count_to_realign(
+            bot.namespace, bot.state_ttl, now, self.horizon
+        )
         return removed, realigned, 0
 
     async def _sweep(self, bot: BotConfig, now: datetime) -> tuple[int, int, int]:
         removed = hook_errors = 0
-        stale = stale_filter(bot.namespace, bot.state_ttl, now)
-        if stale is not None:
+        if bot.state_ttl is not None:  # "never": nothing is stale, no hook to call
             if bot.on_state_expired is None:
-                removed = await delete_in_batches(self.collection, stale, self.batch_size)
+                removed = await self.records.delete_stale(
+                    bot.namespace, bot.state_ttl, now, self.batch_size
+                )
             else:
-                removed, hook_errors = await self._sweep_with_hook(bot, stale)
-        return removed, await self._realign(bot, now), hook_errors
+                removed, hook_errors = await self._sweep_with_hook(bot, now)
+        realigned = await self.records.realign(
+            bot.namespace, bot.state_ttl, now, self.horizon, self.batch_size
+        )
+        return removed, realigned, hook_errors
 
-    async def _sweep_with_hook(self, bot: BotConfig, stale: Document) -> tuple[int, int]:
+    async def _sweep_with_hook(self, bot: BotConfig, now: datetime) -> tuple[int, int]:
         assert bot.on_state_expired is not None
         hook: ExpiredHook = resolve_callable(
             bot.on_state_expired, self.base_dir, where=f"bot {bot.name!r} on_state_expired"
         )
         async with self._hook_bots(bot) as telegram:
             calls = _HookCalls(bot.name, hook, telegram, self.hook_timeout)
-            removed = await delete_in_batches(
-                self.collection,
-                stale,
-                self.batch_size,
-                projection=_HOOK_PROJECTION,
-                before_delete=calls.call_all,
+            removed = await self.records.delete_stale(
+                bot.namespace, bot.state_ttl, now, self.batch_size, before_delete=calls.call_all
             )
         return removed, calls.errors
-
-    async def _realign(self, bot: BotConfig, now: datetime) -> int:
-        query = realign_filter(bot.namespace, bot.state_ttl, now, self.horizon)
-        expiry = [{"$set": {"expires_at": _due(bot.state_ttl)}}]
-
-        async def update(batch: list[Document]) -> int:
-            result = await self.collection.update_many(_within(batch, query), expiry, hint=_BY_ID)
-            return result.modified_count
-
-        # Hinted: the planner could pick (namespace, updated_at), a scan of every live record.
-        return await _in_batches(self.collection, query, self.batch_size, update, hint=_BY_EXPIRY)
 
 
 class _HookCalls:
@@ -392,17 +273,15 @@ class _HookCalls:
         self.errors = 0
         self._slots = asyncio.Semaphore(HOOK_CONCURRENCY)
 
-    async def call_all(self, batch: list[Document]) -> None:
-        await asyncio.gather(*(self._call(document) for document in batch))
+    async def call_all(self, batch: list[StoredRecord]) -> None:
+        await asyncio.gather(*(self._call(record) for record in batch))
 
-    async def _call(self, document: Document) -> None:
-        key = storage_key(document)
-        state = document.get("state")
-        data = dict(document.get("data") or {})
+    async def _call(self, record: StoredRecord) -> None:
+        key = record.key
         async with self._slots:
             try:
                 async with asyncio.timeout(self.timeout):
-                    await self.hook(self.telegram, key, state, data)
+                    await self.hook(self.telegram, key, record.state, record.data)
             except TimeoutError:
                 self.errors += 1
                 logger.error(

@@ -20,14 +20,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from botyard.cleanup.sweep import BotSweep, Sweeper, delete_in_batches, stale_filter
+from botyard.cleanup.sweep import BotSweep, Sweeper
 from botyard.cli.database import run_on_database
 from botyard.cli.options import RegistryGroup, load_quietly, logging_options, registry_argument
 from botyard.database.documents import Document
 from botyard.errors import BotyardError
 from botyard.registry.durations import format_duration, parse_duration
 from botyard.registry.models import BotConfig, Registry
-from botyard.storage import COLLECTION_NAME, prepare_database, utcnow
+from botyard.storage import prepare_database, utcnow
+from botyard.storage.records import FSMRecords
 
 T = TypeVar("T")
 
@@ -149,30 +150,17 @@ async def _collect_stats(
     database: AsyncDatabase[Document], bots: tuple[BotConfig, ...], now: datetime
 ) -> list[_BotStats]:
     """One aggregation over every bot's namespace (via the key index), one count per bot."""
-    collection = database[COLLECTION_NAME]
+    records = FSMRecords(database)
     by_namespace = {bot.namespace: _BotStats(bot) for bot in bots}
-    pipeline: list[Document] = [
-        {"$match": {"namespace": {"$in": list(by_namespace)}}},
-        {
-            "$group": {
-                "_id": {"namespace": "$namespace", "state": "$state"},
-                "records": {"$sum": 1},
-                "oldest": {"$min": "$updated_at"},
-            }
-        },
-        {"$sort": {"_id.namespace": 1, "records": -1, "_id.state": 1}},
-    ]
-    async for group in await collection.aggregate(pipeline):
-        entry = by_namespace[group["_id"]["namespace"]]
-        entry.records += group["records"]
-        entry.per_state.append((group["_id"].get("state") or NO_STATE, group["records"]))
-        oldest = group["oldest"]
-        if oldest is not None and (entry.oldest is None or oldest < entry.oldest):
-            entry.oldest = oldest
+    for group in await records.count_by_state(by_namespace):
+        entry = by_namespace[group.namespace]
+        entry.records += group.records
+        entry.per_state.append((group.state or NO_STATE, group.records))
+        if group.oldest is not None and (entry.oldest is None or group.oldest < entry.oldest):
+            entry.oldest = group.oldest
     for entry in by_namespace.values():
-        stale = stale_filter(entry.bot.namespace, entry.bot.state_ttl, now)
-        if stale is not None and entry.records:
-            entry.expired = await collection.count_documents(stale)
+        if entry.records:
+            entry.expired = await records.count_stale(entry.bot.namespace, entry.bot.state_ttl, now)
     return list(by_namespace.values())
 
 
@@ -205,17 +193,13 @@ def purge(
     """
     registry = load_quietly(registry_path)
     bot = registry.bot(bot_name)
-    query: Document = {"namespace": bot.namespace}
-    if state is not None:
-        query["state"] = state
-    if older_than is not None:
-        query["updated_at"] = {"$lte": utcnow() - older_than}
+    idle_before = None if older_than is None else utcnow() - older_than
     selection = _describe_selection(bot, state, older_than)
     console = _console()
 
     async def purge_selected(database: AsyncDatabase[Document]) -> None:
-        collection = database[COLLECTION_NAME]
-        count = await collection.count_documents(query)
+        records = FSMRecords(database)
+        count = await records.count_selected(bot.namespace, state=state, idle_before=idle_before)
         if count == 0:
             console.print(f"no records match: {selection}")
             return
@@ -234,10 +218,11 @@ def purge(
             disable=count <= registry.cleanup.batch_size,
         ) as progress:
             task = progress.add_task("purge", total=count)
-            deleted = await delete_in_batches(
-                collection,
-                query,
+            deleted = await records.delete_selected(
+                bot.namespace,
                 registry.cleanup.batch_size,
+                state=state,
+                idle_before=idle_before,
                 on_batch=lambda removed: progress.advance(task, removed),
             )
         console.print(f"deleted {deleted} record(s): {selection}")

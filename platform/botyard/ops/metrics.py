@@ -35,7 +35,7 @@ from botyard.registry.models import BotConfig
 from botyard.runtime.outbound import OutboundStats
 from botyard.runtime.runner import BotStatus
 from botyard.runtime.view import PlatformView
-from botyard.storage import COLLECTION_NAME
+from botyard.storage.records import FSMRecords
 
 __all__ = ["FSM_SAMPLE_INTERVAL", "NO_STATE", "PlatformMetrics"]
 
@@ -179,15 +179,10 @@ class PlatformMetrics:
     ) -> None:
         """Count every bot's records per state, in one aggregation through the key index."""
         by_namespace = {bot.namespace: bot.name for bot in bots}
-        pipeline: list[Document] = [
-            {"$match": {"namespace": {"$in": list(by_namespace)}}},
-            {"$group": {"_id": {"namespace": "$namespace", "state": "$state"}, "n": {"$sum": 1}}},
-        ]
         sample: dict[tuple[str, str], int] = {}
-        async for group in await database[COLLECTION_NAME].aggregate(pipeline):
-            bot = by_namespace[group["_id"]["namespace"]]
-            state = group["_id"].get("state") or NO_STATE
-            sample[(bot, state)] = sample.get((bot, state), 0) + group["n"]
+        for group in await FSMRecords(database).count_by_state(by_namespace):
+            label = (by_namespace[group.namespace], group.state or NO_STATE)
+            sample[label] = sample.get(label, 0) + group.records
         self.fsm_records = sample
         self.fsm_sampled_at = time.time()
 

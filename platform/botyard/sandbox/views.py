@@ -18,7 +18,7 @@ from botyard.emulator.text import utf16_length
 from botyard.errors import BotyardError
 from botyard.registry.models import BotConfig
 from botyard.runtime.runner import BotRunner
-from botyard.storage import COLLECTION_NAME, record_filter
+from botyard.storage.records import FSMRecords
 from botyard.tokens import redact
 
 JSON = dict[str, Any]
@@ -111,11 +111,7 @@ def storage_key(config: BotConfig, bot_id: int, user_id: int) -> StorageKey:
 
 async def fsm_record(database: AsyncDatabase[JSON], config: BotConfig, key: StorageKey) -> JSON:
     """The user's FSM state and data as stored, read without refreshing its expiry."""
-    document = await database[COLLECTION_NAME].find_one(
-        record_filter(config.namespace, key),
-        {"_id": 0, "state": 1, "data": 1, "updated_at": 1, "expires_at": 1},
-    )
-    document = document or {}
+    document = await FSMRecords(database).find(config.namespace, key) or {}
     return {
         "state": document.get("state"),
         "data": document.get("data") or {},
@@ -127,12 +123,10 @@ async def fsm_record(database: AsyncDatabase[JSON], config: BotConfig, key: Stor
 
 async def record_counts(database: AsyncDatabase[JSON], namespaces: list[str]) -> dict[str, int]:
     """How many FSM records each namespace holds: one query for all bots, through the index."""
-    pipeline: list[JSON] = [
-        {"$match": {"namespace": {"$in": namespaces}}},
-        {"$group": {"_id": "$namespace", "records": {"$sum": 1}}},
-    ]
-    cursor = await database[COLLECTION_NAME].aggregate(pipeline)
-    return {group["_id"]: group["records"] async for group in cursor}
+    counts: dict[str, int] = {}
+    for group in await FSMRecords(database).count_by_state(namespaces):
+        counts[group.namespace] = counts.get(group.namespace, 0) + group.records
+    return counts
 
 
 def _iso(value: Any) -> str | None:
