@@ -114,13 +114,21 @@ class Yard:
         )
         return self.tokens[name]
 
-    def write(self, *, webhook: bool = True, ops: bool = False, max_connections: int = 40) -> None:
+    def write(
+        self,
+        *,
+        webhook: bool = True,
+        ops: bool = False,
+        max_connections: int = 40,
+        webhook_extra: str = "",
+    ) -> None:
         port = free_port()
         text = f"storage:\n  uri: {self.mongo_uri}\n  database: {self.database}\n"
         if webhook:
             text += (
                 f"webhook:\n  base_url: http://127.0.0.1:{port}\n"
                 f"  listen: 127.0.0.1:{port}\n  max_connections: {max_connections}\n"
+                + webhook_extra
             )
         if ops:
             text += "ops:\n  listen: 127.0.0.1:0\n"

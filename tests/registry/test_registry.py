@@ -962,7 +962,8 @@ def test_json_schema_documents_every_key() -> None:
     expected = {
         "storage", "uri", "database", "timeout", "defaults", "state_ttl", "fsm_strategy",
         "max_concurrent_updates", "cleanup", "schedule", "batch_size", "webhook", "base_url",
-        "listen", "max_connections", "ops", "bots", "name", "token", "routers", "api_server",
+        "listen", "max_connections", "header_timeout", "body_timeout",
+        "max_connections_per_client", "ops", "bots", "name", "token", "routers", "api_server",
         "namespace", "enabled", "mode", "on_state_expired", "settings", "flood_limits",
         "per_bot", "per_chat", "per_group", "burst", "api_retry_for",
     }  # fmt: skip

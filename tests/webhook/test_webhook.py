@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -301,3 +305,93 @@ def test_the_server_listens_on_webhook_listen_else_on_ops_listen(
     )
     address = server_address(load_registry(path))
     assert (address[1] if address else None) == expected
+
+
+async def test_hostile_bodies_get_400_and_one_log_line(
+    yard: Yard, caplog: pytest.LogCaptureFixture
+) -> None:
+    yard.add("shop")
+    yard.write()
+    supervisor = await yard.start()
+    path, secret = webhook_of(yard, "shop")
+    good = {SECRET_HEADER: secret, "Content-Type": "application/json"}
+    message = {"message_id": 1, "date": 0, "chat": {"id": 1, "type": "private"}}
+    hostile = {
+        "nested past the parser": b'{"update_id": 1, "x": '
+        + b"[" * 200_000
+        + b"]" * 200_000
+        + b"}",
+        "nested past MongoDB": json.dumps({"update_id": 2, "x": json.loads("[" * 100 + "]" * 100)}),
+        "update_id above 2^63": json.dumps({"update_id": 2**64, "message": message}),
+        "an int above 2^63 inside": json.dumps(
+            {"update_id": 3, "message": {**message, "chat": {"id": 2**70, "type": "private"}}}
+        ),
+    }
+    caplog.clear()
+    for body in hostile.values():
+        status, text = await yard.request("POST", path, data=body, headers=good)
+        assert status == 400, text
+    rejected = [r for r in caplog.records if "webhook request rejected" in r.getMessage()]
+    assert len(rejected) == len(hostile)
+    assert all(r.exc_info is None and r.exc_text is None for r in rejected)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert await yard.collection_count(JOURNAL_COLLECTION) == 0
+    assert supervisor.runners["shop"].counters.received == 0
+
+
+async def test_slow_clients_are_closed_while_updates_keep_flowing(yard: Yard) -> None:
+    token = yard.add("shop")
+    yard.write(
+        webhook_extra=(
+            "  header_timeout: 1s\n  body_timeout: 1s\n  max_connections_per_client: 20\n"
+        )
+    )
+    supervisor = await yard.start()
+    assert supervisor.http is not None
+    path, secret = webhook_of(yard, "shop")
+    port = int(yard.url.rpartition(":")[2])
+
+    async def slowloris(headers_done: bool, source: str = "127.0.0.2") -> tuple[float, bytes]:
+        """From another loopback address: headers (or the body) a few bytes at a time."""
+        with socket.socket() as raw:
+            raw.bind((source, 0))
+            raw.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(sock=raw.dup())
+        opened = time.monotonic()
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\n"
+        if headers_done:
+            head += f"{SECRET_HEADER}: {secret}\r\nContent-Length: 100\r\n\r\n{{"
+        writer.write(head.encode())
+        answer = b""
+        try:
+            async with asyncio.timeout(60):
+                while not reader.at_eof():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.3):
+                            answer += await reader.read(1024)
+                            continue
+                    writer.write(b"X-Slow: 1\r\n" if not headers_done else b" ")
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+        return time.monotonic() - opened, answer
+
+    slow = [asyncio.create_task(slowloris(headers_done=False)) for _ in range(30)]
+    trickled_body = asyncio.create_task(slowloris(headers_done=True, source="127.0.0.3"))
+    for n in range(5):  # Telegram's deliveries go on meanwhile
+        yard.emulator.send_message(token, 7, f"still here {n}")
+        reply = await yard.emulator.wait_for_reply(token, 7, timeout=30)
+        assert reply["text"] == f"still here {n}"
+    results = await asyncio.gather(*slow)
+    body_took, body_answer = await trickled_body
+    guard = supervisor.http.guard
+    assert guard.refused == 10, "20 connections per client address"
+    assert guard.timed_out >= 20
+    held = sorted(took for took, _ in results)[10:]
+    assert all(took >= 0.9 for took in held), "closed no sooner than header_timeout"
+    assert all(answer == b"" for _, answer in results), "closed without an answer"
+    assert body_answer.startswith(b"HTTP/1.1 408"), body_answer[:100]
+    assert body_took >= 0.9
+    assert supervisor.runners["shop"].counters.handled == 5

@@ -13,12 +13,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from botyard.errors import BotyardError
+from botyard.ops.connection_guard import ConnectionGuard, ConnectionLimits, GuardedSite
 from botyard.ops.health import Readiness
 from botyard.ops.metrics import PlatformMetrics
 from botyard.registry.models import Registry
 from botyard.webhook.endpoint import MAX_BODY_BYTES, WEBHOOK_PREFIX, WebhookEndpoint
 
-__all__ = ["ListenError", "OpsServer", "server_address"]
+__all__ = ["ListenError", "OpsServer", "connection_limits", "server_address"]
 
 logger = logging.getLogger("botyard.http")
 
@@ -38,21 +39,38 @@ def server_address(registry: Registry) -> tuple[str, int] | None:
     return None
 
 
+def connection_limits(registry: Registry) -> ConnectionLimits:
+    """The server's connection limits: the ``webhook`` section's, else the defaults."""
+    webhook = registry.webhook
+    if webhook is None:
+        return ConnectionLimits()
+    return ConnectionLimits(
+        header_timeout=webhook.header_timeout.total_seconds(),
+        body_timeout=webhook.body_timeout.total_seconds(),
+        max_per_client=webhook.max_connections_per_client,
+    )
+
+
 class OpsServer:
     """Serves the endpoint, the probes and the metrics on one address."""
 
     def __init__(
-        self, endpoint: WebhookEndpoint, readiness: Readiness, metrics: PlatformMetrics
+        self,
+        endpoint: WebhookEndpoint,
+        readiness: Readiness,
+        metrics: PlatformMetrics,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._readiness = readiness
         self._metrics = metrics
+        self.guard = ConnectionGuard(limits or ConnectionLimits())
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
 
     def application(self) -> web.Application:
         # client_max_size: a larger body fails to read, and the endpoint answers 400.
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self.guard.middleware])
         app.router.add_post(WEBHOOK_PREFIX + "/{bot}/{secret}", self._endpoint.handle)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -64,7 +82,7 @@ class OpsServer:
         runner = web.AppRunner(self.application(), access_log=None, shutdown_timeout=5.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await GuardedSite(runner, host, port, self.guard).start()
         except OSError as error:
             await runner.cleanup()
             raise ListenError(

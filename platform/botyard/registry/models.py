@@ -474,6 +474,27 @@ class WebhookConfig(_Section):
             "updates (1 to 100)."
         ),
     )
+    header_timeout: Timeout = Field(
+        default=timedelta(seconds=10),
+        json_schema_extra={"default": "10s"},
+        description=(
+            "Longest a connection may take to send a request's headers, from when it "
+            "opened or since the previous response; a slower one is closed."
+        ),
+    )
+    body_timeout: Timeout = Field(
+        default=timedelta(seconds=10),
+        json_schema_extra={"default": "10s"},
+        description="Longest reading one request's body may take; a slower one gets 408.",
+    )
+    max_connections_per_client: int = Field(
+        default=200,
+        ge=1,
+        description=(
+            "Most connections one client address may hold open at once; more are closed. "
+            "Behind a reverse proxy every connection comes from the proxy's address."
+        ),
+    )
 
     @property
     def address(self) -> tuple[str, int]:

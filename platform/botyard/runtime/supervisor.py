@@ -31,7 +31,7 @@ from botyard.database.errors import DatabaseUnavailable
 from botyard.database.location import open_store
 from botyard.logs import TokenRedactingFilter
 from botyard.ops.health import Readiness
-from botyard.ops.http_server import OpsServer, server_address
+from botyard.ops.http_server import OpsServer, connection_limits, server_address
 from botyard.ops.metrics import FSM_SAMPLE_INTERVAL, PlatformMetrics
 from botyard.ops.watchdog import LoopWatchdog
 from botyard.registry.loader import RegistryError, diff_registries, load_registry
@@ -190,7 +190,9 @@ class Supervisor:
             address = server_address(self.registry) if self.serve_http else None
             if address is not None:
                 readiness = Readiness(database, self)
-                self.http = OpsServer(self.webhooks, readiness, self.metrics)
+                self.http = OpsServer(
+                    self.webhooks, readiness, self.metrics, connection_limits(self.registry)
+                )
                 await self.http.start(*address)
             yield
         finally:

@@ -20,6 +20,7 @@ ordering, concurrency cap and fault isolation as a polled update.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -54,6 +55,10 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 WEBHOOK_PREFIX = "/webhook"
 #: Telegram's updates are a few kilobytes; anything near this is not one.
 MAX_BODY_BYTES = 1024 * 1024
+#: Telegram's updates nest about a dozen levels (a reply inside a message inside an update).
+MAX_UPDATE_NESTING = 64
+#: Longest reading a body may take when the registry has no webhook section.
+BODY_TIMEOUT = 10.0
 
 
 def webhook_url(config: WebhookConfig, bot: str, secret: WebhookSecret) -> str:
@@ -114,12 +119,17 @@ class WebhookEndpoint:
         if not route.accepting:
             self._metrics.count_webhook(name, "unavailable")
             return _text(503, "bot is stopping; deliver again later")
+        config = self._config()
+        body_timeout = config.body_timeout.total_seconds() if config else BODY_TIMEOUT
         try:
-            raw, parsed = await _read_update(request, route.runner)
+            raw, parsed = await _read_update(request, route.runner, body_timeout)
         except _BadUpdate as problem:
             self._metrics.count_webhook(name, "bad_request")
             logger.warning("bot=%s webhook request rejected: %s", name, problem)
-            return _text(400, str(problem))
+            response = _text(problem.status, str(problem))
+            if problem.status == 408:
+                response.force_close()
+            return response
         try:
             fresh = await self.journal.record(name, parsed.update_id, raw)
         except PyMongoError as error:
@@ -247,28 +257,55 @@ class _Binding:
 
 
 class _BadUpdate(BotyardError, ValueError):
-    """The body is not an update; the message says why (answered 400)."""
+    """The body is not an update; the message says why (answered 400, or 408 when slow)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-async def _read_update(request: web.Request, runner: BotRunner) -> tuple[dict[str, Any], Update]:
+async def _read_update(
+    request: web.Request, runner: BotRunner, body_timeout: float
+) -> tuple[dict[str, Any], Update]:
     """The body as JSON and as an aiogram ``Update`` bound to the runner's bot."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise _BadUpdate(f"body of {request.content_length} bytes exceeds {MAX_BODY_BYTES}")
     try:
-        body = await request.read()  # the application's client_max_size is MAX_BODY_BYTES
+        async with asyncio.timeout(body_timeout):
+            body = await request.read()  # the application's client_max_size is MAX_BODY_BYTES
     except web.HTTPRequestEntityTooLarge:
         raise _BadUpdate(f"body exceeds {MAX_BODY_BYTES} bytes") from None
+    except TimeoutError:
+        raise _BadUpdate(f"body not received within {body_timeout:g}s", status=408) from None
     try:
         raw = json.loads(body)
+    except RecursionError:
+        raise _BadUpdate("body is JSON nested too deeply to be an update") from None
     except ValueError as error:
         raise _BadUpdate(f"body is not JSON ({error})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("update_id"), int):
         raise _BadUpdate("body is not a Telegram update (no integer update_id)")
+    _check_storable(raw)
     try:
         update = Update.model_validate(raw, context={"bot": runner.bot})
     except ValidationError as error:
         raise _BadUpdate(f"body is not a valid update ({error.error_count()} errors)") from None
     return raw, update
+
+
+def _check_storable(raw: dict[str, Any]) -> None:
+    """Refuse what no update holds and the journal could not store: nesting deeper than
+    :data:`MAX_UPDATE_NESTING`, integers outside 64 bits (``update_id`` above 2^63)."""
+    pending: list[tuple[Any, int]] = [(raw, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_UPDATE_NESTING:
+                raise _BadUpdate(f"body nests deeper than {MAX_UPDATE_NESTING} levels")
+            items = value.values() if isinstance(value, dict) else value
+            pending.extend((item, depth + 1) for item in items)
+        elif isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise _BadUpdate("body holds an integer outside 64 bits")
 
 
 def _text(status: int, reason: str) -> web.Response:
