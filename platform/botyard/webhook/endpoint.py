@@ -119,7 +119,7 @@ class WebhookEndpoint:
         if not route.accepting:
             self._metrics.count_webhook(name, "unavailable")
             return _text(503, "bot is stopping; deliver again later")
-        config = self._config()
+        config = self._platform.registry.webhook
         body_timeout = config.body_timeout.total_seconds() if config else BODY_TIMEOUT
         try:
             raw, parsed = await _read_update(request, route.runner, body_timeout)
