@@ -115,6 +115,18 @@ async def test_an_exhausted_bound_hands_the_error_over_with_one_log_line(
     await bot.send_message(USER + 1, "other chats are fine")
 
 
+async def test_the_bound_counts_the_time_attempts_take(
+    bot_api: BotAPIEmulator, emulated: EmulatedBot, pool: SessionPool
+) -> None:
+    bot, outbound = make_bot(pool, bot_api, emulated, retry_for=2.0)
+    bot_api.add_fault("timeout", methods="sendMessage", hang=5.0)
+    with pytest.raises(TelegramNetworkError, match="timeout"):
+        await bot.send_message(USER, "hung", request_timeout=1)
+    # 1 s attempt + 0.5 s backoff + 1 s attempt is past 2 s: no third attempt
+    assert bot_api.calls(bot.token, "sendMessage") == 2
+    assert (outbound.stats.retries, outbound.stats.given_up) == (1, 1)
+
+
 async def test_a_429_longer_than_the_bound_gives_up_at_once_and_pauses_only_that_chat(
     bot_api: BotAPIEmulator,
     emulated: EmulatedBot,

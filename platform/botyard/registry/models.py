@@ -410,8 +410,9 @@ class Defaults(_Section):
         default=timedelta(seconds=30),
         json_schema_extra={"default": "30s"},
         description=(
-            "Longest a Bot API call spends waiting to be retried after a transient failure "
-            "(429, 5xx, a lost connection, a timeout) before its error reaches the handler."
+            "How long after its first attempt a Bot API call may still be retried after a "
+            "transient failure (429, 5xx, a lost connection, a timeout); then its error "
+            "reaches the handler. An attempt under way is bounded by the request timeout."
         ),
     )
 

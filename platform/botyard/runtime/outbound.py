@@ -14,12 +14,13 @@ methods (``getMe``, ``answerCallbackQuery``, ``setWebhook``...) are never held.
 
 Retries. A transient failure of one call (429, 5xx, a lost connection, a
 timeout) is retried at that call: after ``retry_after`` for a 429, after an
-exponential backoff otherwise, for at most ``retry_for`` seconds of waiting in
-all; then the handler gets the last error, and one log line names the bot, the
-method and the chat. A 429 also pauses, for ``retry_after``, the chat the call
-went to (or the whole bot, for a call to no chat): Telegram's answer does not
-say which limit was hit, and pausing the whole bot for one busy group would
-hold every other chat back.
+exponential backoff otherwise, as long as the retry would start within
+``retry_for`` seconds of the first attempt (an attempt under way is not cut:
+the request timeout bounds it); then the handler gets the last error, and one
+log line names the bot, the method and the chat. A 429 also pauses, for
+``retry_after``, the chat the call went to (or the whole bot, for a call to no
+chat): Telegram's answer does not say which limit was hit, and pausing the
+whole bot for one busy group would hold every other chat back.
 
 A lost connection is retried even though the request may have reached
 Telegram: the Bot API has no idempotency key, so after a connection dropped
@@ -255,13 +256,14 @@ class BotOutbound:
         api_method = method.__api_method__
         sends, has_chat = _kind(method)
         chat_id: ChatId | None = method.chat_id if has_chat else None  # type: ignore[attr-defined]
-        waited = 0.0
+        started: float | None = None
         attempt = 0
         while True:
             attempt += 1
             if sends:
                 paused = self.flood.paused_for(chat_id)
-                if paused > 0 and waited + paused > self.policy.retry_for:
+                spent = 0.0 if started is None else time.monotonic() - started
+                if paused > 0 and spent + paused > self.policy.retry_for:
                     raise self._give_up(
                         TelegramRetryAfter(
                             method=method,
@@ -271,12 +273,14 @@ class BotOutbound:
                         api_method,
                         chat_id,
                         attempt - 1,
-                        waited,
+                        spent,
                     )
                 delay = await self.flood.acquire(chat_id)
                 if delay > 0:
                     self.stats.sends_delayed += 1
                     self.stats.send_delay_seconds += delay
+            if started is None:
+                started = time.monotonic()
             try:
                 return await make_request(bot, method)
             except TelegramRetryAfter as error:
@@ -289,10 +293,10 @@ class BotOutbound:
             except (TelegramServerError, TelegramNetworkError) as error:
                 failure = error
                 wait = _backoff(attempt - 1)
-            if waited + wait > self.policy.retry_for:
-                raise self._give_up(failure, api_method, chat_id, attempt, waited)
+            spent = time.monotonic() - started
+            if spent + wait > self.policy.retry_for:
+                raise self._give_up(failure, api_method, chat_id, attempt, spent)
             self.stats.retries += 1
-            waited += wait
             await asyncio.sleep(wait)
 
     def _give_up(
@@ -301,17 +305,17 @@ class BotOutbound:
         api_method: str,
         chat_id: ChatId | None,
         attempts: int,
-        waited: float,
+        spent: float,
     ) -> TelegramAPIError:
         self.stats.given_up += 1
         logger.warning(
-            "bot=%s %s to chat %s given up after %d attempt(s) and %.1fs of waiting "
+            "bot=%s %s to chat %s given up after %d attempt(s) in %.1fs "
             "(api_retry_for %.0fs): %s: %s",
             self.name,
             api_method,
             chat_id if chat_id is not None else "-",
             attempts,
-            waited,
+            spent,
             self.policy.retry_for,
             type(error).__name__,
             error.message,
