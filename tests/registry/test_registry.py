@@ -16,17 +16,14 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from pydantic import SecretStr, ValidationError
 
+from botyard.registry.diff import diff_registries
 from botyard.registry.durations import format_duration, parse_duration
-from botyard.registry.loader import (
-    check_registry,
-    diff_registries,
-    load_registry,
-    registry_json_schema,
-)
+from botyard.registry.loader import check_registry, load_registry
 from botyard.registry.models import BotConfig, Defaults, Registry, RegistryError, rate_per_second
+from botyard.registry.schema import registry_json_schema
 from botyard.runtime.routers import (
     RouterBuildError,
-    RouterRegistry,
+    RouterResolver,
     resolve_callable,
     resolve_routers,
 )
@@ -778,7 +775,7 @@ def test_router_object_listed_for_two_bots(tmp_path: Path) -> None:
         "factory function instead"
     ]
     registry = load_registry(path, environ=ENV)
-    routers = RouterRegistry(registry.base_dir)
+    routers = RouterResolver(registry.base_dir)
     routers.resolve(registry.bot("a"))
     with pytest.raises(RegistryError, match="listed for bots 'a' and 'b'"):
         routers.resolve(registry.bot("b"))
@@ -817,7 +814,7 @@ def test_factory_builds_a_new_router_for_each_bot(tmp_path: Path) -> None:
         shop=SHOP_MODULE,
     )
     registry = load_registry(path, environ=ENV)
-    routers = RouterRegistry(registry.base_dir).resolve_all(registry.enabled_bots)
+    routers = RouterResolver(registry.base_dir).resolve_all(registry.enabled_bots)
     assert set(routers) == {"a", "b"}
     calls = sys.modules["bots.shop"].calls
     assert len(calls) == 2, "one probe of the list of specs, calling the factory twice"
@@ -1113,7 +1110,7 @@ def test_a_probe_learns_update_types_and_lifecycle_hooks_once_per_spec(tmp_path:
             return router
         """
     write_bots(tmp_path, flaky=textwrap.dedent(module))
-    registry = RouterRegistry(tmp_path)
+    registry = RouterResolver(tmp_path)
     plain = registry.resolve(
         BotConfig(name="a", token=SecretStr(TOKEN_A), routers=["bots.flaky:make"])
     )

@@ -21,7 +21,8 @@ from aiogram.utils.backoff import Backoff, BackoffConfig
 from pymongo import AsyncMongoClient
 
 from botyard.emulator import BotAPIEmulator
-from botyard.registry.loader import diff_registries, load_registry
+from botyard.registry.diff import diff_registries
+from botyard.registry.loader import load_registry
 from botyard.runtime import gc_pause
 from botyard.runtime import supervisor as supervisor_module
 from botyard.runtime.routers import BotRouters

@@ -10,7 +10,8 @@ import click
 
 from botyard import __version__
 from botyard.cli.errors import ReportingGroup
-from botyard.cli.migrate import import_state, migrate
+from botyard.cli.importing import import_state
+from botyard.cli.migrate import migrate
 from botyard.cli.options import ENV_PREFIX
 from botyard.cli.run import check, run, schema
 from botyard.cli.sandbox import sandbox

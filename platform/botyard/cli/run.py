@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from botyard.cli.options import command_redactor, logging_options, registry_argument
-from botyard.registry.loader import check_registry, load_registry, registry_json_schema
+from botyard.registry.loader import check_registry, load_registry
+from botyard.registry.schema import registry_json_schema
 
 
 @click.command()

@@ -17,12 +17,12 @@ from typing import TypeVar
 import click
 from pymongo.asynchronous.database import AsyncDatabase
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from botyard.cleanup.sweep import BotSweep, Sweeper
 from botyard.cli.database import run_on_database
 from botyard.cli.options import RegistryGroup, load_quietly, logging_options, registry_argument
+from botyard.cli.progress import progress_bar
 from botyard.database.documents import Document
 from botyard.errors import BotyardError
 from botyard.registry.durations import format_duration, parse_duration
@@ -208,22 +208,15 @@ def purge(
             return
         if not yes:
             await _confirm(f"Delete {count} record(s): {selection}?")
-        with Progress(
-            TextColumn("deleting"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=count <= registry.cleanup.batch_size,
-        ) as progress:
-            task = progress.add_task("purge", total=count)
+        with progress_bar(
+            "deleting", count, console=console, disable=count <= registry.cleanup.batch_size
+        ) as advance:
             deleted = await records.delete_selected(
                 bot.namespace,
                 registry.cleanup.batch_size,
                 state=state,
                 idle_before=idle_before,
-                on_batch=lambda removed: progress.advance(task, removed),
+                on_batch=advance,
             )
         console.print(f"deleted {deleted} record(s): {selection}")
 

@@ -11,17 +11,14 @@ error at a time. Token values never appear in those messages.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic import ValidationError
 
 from botyard.registry.models import (
     BotConfig,
@@ -31,20 +28,10 @@ from botyard.registry.models import (
     RegistryError,
     format_loc,
 )
-from botyard.runtime.routers import RouterRegistry, resolve_callable
-from botyard.tokens import TokenRedactor
+from botyard.registry.problems import Lines, Problems, kind_of, line_of
+from botyard.runtime.routers import RouterResolver, resolve_callable
 
-__all__ = [
-    "RegistryDiff",
-    "RegistryError",
-    "check_registry",
-    "diff_registries",
-    "load_registry",
-    "registry_json_schema",
-]
-
-Lines: TypeAlias = dict[Loc, int]
-"""Line (1-based) of every key and list item in the file, by key path."""
+__all__ = ["RegistryError", "check_registry", "load_registry"]
 
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REFERENCE = re.compile(r"\$\$|\$\{(?P<body>[^}]*)\}|\$\{")
@@ -75,7 +62,7 @@ def load_registry(
 def _load(path: Path, require_tokens: bool, environ: Mapping[str, str]) -> tuple[Registry, Lines]:
     source = str(path)
     data, lines = _read_yaml(path)
-    problems = _Problems(source, lines)
+    problems = Problems(source, lines)
     variables, dotenv_problems = _read_dotenv(path.parent / ".env")
     problems.extend_plain(dotenv_problems)
     data = _substitute(data, {**variables, **environ}, require_tokens, problems, path.name)
@@ -128,7 +115,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], Lines]:
         raise RegistryError(
             [
                 f"{source}:1: the top level must be a mapping of sections (storage, defaults, "
-                f"cleanup, webhook, ops, bots), not {_kind(data)}"
+                f"cleanup, webhook, ops, bots), not {kind_of(data)}"
             ]
         )
     return data, lines
@@ -286,7 +273,7 @@ def _substitute(
     data: Any,
     variables: Mapping[str, str],
     require_tokens: bool,
-    problems: _Problems,
+    problems: Problems,
     file_name: str,
 ) -> Any:
     """Replace ``${VAR}`` references in every string value, in Docker Compose's forms
@@ -368,185 +355,7 @@ def _is_token(loc: Loc) -> bool:
     return len(loc) == 3 and loc[0] == "bots" and loc[2] == "token"
 
 
-# --- error messages ----------------------------------------------------------------
-
-
-class _Problems:
-    """Collects problems and renders them as ``file:line: where: what`` lines, in file order.
-
-    Lines are rendered at the end, from the data after substitution, so bot
-    names are the real ones and the real tokens can be redacted.
-    """
-
-    def __init__(self, source: str, lines: Lines) -> None:
-        self.source = source
-        self.lines = lines
-        self._found: list[tuple[Loc | None, str]] = []
-        self._covered: list[Loc] = []
-
-    def add(self, loc: Loc, message: str) -> None:
-        """A problem at ``loc``; later validation errors at or below it are not repeated."""
-        self._covered.append(loc)
-        self._found.append((loc, message))
-
-    def extend_plain(self, messages: Sequence[str]) -> None:
-        """Problems that already say where they are (the ``.env`` file)."""
-        self._found.extend((None, message) for message in messages)
-
-    def add_pydantic(self, detail: ErrorDetails) -> None:
-        if detail["type"] == "registry_conflicts":
-            self._found.extend(detail.get("ctx", {})["problems"])
-            return
-        loc = tuple(detail["loc"])
-        if detail["type"] == "too_short" and detail.get("input"):
-            return  # "too short after validation": the failing items say why
-        if not any(loc[: len(covered)] == covered for covered in self._covered):
-            self._found.append((loc, _explain(detail, loc)))
-
-    def raise_if_any(self, data: Any) -> None:
-        if not self._found:
-            return
-        rendered = sorted(
-            (self._render(loc, message, data) for loc, message in self._found),
-            key=lambda item: item[0],
-        )
-        redact = TokenRedactor(_raw_tokens(data))
-        raise RegistryError([redact(text) for _, text in rendered], source=self.source)
-
-    def _render(self, loc: Loc | None, message: str, data: Any) -> tuple[int, str]:
-        if loc is None:
-            return 0, message
-        line = _line_of(loc, self.lines)
-        where = f"{self.source}:{line}" if line else self.source
-        what = _describe_loc(loc, data)
-        return line or 0, f"{where}: {what}: {message}" if what else f"{where}: {message}"
-
-
-def _line_of(loc: Loc, lines: Lines) -> int | None:
-    for end in range(len(loc), 0, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return None
-
-
-def _describe_loc(loc: Loc, data: Any) -> str:
-    """``("bots", 1, "state_ttl")`` -> ``"bots[1] (shop).state_ttl"``, naming the bot."""
-    text = ""
-    node = data
-    for part in loc:
-        child = _child(node, part)
-        if isinstance(part, int):
-            text += f"[{part}]"
-            name = child.get("name") if isinstance(child, dict) else None
-            if isinstance(name, str) and name:
-                text += f" ({name})"
-        else:
-            text += f".{part}" if text else part
-        node = child
-    return text
-
-
-def _child(node: Any, part: str | int) -> Any:
-    if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
-        return node[part]
-    if isinstance(part, str) and isinstance(node, dict):
-        return node.get(part)
-    return None
-
-
-def _explain(detail: ErrorDetails, loc: Loc) -> str:
-    """Turn one pydantic error into a sentence about the file."""
-    kind = detail["type"]
-    value = detail.get("input")
-    if kind == "value_error":
-        return str(detail.get("ctx", {}).get("error", detail["msg"]))
-    if kind == "extra_forbidden":
-        return _unknown_key(loc)
-    if kind == "missing":
-        return "required key is missing" + (
-            " (list your bots under bots:)" if loc == ("bots",) else ""
-        )
-    if kind == "too_short" and loc == ("bots",):
-        return "no bots listed: add at least one entry under bots:"
-    if kind == "too_short" and loc[-1:] == ("routers",):
-        return "no routers listed: add at least one 'module:attribute'"
-    if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return f"expected a mapping (key: value lines), got {_kind(value)}"
-    if kind in ("tuple_type", "list_type"):
-        return f"expected a list, got {_kind(value)}"
-    if kind == "string_type":
-        return f"expected a string, got {_kind(value)}"
-    message = detail["msg"].replace("Input should be", "should be")
-    message = message[:1].lower() + message[1:]
-    if "token" not in loc and isinstance(value, str | int | float | bool):
-        message += f" (got {value!r})"
-    return message
-
-
-def _unknown_key(loc: Loc) -> str:
-    key = str(loc[-1])
-    model = _model_at(loc[:-1])
-    allowed = sorted(model.model_fields) if model else []
-    close = difflib.get_close_matches(key, allowed, n=1)
-    if close:
-        return f"unknown key {key!r} (did you mean {close[0]!r}?)"
-    return (
-        f"unknown key {key!r} (allowed: {', '.join(allowed)})"
-        if allowed
-        else f"unknown key {key!r}"
-    )
-
-
-def _model_at(loc: Loc) -> type[BaseModel] | None:
-    """The model that validates the mapping at ``loc``, to suggest the right key."""
-    model: type[BaseModel] | None = RegistryDocument
-    for part in loc:
-        if model is None:
-            return None
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        model = _find_model(field.annotation) if field else None
-    return model
-
-
-def _find_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for argument in getattr(annotation, "__args__", ()):
-        found = _find_model(argument)
-        if found:
-            return found
-    return None
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "an empty value"
-    if isinstance(value, bool):
-        return f"{str(value).lower()}"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, int | float):
-        return f"the number {value}"
-    return f"a {type(value).__name__}"
-
-
-def _raw_tokens(data: Any) -> list[str]:
-    """Every token string in the file after substitution, to redact from messages."""
-    bots = data.get("bots") if isinstance(data, dict) else None
-    if not isinstance(bots, list):
-        return []
-    return [
-        bot["token"] for bot in bots if isinstance(bot, dict) and isinstance(bot.get("token"), str)
-    ]
-
-
-# --- botyard check / schema / reload -----------------------------------------------
+# --- botyard check ----------------------------------------------------------------
 
 
 def check_registry(
@@ -569,14 +378,14 @@ def check_registry(
 
     def locate(bot: BotConfig, loc: Loc) -> str:
         full: Loc = ("bots", index[bot.name], *loc)
-        line = _line_of(full, lines)
+        line = line_of(full, lines)
         where = f"{source}:{line}" if line else source
         return f"{where}: bots[{index[bot.name]}] ({bot.name}).{format_loc(loc)}"
 
     problems: list[str] = []
-    shared = RouterRegistry(registry.base_dir, locate=locate)
+    shared = RouterResolver(registry.base_dir, locate=locate)
     for bot in registry.bots:
-        routers = shared if bot.enabled else RouterRegistry(registry.base_dir, locate=locate)
+        routers = shared if bot.enabled else RouterResolver(registry.base_dir, locate=locate)
         try:
             routers.resolve(bot)
         except RegistryError as error:
@@ -600,61 +409,3 @@ def check_registry(
         f"({', '.join(bot.name for bot in registry.enabled_bots) or 'none'}); "
         f"{routers_count} router(s) and {hooks} hook(s) imported"
     )
-
-
-def registry_json_schema() -> dict[str, Any]:
-    """JSON Schema of the registry file, for ``botyard schema`` and editor completion."""
-    schema = RegistryDocument.model_json_schema()
-    schema["title"] = "botyard registry"
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
-
-
-@dataclass(frozen=True)
-class RegistryDiff:
-    """What a reload changes, by bot name, over the *enabled* bots.
-
-    A bot that gets disabled counts as removed, one that gets enabled as added.
-    ``changed`` bots differ in an effective setting (a change to ``defaults``
-    counts for every bot that inherits it; a change to ``webhook`` for every
-    bot in webhook mode). ``sections`` names the shared sections that changed
-    (storage, cleanup, webhook, ops), for the caller to decide what they need.
-    """
-
-    added: tuple[str, ...]
-    removed: tuple[str, ...]
-    changed: tuple[str, ...]
-    unchanged: tuple[str, ...]
-    sections: tuple[str, ...]
-
-    @property
-    def bots_affected(self) -> bool:
-        """Whether any bot has to start, stop or restart."""
-        return bool(self.added or self.removed or self.changed)
-
-
-def diff_registries(old: Registry, new: Registry) -> RegistryDiff:
-    """Compare two loads of a registry, for hot reload."""
-    before = {bot.name: bot for bot in old.enabled_bots}
-    after = {bot.name: bot for bot in new.enabled_bots}
-    changed, unchanged = [], []
-    for name in (name for name in after if name in before):
-        if _effective(before[name], old) != _effective(after[name], new):
-            changed.append(name)
-        else:
-            unchanged.append(name)
-    sections = tuple(
-        section
-        for section in ("storage", "cleanup", "webhook", "ops")
-        if getattr(old, section) != getattr(new, section)
-    )
-    return RegistryDiff(
-        added=tuple(name for name in after if name not in before),
-        removed=tuple(name for name in before if name not in after),
-        changed=tuple(changed),
-        unchanged=tuple(unchanged),
-        sections=sections,
-    )
-
-
-def _effective(bot: BotConfig, registry: Registry) -> tuple[BotConfig, object]:
-    return bot, registry.webhook if bot.mode == "webhook" else None

@@ -30,7 +30,7 @@ __all__ = [
     "BotRouters",
     "Locator",
     "RouterBuildError",
-    "RouterRegistry",
+    "RouterResolver",
     "resolve_callable",
     "resolve_routers",
 ]
@@ -60,9 +60,9 @@ def resolve_routers(
     """Import the bot's routers and check them, calling each factory to see what it builds.
 
     Raises :class:`RegistryError` listing every router of the bot that failed.
-    Does not check sharing between bots; :class:`RouterRegistry` does.
+    Does not check sharing between bots; :class:`RouterResolver` does.
     """
-    return RouterRegistry(base_dir, locate=locate).resolve(bot)
+    return RouterResolver(base_dir, locate=locate).resolve(bot)
 
 
 def resolve_callable(
@@ -146,13 +146,15 @@ class BotRouters:
             raise RouterBuildError(str(error)) from None
 
 
-class RouterRegistry:
-    """Hands routers to the bots of one process, never the same Router object to two bots.
+class RouterResolver:
+    """Resolves each bot's router specs to routers, and never hands the same Router object
+    to two bots of one process.
 
-    aiogram would raise when the second Dispatcher includes the router, after
-    the first bot is already running; here the conflict is reported up front,
-    with both bots named. Call :meth:`release` when a bot stops for good, so a
-    restarted bot may take fresh routers.
+    A factory spec is imported and probed once, however many bots list it. For a
+    Router object listed by two bots, aiogram would raise when the second
+    Dispatcher includes it, after the first bot is already running; here the
+    conflict is reported up front, with both bots named. Call :meth:`release`
+    when a bot stops for good, so a restarted bot may take fresh routers.
     """
 
     def __init__(self, base_dir: Path, *, locate: Locator = _default_locator) -> None:

@@ -34,11 +34,12 @@ from botyard.ops.health import Readiness
 from botyard.ops.http_server import OpsServer, connection_limits, server_address
 from botyard.ops.metrics import FSM_SAMPLE_INTERVAL, PlatformMetrics
 from botyard.ops.watchdog import LoopWatchdog
-from botyard.registry.loader import RegistryError, diff_registries, load_registry
+from botyard.registry.diff import diff_registries
+from botyard.registry.loader import RegistryError, load_registry
 from botyard.registry.models import BotConfig, Registry
 from botyard.runtime.http_sessions import SessionPool
 from botyard.runtime.outbound import OutboundPolicy, OutboundStats
-from botyard.runtime.routers import BotRouters, RouterRegistry
+from botyard.runtime.routers import BotRouters, RouterResolver
 from botyard.runtime.runner import BotRunner, BotSpec, BotStatus
 from botyard.storage import BeanieStorage, prepare_database
 from botyard.webhook.endpoint import WebhookEndpoint
@@ -76,7 +77,7 @@ class Supervisor:
         self._loader = loader
         self._bot_factory = bot_factory or _make_bot
         self._sessions = SessionPool()
-        self._routers = RouterRegistry(registry.base_dir)
+        self._routers = RouterResolver(registry.base_dir)
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
