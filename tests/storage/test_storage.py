@@ -22,6 +22,7 @@ from aiogram.fsm.storage.base import StorageKey
 from aiogram.fsm.storage.memory import DisabledEventIsolation, SimpleEventIsolation
 from aiogram.types import Message, Update
 from pymongo import AsyncMongoClient
+from pymongo.errors import OperationFailure
 
 from botyard.database.roundtrips import RoundTripCounter
 from botyard.emulator import BotAPIEmulator
@@ -610,3 +611,17 @@ async def test_keyed_locks_forget_keys_nobody_holds() -> None:
     await asyncio.gather(hold("a"), hold("b"))
     assert order == ["a in", "a out", "b in", "b out"]
     assert locks._held == {}
+
+
+async def test_a_merge_mongodb_finds_too_large_raises_fsm_data_error(
+    shared: BeanieStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside an update, the merge happens in MongoDB: its refusal (which SecantusDB does
+    not raise) becomes an FSMDataError naming the bot, the conversation and the keys."""
+
+    async def refuse(*args: Any, **kwargs: Any) -> None:
+        raise OperationFailure("Resulting document after update is larger than 16777216", 17419)
+
+    monkeypatch.setattr(shared.collection, "find_one_and_update", refuse)
+    with pytest.raises(FSMDataError, match=r"bot 'shop' \(chat -100, user 7\).*'notes'"):
+        await shared.update_data(KEY, {"notes": "x" * 1000})

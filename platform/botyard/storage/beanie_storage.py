@@ -16,11 +16,11 @@ from beanie import init_beanie
 from pymongo import DeleteOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from botyard.database.client import mongo_client
 from botyard.database.documents import Document, utcnow
-from botyard.storage.bson_values import check_size, check_storable
+from botyard.storage.bson_values import FSMDataError, check_size, check_storable
 from botyard.storage.record import COLLECTION_NAME, FSMRecord, record_filter
 from botyard.storage.scope import (
     UNSET,
@@ -31,6 +31,8 @@ from botyard.storage.scope import (
 )
 
 _PROJECTION = {"_id": 0, "state": 1, "data": 1, "updated_at": 1, "expires_at": 1}
+#: MongoDB's codes for a document that an update would make larger than 16 MB.
+_TOO_LARGE = frozenset({10334, 17419, 17420})
 
 
 async def prepare_database(
@@ -220,14 +222,24 @@ class BeanieStorage(BaseStorage):
         record = PendingRecord()
         record.update_data(patch)
         now = utcnow()
-        document = await self._retry_duplicate(
-            self.collection.find_one_and_update,
-            record_filter(self.namespace, key),
-            self._upsert_pipeline(key, record, now),
-            projection={"_id": 0, "data": 1},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
+        try:
+            document = await self._retry_duplicate(
+                self.collection.find_one_and_update,
+                record_filter(self.namespace, key),
+                self._upsert_pipeline(key, record, now),
+                projection={"_id": 0, "data": 1},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except OperationFailure as error:
+            # The merge is the server's, so only the server knows the merged size.
+            if error.code not in _TOO_LARGE:
+                raise
+            raise FSMDataError(
+                f"FSM data of {self._conversation(key)} merged with the keys "
+                f"{', '.join(map(repr, patch))} would exceed MongoDB's 16 MB per "
+                "conversation; nothing was written"
+            ) from None
         return dict(document["data"]) if document else patch
 
     async def write_records(self, records: Mapping[StorageKey, PendingRecord]) -> None:
