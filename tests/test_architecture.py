@@ -1,5 +1,5 @@
-"""The package's shape: only ``botyard.cli`` imports click, and no botyard modules import
-each other in a cycle.
+"""The package's shape: only ``botyard.cli`` imports click, no botyard modules import
+each other in a cycle, and the packages ARCHITECTURE.md restricts import only what it allows.
 
 Read from the source with :mod:`ast`, without importing anything. Only imports
 that run when a module is imported count: module-level ones, including those
@@ -147,6 +147,57 @@ def test_no_import_cycles() -> None:
     assert len(graph) > 50  # the walk found the package
     assert "botyard.runtime.runner" in graph["botyard.runtime.supervisor"]
     assert import_cycles(graph) == []
+
+
+#: Packages whose imports ARCHITECTURE.md restricts: what they may import of botyard
+#: besides themselves.
+ALLOWED_IMPORTS = {
+    "botyard.errors": set(),
+    "botyard.emulator": {"botyard.errors"},
+    "botyard.database": {"botyard.errors", "botyard.registry"},
+    "botyard.storage": {"botyard.database", "botyard.errors"},
+}
+#: Only these may import the supervisor; everything else reads the PlatformView.
+SUPERVISOR_USERS = ("botyard.runtime", "botyard.cli", "botyard.sandbox")
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``importer -> imported`` for each import ARCHITECTURE.md does not allow."""
+    found = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            for package, allowed in ALLOWED_IMPORTS.items():
+                if (
+                    _within(module, package)
+                    and not _within(target, package)
+                    and not any(_within(target, other) for other in allowed)
+                ):
+                    found.append(f"{module} -> {target}")
+            if target == "botyard.runtime.supervisor" and not any(
+                _within(module, user) for user in SUPERVISOR_USERS
+            ):
+                found.append(f"{module} -> {target}")
+    return found
+
+
+def test_packages_import_what_the_architecture_allows() -> None:
+    assert layering_violations(import_graph(PACKAGE)) == []
+
+
+def test_the_layering_check_finds_an_upward_import() -> None:
+    graph = {
+        "botyard.storage.records": {"botyard.runtime.runner", "botyard.database.client"},
+        "botyard.ops.health": {"botyard.runtime.supervisor", "botyard.runtime.view"},
+        "botyard.sandbox.service": {"botyard.runtime.supervisor"},
+    }
+    assert layering_violations(graph) == [
+        "botyard.ops.health -> botyard.runtime.supervisor",
+        "botyard.storage.records -> botyard.runtime.runner",
+    ]
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:
