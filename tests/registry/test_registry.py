@@ -963,6 +963,11 @@ def test_json_schema_documents_every_key() -> None:
         "max_connections_per_client", "ops", "bots", "name", "token", "routers", "api_server",
         "namespace", "enabled", "mode", "on_state_expired", "settings", "flood_limits",
         "per_bot", "per_chat", "per_group", "burst", "api_retry_for",
+        "bot_properties", "parse_mode", "disable_notification", "protect_content",
+        "allow_sending_without_reply", "link_preview_is_disabled",
+        "link_preview_prefer_small_media", "link_preview_prefer_large_media",
+        "link_preview_show_above_text", "show_caption_above_media",
+        "middlewares", "middleware", "event", "scope",
     }  # fmt: skip
     assert keys == expected
     assert "path" not in schema["properties"]

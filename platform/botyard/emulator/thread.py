@@ -129,10 +129,23 @@ class EmulatorThread:
         self._call(self.emulator.revoke, token)
 
     def user(
-        self, user_id: int, first_name: str | None = None, username: str | None = None
+        self,
+        user_id: int,
+        first_name: str | None = None,
+        username: str | None = None,
+        *,
+        last_name: str | None = None,
+        language_code: str | None = None,
     ) -> SimulatedUser:
         """See :meth:`BotAPIEmulator.user`."""
-        return self._call(self.emulator.user, user_id, first_name, username)
+        return self._call(
+            self.emulator.user,
+            user_id,
+            first_name,
+            username,
+            last_name=last_name,
+            language_code=language_code,
+        )
 
     def send_message(
         self, token: str | int, user_id: int, text: str, chat_id: int | None = None

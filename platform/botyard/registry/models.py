@@ -368,6 +368,81 @@ class FloodLimitsConfig(_Section):
     )
 
 
+class BotProperties(_Section):
+    """aiogram's ``DefaultBotProperties``: what every message the bot sends gets unless the
+    call says otherwise."""
+
+    parse_mode: Literal["HTML", "Markdown", "MarkdownV2"] | None = Field(
+        default=None, description="Formatting of message texts and captions."
+    )
+    disable_notification: bool | None = Field(
+        default=None, description="Send messages silently (no sound on the user's device)."
+    )
+    protect_content: bool | None = Field(
+        default=None, description="Forbid forwarding and saving the bot's messages."
+    )
+    allow_sending_without_reply: bool | None = Field(
+        default=None, description="Send a reply even when the message it replies to is gone."
+    )
+    link_preview_is_disabled: bool | None = Field(
+        default=None, description="No link previews in the bot's messages."
+    )
+    link_preview_prefer_small_media: bool | None = Field(
+        default=None, description="Link previews with a small image."
+    )
+    link_preview_prefer_large_media: bool | None = Field(
+        default=None, description="Link previews with a large image."
+    )
+    link_preview_show_above_text: bool | None = Field(
+        default=None, description="Link previews above the message text."
+    )
+    show_caption_above_media: bool | None = Field(
+        default=None, description="Captions above photos and videos."
+    )
+
+    def given(self) -> dict[str, Any]:
+        """The properties the registry sets, for ``DefaultBotProperties(**given)``."""
+        return self.model_dump(exclude_none=True)
+
+
+class MiddlewareConfig(_Section):
+    """One aiogram middleware of a bot: ``module:attribute``, the event it wraps and how."""
+
+    middleware: ImportSpec = Field(
+        description=(
+            "'module:attribute' of a middleware: a BaseMiddleware instance (shared by the "
+            "bots naming it), an async function (handler, event, data), or a class or "
+            "function called with no arguments for each bot's Dispatcher."
+        ),
+    )
+    event: str = Field(
+        default="update",
+        pattern=r"^[a-z_]+$",
+        description=(
+            "The event observer it is registered on: update (every update), or one event "
+            "type such as message, callback_query, inline_query."
+        ),
+    )
+    scope: Literal["outer", "inner"] = Field(
+        default="outer",
+        description=(
+            "outer: runs for every event, before filters; inner: only for events a "
+            "handler matched, around the handler."
+        ),
+    )
+
+
+def _middleware_shorthand(value: object) -> object:
+    """``- module:attr`` is ``- {middleware: module:attr}``."""
+    items = _one_or_many(value)
+    if isinstance(items, list | tuple):
+        return [{"middleware": item} if isinstance(item, str) else item for item in items]
+    return items
+
+
+Middlewares = Annotated[tuple[MiddlewareConfig, ...], BeforeValidator(_middleware_shorthand)]
+
+
 class Defaults(_Section):
     """Values every bot inherits unless it sets its own."""
 
@@ -397,6 +472,21 @@ class Defaults(_Section):
         description=(
             "Most updates one bot handles at the same time; further updates wait. "
             "Bounds the load a single busy bot puts on the process and the database."
+        ),
+    )
+    bot_properties: BotProperties = Field(
+        default_factory=BotProperties,
+        description=(
+            "aiogram DefaultBotProperties every bot gets (parse_mode, protect_content, "
+            "link_preview_is_disabled, ...); a bot's own bot_properties override them key "
+            "by key."
+        ),
+    )
+    middlewares: Middlewares = Field(
+        default=(),
+        description=(
+            "aiogram middlewares every bot gets, before its own: 'module:attribute', or "
+            "{middleware: 'module:attribute', event: message, scope: inner}."
         ),
     )
     flood_limits: FloodLimitsConfig = Field(
@@ -593,6 +683,21 @@ class BotConfig(_Section):
         json_schema_extra=_undocumented_default,
         description="This bot's api_retry_for; defaults to defaults.api_retry_for.",
     )
+    bot_properties: BotProperties = Field(
+        default_factory=BotProperties,
+        json_schema_extra=_undocumented_default,
+        description=(
+            "This bot's aiogram DefaultBotProperties, over defaults.bot_properties key by key."
+        ),
+    )
+    middlewares: Middlewares = Field(
+        default=(),
+        description=(
+            "This bot's aiogram middlewares, registered after defaults.middlewares: "
+            "'module:attribute', or {middleware: 'module:attribute', event: message, "
+            "scope: inner}."
+        ),
+    )
     enabled: bool = Field(
         default=True,
         description="false keeps the bot in the file without running it.",
@@ -667,6 +772,8 @@ _INHERITED = (
     "max_concurrent_updates",
     "flood_limits",
     "api_retry_for",
+    "bot_properties",
+    "middlewares",
 )
 
 
@@ -739,11 +846,16 @@ class RegistryDocument(_Section):
 
 
 def _inherit(inherited: dict[str, Any], bot: dict[str, Any]) -> dict[str, Any]:
-    """The bot's settings over the defaults; a section (``flood_limits``) merges key by key."""
+    """The bot's settings over the defaults; a section (``flood_limits``,
+    ``bot_properties``) merges key by key, and the bot's middlewares come after the
+    defaults' ones (left as written when not a list: validation says why)."""
     merged = {**inherited, **bot}
     for key, value in inherited.items():
         if isinstance(value, dict) and isinstance(bot.get(key), dict):
             merged[key] = {**value, **bot[key]}
+    own = _middleware_shorthand(bot.get("middlewares") or [])
+    if isinstance(own, list | tuple):
+        merged["middlewares"] = [*inherited["middlewares"], *own]
     return merged
 
 

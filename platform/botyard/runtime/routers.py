@@ -1,4 +1,4 @@
-"""Importing the routers and hooks that a registry names as ``module:attribute``.
+"""Importing the routers, middlewares and hooks that a registry names as ``module:attribute``.
 
 Two aiogram facts shape this module. A ``Router`` can be included in one
 parent only, so a module-level router cannot serve two bots: a module that
@@ -16,22 +16,25 @@ import importlib
 import inspect
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard, cast
 
-from aiogram import Router
+from aiogram import BaseMiddleware, Dispatcher, Router
 
 from botyard.errors import BotyardError
 from botyard.registry.models import BotConfig, Loc, RegistryError, format_loc
 
 __all__ = [
+    "BotMiddleware",
     "BotRouters",
     "Locator",
     "RouterBuildError",
     "RouterResolver",
+    "middleware_events",
     "resolve_callable",
+    "resolve_middlewares",
     "resolve_routers",
 ]
 
@@ -81,6 +84,86 @@ def resolve_callable(
 
 
 @dataclass(frozen=True)
+class BotMiddleware:
+    """One middleware the registry names for a bot, and how to make it for a Dispatcher."""
+
+    spec: str
+    event: str
+    scope: Literal["outer", "inner"]
+    make: Callable[[], Any]
+
+    def register(self, dispatcher: Dispatcher) -> None:
+        observer = dispatcher.observers[self.event]
+        manager = observer.outer_middleware if self.scope == "outer" else observer.middleware
+        manager.register(self.make())
+
+
+def middleware_events() -> frozenset[str]:
+    """The event observers a middleware may be registered on (``update`` and each type)."""
+    return frozenset(Router().observers) - {"error"} | {"update"}
+
+
+def resolve_middlewares(
+    bot: BotConfig, base_dir: Path, *, locate: Locator = _default_locator
+) -> tuple[BotMiddleware, ...]:
+    """Import the bot's middlewares; :class:`RegistryError` naming each unusable one.
+
+    An instance (a ``BaseMiddleware``, or an async function taking handler,
+    event and data) serves every Dispatcher; a class or another callable is a
+    factory, called once here to check it makes a middleware, then once per
+    Dispatcher.
+    """
+    found: list[BotMiddleware] = []
+    problems: list[str] = []
+    events = middleware_events()
+    for index, config in enumerate(bot.middlewares):
+        if config.event not in events:
+            problems.append(
+                f"{locate(bot, ('middlewares', index, 'event'))}: unknown event "
+                f"{config.event!r}; expected update or one of {', '.join(sorted(events))}"
+            )
+            continue
+        try:
+            make = _middleware_maker(config.middleware, base_dir)
+        except _SpecError as error:
+            problems.append(f"{locate(bot, ('middlewares', index))}: {error}")
+            continue
+        found.append(BotMiddleware(config.middleware, config.event, config.scope, make))
+    if problems:
+        raise RegistryError(problems)
+    return tuple(found)
+
+
+def _middleware_maker(spec: str, base_dir: Path) -> Callable[[], Any]:
+    found = _import_object(spec, base_dir)
+    if _is_middleware(found):
+        return lambda: found
+    if not callable(found):
+        raise _SpecError(f"{spec} is {_describe(found)}, expected a middleware or a factory")
+    try:
+        made = found()
+    except Exception as error:
+        raise _SpecError(f"{spec}() failed: {_exception(error, base_dir)}") from None
+    if not _is_middleware(made):
+        raise _SpecError(
+            f"{spec}() returned {_describe(made)}, expected a BaseMiddleware or an async "
+            "function (handler, event, data)"
+        )
+    return cast(Callable[[], Any], found)
+
+
+def _is_middleware(found: object) -> bool:
+    if isinstance(found, BaseMiddleware):
+        return True
+    if not _is_async_callable(found):
+        return False
+    try:
+        return len(inspect.signature(found).parameters) == 3
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
 class _Entry:
     """One item of a bot's ``routers:``: a Router object, or a factory called per build."""
 
@@ -122,8 +205,15 @@ class BotRouters:
     comes from a probe build of each spec, made once per process.
     """
 
-    def __init__(self, entries: list[_Entry], probes: list[_Probe]) -> None:
+    def __init__(
+        self,
+        entries: list[_Entry],
+        probes: list[_Probe],
+        middlewares: Sequence[BotMiddleware] = (),
+    ) -> None:
         self._entries = entries
+        #: The registry's middlewares for the bot, registered on each new Dispatcher.
+        self.middlewares = tuple(middlewares)
         self.used_update_types = sorted({name for p in probes for name in p.used_update_types})
         #: Some router has startup or shutdown handlers: build at start, so they run then.
         self.lifecycle_hooks = any(probe.lifecycle_hooks for probe in probes)
@@ -144,6 +234,11 @@ class BotRouters:
             return [entry.build() for entry in self._entries]
         except _SpecError as error:
             raise RouterBuildError(str(error)) from None
+
+    def install_middlewares(self, dispatcher: Dispatcher) -> None:
+        """Register the bot's middlewares on a new Dispatcher, in registry order."""
+        for middleware in self.middlewares:
+            middleware.register(dispatcher)
 
 
 class RouterResolver:
@@ -167,7 +262,11 @@ class RouterResolver:
     def resolve(self, bot: BotConfig) -> BotRouters:
         """The routers for ``bot``; :class:`RegistryError` if any is unusable or taken."""
         entries, probes = _resolve_entries(bot, self.base_dir, self._locate, self._probes)
-        problems = []
+        problems: list[str] = []
+        try:
+            middlewares = resolve_middlewares(bot, self.base_dir, locate=self._locate)
+        except RegistryError as error:
+            problems.extend(error.problems)
         objects = [entry for entry in entries if entry.router is not None]
         for entry in objects:
             owner = self._owners.get(id(entry.router))
@@ -180,7 +279,7 @@ class RouterResolver:
             raise RegistryError(problems)
         for entry in objects:
             self._owners[id(entry.router)] = (bot.name, entry)
-        return BotRouters(entries, probes)
+        return BotRouters(entries, probes, middlewares)
 
     def resolve_all(self, bots: Iterable[BotConfig]) -> dict[str, BotRouters]:
         """Routers for several bots, reporting the problems of all of them at once."""

@@ -151,6 +151,7 @@ class BotRunner:
             )
             self.spec.storage.install(dispatcher)
             dispatcher.update.outer_middleware(LogContextMiddleware(self.name))
+            self.spec.routers.install_middlewares(dispatcher)
             dispatcher.include_routers(*self.spec.routers.build())
             self._dispatcher = dispatcher
         return self._dispatcher

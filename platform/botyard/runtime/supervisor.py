@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aiogram import Bot
+from aiogram.client.default import DefaultBotProperties
 from aiogram.exceptions import TelegramAPIError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -375,7 +376,11 @@ class Supervisor:
 
 
 def _make_bot(config: BotConfig, sessions: SessionPool) -> Bot:
-    return Bot(config.token_value, session=sessions.acquire(config.name, config.api_server))
+    return Bot(
+        config.token_value,
+        session=sessions.acquire(config.name, config.api_server),
+        default=DefaultBotProperties(**config.bot_properties.given()),
+    )
 
 
 def _fingerprint(path: Path) -> str:
