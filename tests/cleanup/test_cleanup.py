@@ -36,6 +36,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from botyard.cleanup.schedule import misfire_grace_time
 from botyard.cleanup.sweep import Sweeper
 from botyard.cli import main
+from botyard.cli.options import CommandEnvironment
 from botyard.database.documents import Document
 from botyard.database.embedded import free_port
 from botyard.database.roundtrips import DRIVER_COMMANDS
@@ -70,13 +71,9 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr("botyard.storage.beanie_storage.utcnow", clock)
-    monkeypatch.setattr("botyard.cleanup.sweep.utcnow", clock)
-    # botyard.cli.states, the attribute, is the click group; the module is in sys.modules.
-    monkeypatch.setattr(sys.modules["botyard.cli.states"], "utcnow", clock)
-    return clock
+def clock() -> Clock:
+    """Given to every storage, sweeper, supervisor and command of a test."""
+    return Clock()
 
 
 def record(
@@ -163,8 +160,10 @@ async def chats(database: AsyncDatabase[Document], namespace: str) -> list[int]:
     return sorted([document["chat_id"] async for document in found])
 
 
-def sweeper(database: AsyncDatabase[Document], tmp_path: Path, **options: Any) -> Sweeper:
-    return Sweeper(database, base_dir=tmp_path, **options)
+def sweeper(
+    database: AsyncDatabase[Document], tmp_path: Path, clock: Clock, **options: Any
+) -> Sweeper:
+    return Sweeper(database, base_dir=tmp_path, clock=clock, **options)
 
 
 def write_module(directory: Path, prefix: str, source: str) -> str:
@@ -198,7 +197,7 @@ async def test_stale_records_go_and_live_ones_stay_by_each_bots_ttl(
     ]
     await database[COLLECTION_NAME].insert_many(seeded)
     with caplog.at_level(logging.INFO, logger="botyard.cleanup"):
-        results = await sweeper(database, tmp_path).run([hourly, daily, forever])
+        results = await sweeper(database, tmp_path, clock).run([hourly, daily, forever])
     assert [(r.bot, r.removed, r.error) for r in results] == [
         ("hourly", 3, None),
         ("daily", 1, None),
@@ -216,7 +215,7 @@ async def test_stale_records_go_and_live_ones_stay_by_each_bots_ttl(
 async def test_a_shrunk_ttl_applies_at_the_next_sweep(
     database: AsyncDatabase[Document], clock: Clock, tmp_path: Path
 ) -> None:
-    week = BeanieStorage(database, "shop", state_ttl=timedelta(days=7))
+    week = BeanieStorage(database, "shop", state_ttl=timedelta(days=7), clock=clock)
     old, recent = StorageKey(42, 1, 1), StorageKey(42, 2, 2)
     await week.set_state(old, "Order:address")
     clock.advance(2 * HOUR)
@@ -224,7 +223,7 @@ async def test_a_shrunk_ttl_applies_at_the_next_sweep(
     [written] = await database[COLLECTION_NAME].find({"chat_id": 1}).to_list()
     assert written["expires_at"] > clock.now + 6 * DAY, "written under the old 7-day TTL"
 
-    [result] = await sweeper(database, tmp_path).run([bot_config("shop", "1h")])
+    [result] = await sweeper(database, tmp_path, clock).run([bot_config("shop", "1h")])
 
     assert result.removed == 1
     assert await chats(database, "shop") == [2]
@@ -233,12 +232,14 @@ async def test_a_shrunk_ttl_applies_at_the_next_sweep(
 async def test_a_grown_ttl_or_never_keeps_records_and_realigns_their_expiry(
     database: AsyncDatabase[Document], clock: Clock, tmp_path: Path
 ) -> None:
-    hourly = BeanieStorage(database, "grows", state_ttl=HOUR)
+    hourly = BeanieStorage(database, "grows", state_ttl=HOUR, clock=clock)
     for chat in (1, 2):
         await hourly.set_state(StorageKey(42, chat, chat), "Quiz:q1")
-    await BeanieStorage(database, "stops", state_ttl=HOUR).set_state(StorageKey(42, 1, 1), "Q:a")
+    await BeanieStorage(database, "stops", state_ttl=HOUR, clock=clock).set_state(
+        StorageKey(42, 1, 1), "Q:a"
+    )
     clock.advance(timedelta(minutes=70))  # past the old expiry of every record
-    tool = sweeper(database, tmp_path, horizon=timedelta(minutes=30))
+    tool = sweeper(database, tmp_path, clock, horizon=timedelta(minutes=30))
 
     grown, stopped = await tool.run([bot_config("grows", "1d"), bot_config("stops", "never")])
 
@@ -258,11 +259,11 @@ async def test_read_only_activity_keeps_a_conversation_alive_with_the_write_thro
     clock: Clock,
     tmp_path: Path,
 ) -> None:
-    storage = BeanieStorage(database, "quiz", state_ttl=HOUR)
+    storage = BeanieStorage(database, "quiz", state_ttl=HOUR, clock=clock)
     reader, silent = StorageKey(42, 1, 1), StorageKey(42, 2, 2)
     await storage.set_state(reader, "Quiz:q2")
     await storage.set_state(silent, "Quiz:q2")
-    tool = sweeper(database, tmp_path)
+    tool = sweeper(database, tmp_path, clock)
     bot = bot_config("quiz", "1h")
     refreshes = reads = 0
     silent_gone_after = None
@@ -312,7 +313,7 @@ async def test_hook_gets_bot_key_state_and_data_before_removal_and_failures_are_
     )
     telegram = Bot("42:" + "A" * 35)
     bot = bot_config("quiz", "1h", on_state_expired=f"{module}:on_expired")
-    tool = sweeper(database, tmp_path, hook_bots=lambda _: contextlib.nullcontext(telegram))
+    tool = sweeper(database, tmp_path, clock, hook_bots=lambda _: contextlib.nullcontext(telegram))
     sys.path.insert(0, str(tmp_path))
     try:
         hook_module = importlib.import_module(module)
@@ -357,6 +358,7 @@ async def test_a_hung_hook_times_out_and_a_broken_one_is_reported(
     tool = sweeper(
         database,
         tmp_path,
+        clock,
         hook_bots=lambda _: contextlib.nullcontext(telegram),
         hook_timeout=0.1,
     )
@@ -386,14 +388,16 @@ async def test_a_record_active_again_during_the_sweep_is_kept(
             await STORAGE.set_state(key, "Quiz:again")  # the user wrote meanwhile
         """,
     )
-    storage = BeanieStorage(database, "quiz", state_ttl=HOUR)
+    storage = BeanieStorage(database, "quiz", state_ttl=HOUR, clock=clock)
     await storage.set_state(StorageKey(42, 1, 1), "Quiz:q1")
     clock.advance(2 * HOUR)
     sys.path.insert(0, str(tmp_path))
     try:
         vars(importlib.import_module(module))["STORAGE"] = storage
         telegram = Bot("42:" + "A" * 35)
-        tool = sweeper(database, tmp_path, hook_bots=lambda _: contextlib.nullcontext(telegram))
+        tool = sweeper(
+            database, tmp_path, clock, hook_bots=lambda _: contextlib.nullcontext(telegram)
+        )
         [result] = await tool.run([bot_config("quiz", on_state_expired=f"{module}:on_expired")])
         await telegram.session.close()
     finally:
@@ -414,7 +418,7 @@ async def test_sweep_is_indexed_batched_and_loads_no_record(
         + [record("quiz", chat, now=clock.now, idle=HOUR / 2, ttl=HOUR) for chat in range(25, 30)]
     )
     commands.clear()
-    [result] = await sweeper(database, tmp_path, batch_size=10).run([bot_config("quiz")])
+    [result] = await sweeper(database, tmp_path, clock, batch_size=10).run([bot_config("quiz")])
     sent = list(commands)
     assert result.removed == 25
     assert await chats(database, "quiz") == list(range(25, 30))
@@ -448,7 +452,7 @@ async def test_two_sweeps_at_once_remove_every_record_once(
     await database[COLLECTION_NAME].insert_many(
         [record("quiz", chat, now=clock.now, idle=2 * HOUR, ttl=HOUR) for chat in range(40)]
     )
-    tool = sweeper(database, tmp_path, batch_size=7)
+    tool = sweeper(database, tmp_path, clock, batch_size=7)
     first, second = await asyncio.gather(
         tool.run([bot_config("quiz")]), tool.run([bot_config("quiz")])
     )
@@ -550,7 +554,7 @@ async def test_scheduled_cleanup_in_a_running_supervisor(
             record("plain", 2, now=clock.now, idle=2 * HOUR, ttl=DAY),
         ]
     )
-    supervisor = Supervisor(load_registry(path), watch=False)
+    supervisor = Supervisor(load_registry(path), watch=False, clock=clock)
     running = asyncio.create_task(supervisor.run())
     try:
         with caplog.at_level(logging.INFO, logger="botyard"):
@@ -623,8 +627,9 @@ def cli_registry(tmp_path: Path, mongo_uri: str, database: str, bots: list[Docum
     return path
 
 
-def invoke(*args: str | Path, stdin: str | None = None) -> Any:
-    return CliRunner().invoke(main, [str(arg) for arg in args], input=stdin)
+def invoke(*args: str | Path, stdin: str | None = None, clock: Clock | None = None) -> Any:
+    environment = None if clock is None else CommandEnvironment(clock=clock)
+    return CliRunner().invoke(main, [str(arg) for arg in args], input=stdin, obj=environment)
 
 
 def table_rows(output: str) -> dict[str, list[str]]:
@@ -654,7 +659,7 @@ def test_cleanup_command_dry_run_deletes_nothing_then_the_sweep_removes(
             record("echo", 1, now=clock.now, idle=90 * DAY, ttl=None),
         ]
     )
-    dry = invoke("cleanup", path, "--dry-run")
+    dry = invoke("cleanup", path, "--dry-run", clock=clock)
     assert dry.exit_code == 0, dry.output
     assert "cleanup (dry run: nothing deleted)" in dry.output
     assert table_rows(dry.output)["quiz"][:2] == ["1h", "3"]
@@ -662,12 +667,12 @@ def test_cleanup_command_dry_run_deletes_nothing_then_the_sweep_removes(
     assert "dry run: 3 stale record(s) would be removed; nothing was deleted" in dry.output
     assert sync_db[COLLECTION_NAME].count_documents({}) == 5
 
-    only_echo = invoke("cleanup", path, "--bot", "echo")
+    only_echo = invoke("cleanup", path, "--bot", "echo", clock=clock)
     assert only_echo.exit_code == 0, only_echo.output
     assert set(table_rows(only_echo.output)) >= {"echo"}
     assert "quiz" not in only_echo.output
 
-    swept = invoke("cleanup", path)
+    swept = invoke("cleanup", path, clock=clock)
     assert swept.exit_code == 0, swept.output
     assert table_rows(swept.output)["quiz"][:2] == ["1h", "3"]
     assert "removed 3 stale record(s)" in swept.output
@@ -698,7 +703,7 @@ def test_cleanup_command_calls_hooks_with_a_bot_made_from_the_registry(
             {"name": "broken", "state_ttl": "1h", "on_state_expired": "no_such_module:hook"},
         ],
     )
-    unknown = invoke("cleanup", path, "--bot", "nope")
+    unknown = invoke("cleanup", path, "--bot", "nope", clock=clock)
     assert unknown.exit_code == 1
     assert "no bot named 'nope' in botyard.yaml (bots: quiz, tokenless, broken)" in unknown.output
 
@@ -708,7 +713,7 @@ def test_cleanup_command_calls_hooks_with_a_bot_made_from_the_registry(
             for name in ("quiz", "tokenless", "broken")
         ]
     )
-    result = invoke("cleanup", path)
+    result = invoke("cleanup", path, clock=clock)
     assert result.exit_code == 1
     rows = table_rows(result.output)
     assert rows["quiz"][:4] == ["1h", "1", "0", "0"]
@@ -754,7 +759,7 @@ def test_states_stats_counts_per_bot_and_state(
             record("other", 1, now=clock.now, idle=timedelta(minutes=1), ttl=HOUR),
         ]
     )
-    result = invoke("states", path, "stats")
+    result = invoke("states", path, "stats", clock=clock)
     assert result.exit_code == 0, result.output
     rows = table_rows(result.output)
     assert rows["quiz"] == [

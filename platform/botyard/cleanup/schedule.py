@@ -26,6 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pymongo.asynchronous.database import AsyncDatabase
 
 from botyard.cleanup.sweep import BotSweep, Sweeper, schedule_period, temporary_bot
+from botyard.database.documents import Clock, utcnow
 from botyard.registry.models import BotConfig, CleanupConfig
 from botyard.runtime.view import PlatformView
 
@@ -57,10 +58,13 @@ class CleanupScheduler:
         database: AsyncDatabase[dict[str, Any]],
         platform: PlatformView,
         on_sweeps: Callable[[list[BotSweep]], None] | None = None,
+        *,
+        clock: Clock = utcnow,
     ) -> None:
         self._database = database
         self._platform = platform
         self._on_sweeps = on_sweeps
+        self._clock = clock
         self._scheduler: Any = None
         self._schedule: str | None = None
         self._sweep: asyncio.Task[Any] | None = None
@@ -99,7 +103,9 @@ class CleanupScheduler:
     async def run_once(self) -> list[BotSweep]:
         """Sweep every bot of the registry now (what the scheduled job does)."""
         registry = self._platform.registry
-        sweeper = Sweeper.for_registry(self._database, registry, hook_bots=self._hook_bot)
+        sweeper = Sweeper.for_registry(
+            self._database, registry, hook_bots=self._hook_bot, clock=self._clock
+        )
         sweeps = await sweeper.run(registry.bots)
         if self._on_sweeps is not None:
             self._on_sweeps(sweeps)

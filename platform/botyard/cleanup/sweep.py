@@ -41,10 +41,9 @@ from aiogram.fsm.storage.base import StorageKey
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from botyard.database.documents import Document
+from botyard.database.documents import Clock, Document, utcnow
 from botyard.registry.models import BotConfig, CleanupConfig, Registry
 from botyard.runtime.routers import resolve_callable
-from botyard.storage import utcnow
 from botyard.storage.records import FSMRecords, StoredRecord
 
 __all__ = [
@@ -151,6 +150,7 @@ class Sweeper:
         horizon: timedelta = timedelta(minutes=30),
         hook_bots: HookBots = temporary_bot,
         hook_timeout: float = HOOK_TIMEOUT,
+        clock: Clock = utcnow,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -160,6 +160,8 @@ class Sweeper:
         self.horizon = horizon
         self._hook_bots = hook_bots
         self.hook_timeout = hook_timeout
+        #: "Now", against which records are stale.
+        self.clock = clock
 
     @classmethod
     def for_registry(
@@ -168,6 +170,7 @@ class Sweeper:
         registry: Registry,
         *,
         hook_bots: HookBots = temporary_bot,
+        clock: Clock = utcnow,
     ) -> Sweeper:
         """A sweeper with the registry's ``cleanup`` settings.
 
@@ -179,8 +182,9 @@ class Sweeper:
             database,
             base_dir=registry.base_dir,
             batch_size=registry.cleanup.batch_size,
-            horizon=2 * schedule_period(registry.cleanup) + TTL_MONITOR_SLACK,
+            horizon=2 * schedule_period(registry.cleanup, clock()) + TTL_MONITOR_SLACK,
             hook_bots=hook_bots,
+            clock=clock,
         )
 
     async def run(self, bots: Iterable[BotConfig], *, dry_run: bool = False) -> list[BotSweep]:
@@ -190,7 +194,7 @@ class Sweeper:
     async def sweep_bot(self, bot: BotConfig, *, dry_run: bool = False) -> BotSweep:
         """Remove one bot's stale records and realign its expiries; or count them (dry run)."""
         started = time.perf_counter()
-        now = utcnow()
+        now = self.clock()
         try:
             if dry_run:
                 removed, realigned, hook_errors = await self._count(bot, now)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
 
+from botyard.database.documents import Clock, utcnow
 from botyard.logs import TokenRedactingFilter, configure_logging
 from botyard.registry.loader import load_registry
 from botyard.registry.models import Registry
@@ -26,6 +28,23 @@ ENV_PREFIX = "BOTYARD"
 DEFAULT_REGISTRY = "botyard.yaml"
 REGISTRY_VARIABLE = f"{ENV_PREFIX}_REGISTRY"
 _REDACTOR = "botyard.redactor"
+
+
+@dataclass(frozen=True)
+class CommandEnvironment:
+    """What a program calling the command line may hand it: ``main(obj=CommandEnvironment(...))``.
+
+    Tests pass a fake clock this way; without one, commands tell the real time.
+    """
+
+    clock: Clock = utcnow
+
+
+def command_clock() -> Clock:
+    """The clock of the command running now: the caller's, or the real one."""
+    environment = click.get_current_context().find_object(CommandEnvironment)
+    return utcnow if environment is None else environment.clock
+
 
 registry_argument = click.argument(
     "registry_path",

@@ -21,13 +21,19 @@ from rich.table import Table
 
 from botyard.cleanup.sweep import BotSweep, Sweeper
 from botyard.cli.database import run_on_database
-from botyard.cli.options import RegistryGroup, load_quietly, logging_options, registry_argument
+from botyard.cli.options import (
+    RegistryGroup,
+    command_clock,
+    load_quietly,
+    logging_options,
+    registry_argument,
+)
 from botyard.cli.progress import progress_bar
 from botyard.database.documents import Document
 from botyard.errors import BotyardError
 from botyard.registry.durations import format_duration, parse_duration
 from botyard.registry.models import BotConfig, Registry
-from botyard.storage import prepare_database, utcnow
+from botyard.storage import prepare_database
 from botyard.storage.records import FSMRecords
 
 T = TypeVar("T")
@@ -53,9 +59,11 @@ def cleanup(registry_path: Path, bot_name: str | None, dry_run: bool) -> None:
     """
     registry = load_quietly(registry_path)
     bots = [registry.bot(bot_name)] if bot_name else list(registry.bots)
+    clock = command_clock()
 
     async def sweep(database: AsyncDatabase[Document]) -> list[BotSweep]:
-        return await Sweeper.for_registry(database, registry).run(bots, dry_run=dry_run)
+        sweeper = Sweeper.for_registry(database, registry, clock=clock)
+        return await sweeper.run(bots, dry_run=dry_run)
 
     results = _run(registry, sweep)
     console = _console()
@@ -113,7 +121,7 @@ def stats(registry_path: Path) -> None:
     next cleanup removes.
     """
     registry = load_quietly(registry_path)
-    now = utcnow()
+    now = command_clock()()
 
     async def gather(database: AsyncDatabase[Document]) -> list[_BotStats]:
         return await _collect_stats(database, registry.bots, now)
@@ -193,7 +201,8 @@ def purge(
     """
     registry = load_quietly(registry_path)
     bot = registry.bot(bot_name)
-    idle_before = None if older_than is None else utcnow() - older_than
+    now = command_clock()()
+    idle_before = None if older_than is None else now - older_than
     selection = _describe_selection(bot, state, older_than)
     console = _console()
 

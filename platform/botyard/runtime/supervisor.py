@@ -28,6 +28,7 @@ from pymongo.errors import PyMongoError
 
 from botyard.cleanup.schedule import CleanupScheduler
 from botyard.database.client import mongo_client
+from botyard.database.documents import Clock, utcnow
 from botyard.database.errors import DatabaseUnavailable
 from botyard.database.location import open_store
 from botyard.logs import TokenRedactingFilter
@@ -69,8 +70,11 @@ class Supervisor:
         serve_http: bool = True,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         fsm_sample_interval: float = FSM_SAMPLE_INTERVAL,
+        clock: Clock = utcnow,
     ) -> None:
         self.registry = registry
+        #: Given to the storage, the cleanup and the webhook journal.
+        self.clock = clock
         self.shutdown_timeout = shutdown_timeout
         self.watch = watch
         self.runners: dict[str, BotRunner] = {}
@@ -115,7 +119,7 @@ class Supervisor:
                 self.started.set()
             assert self.database is not None
             self.cleanup = CleanupScheduler(
-                self.database, self, on_sweeps=self.metrics.record_sweeps
+                self.database, self, on_sweeps=self.metrics.record_sweeps, clock=self.clock
             )
             self.cleanup.start()
             watcher = asyncio.create_task(self._watch_registry(), name="botyard-watch")
@@ -170,7 +174,7 @@ class Supervisor:
     async def _operations(self) -> AsyncIterator[None]:
         """The journal, the HTTP server, the watchdog and the samplers, around the bots."""
         assert self.database is not None
-        journal = UpdateJournal(self.database)
+        journal = UpdateJournal(self.database, clock=self.clock)
         await journal.prepare()
         self.webhooks = WebhookEndpoint(
             journal,
@@ -232,7 +236,9 @@ class Supervisor:
 
     def _make_runner(self, config: BotConfig, routers: BotRouters) -> BotRunner:
         assert self.database is not None
-        storage = BeanieStorage(self.database, config.namespace, state_ttl=config.state_ttl)
+        storage = BeanieStorage(
+            self.database, config.namespace, state_ttl=config.state_ttl, clock=self.clock
+        )
         spec = BotSpec(
             name=config.name,
             token=config.token_value,

@@ -19,7 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from botyard.database.client import mongo_client
-from botyard.database.documents import Document, utcnow
+from botyard.database.documents import Clock, Document, utcnow
 from botyard.storage.bson_values import FSMDataError, check_size, check_storable
 from botyard.storage.record import COLLECTION_NAME, FSMRecord, record_filter
 from botyard.storage.scope import (
@@ -64,6 +64,7 @@ class BeanieStorage(BaseStorage):
         *,
         state_ttl: timedelta | None = None,
         owns_client: bool = False,
+        clock: Clock = utcnow,
     ) -> None:
         if not namespace:
             raise ValueError("namespace must be a non-empty string")
@@ -73,6 +74,8 @@ class BeanieStorage(BaseStorage):
         self.namespace = namespace
         self.state_ttl = state_ttl
         self._owns_client = owns_client
+        #: Dates records' ``updated_at`` and ``expires_at``.
+        self.clock = clock
         self.collection: AsyncCollection[Document] = database[COLLECTION_NAME]
 
     @classmethod
@@ -101,7 +104,7 @@ class BeanieStorage(BaseStorage):
 
     def for_namespace(self, namespace: str, *, state_ttl: timedelta | None = None) -> BeanieStorage:
         """A storage for another bot on the same client, which it does not own."""
-        return BeanieStorage(self.database, namespace, state_ttl=state_ttl)
+        return BeanieStorage(self.database, namespace, state_ttl=state_ttl, clock=self.clock)
 
     def install(self, dispatcher: Dispatcher) -> None:
         """Use this storage in ``dispatcher`` with one read and one write per update.
@@ -221,7 +224,7 @@ class BeanieStorage(BaseStorage):
     async def _update_data_now(self, key: StorageKey, patch: dict[str, Any]) -> dict[str, Any]:
         record = PendingRecord()
         record.update_data(patch)
-        now = utcnow()
+        now = self.clock()
         try:
             document = await self._retry_duplicate(
                 self.collection.find_one_and_update,
@@ -250,7 +253,7 @@ class BeanieStorage(BaseStorage):
         to be empty or full, a conditional delete goes first and an update
         follows only if the record turned out not to be empty.
         """
-        now = utcnow()
+        now = self.clock()
         plain: list[UpdateOne | DeleteOne] = []
         conditional: list[tuple[Document, UpdateOne]] = []
         for key, record in records.items():

@@ -36,8 +36,7 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from botyard.database.documents import Document
-from botyard.storage import utcnow
+from botyard.database.documents import Clock, Document, utcnow
 
 __all__ = [
     "INSTANCES_COLLECTION",
@@ -71,7 +70,9 @@ class JournalEntry:
 class UpdateJournal:
     """Accepted webhook updates of one process, in MongoDB until handled."""
 
-    def __init__(self, database: AsyncDatabase[Document]) -> None:
+    def __init__(self, database: AsyncDatabase[Document], *, clock: Clock = utcnow) -> None:
+        #: Dates acceptances and heartbeats, and tells which instances are dead.
+        self.clock = clock
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.entries = database[JOURNAL_COLLECTION]
         self.instances = database[INSTANCES_COLLECTION]
@@ -84,7 +85,7 @@ class UpdateJournal:
         await self.entries.create_indexes(
             [IndexModel([("bot", ASCENDING), ("owner", ASCENDING)], name="bot_owner")]
         )
-        await self.instances.delete_many({"seen_at": {"$lt": utcnow() - FORGET_AFTER}})
+        await self.instances.delete_many({"seen_at": {"$lt": self.clock() - FORGET_AFTER}})
         await self.heartbeat()
         self._flusher = asyncio.create_task(self._flush_loop(), name="botyard-journal-flush")
 
@@ -110,7 +111,7 @@ class UpdateJournal:
                     "update_id": update_id,
                     "update": update,
                     "owner": self.instance,
-                    "accepted_at": utcnow(),
+                    "accepted_at": self.clock(),
                 }
             )
         except DuplicateKeyError:
@@ -149,7 +150,7 @@ class UpdateJournal:
     async def heartbeat(self) -> None:
         """Tell other processes this one is alive."""
         await self.instances.update_one(
-            {"_id": self.instance}, {"$set": {"seen_at": utcnow()}}, upsert=True
+            {"_id": self.instance}, {"$set": {"seen_at": self.clock()}}, upsert=True
         )
 
     async def claim(self, bots: Iterable[str], *, own: bool = False) -> list[JournalEntry]:
@@ -162,7 +163,7 @@ class UpdateJournal:
         names = list(bots)
         if not names:
             return []
-        alive_since = utcnow() - DEAD_AFTER
+        alive_since = self.clock() - DEAD_AFTER
         alive = [
             doc["_id"]
             async for doc in self.instances.find({"seen_at": {"$gte": alive_since}}, {"_id": 1})
