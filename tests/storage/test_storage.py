@@ -14,7 +14,6 @@ import pytest
 from aiogram import Bot, Dispatcher, F, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
-from aiogram.exceptions import DataNotDictLikeError
 from aiogram.filters import CommandStart
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
@@ -81,47 +80,7 @@ async def stored(storage: BeanieStorage, **query: Any) -> list[dict[str, Any]]:
     return [doc async for doc in storage.collection.find({"namespace": storage.namespace, **query})]
 
 
-# aiogram's own storage contract (tests/test_fsm/storage/test_storages.py)
-
-
-async def test_set_and_get_state(shared: BeanieStorage) -> None:
-    assert await shared.get_state(KEY) is None
-    await shared.set_state(KEY, "state")
-    assert await shared.get_state(KEY) == "state"
-    await shared.set_state(KEY, None)
-    assert await shared.get_state(KEY) is None
-
-
-async def test_state_objects_are_accepted(shared: BeanieStorage) -> None:
-    await shared.set_state(KEY, Form.name)
-    assert await shared.get_state(KEY) == "Form:name"
-
-
-async def test_set_and_get_data(shared: BeanieStorage) -> None:
-    assert await shared.get_data(KEY) == {}
-    await shared.set_data(KEY, {"foo": "bar"})
-    assert await shared.get_data(KEY) == {"foo": "bar"}
-    await shared.set_data(KEY, {})
-    assert await shared.get_data(KEY) == {}
-
-
-async def test_get_value_with_default(shared: BeanieStorage) -> None:
-    assert await shared.get_value(KEY, "hello") is None
-    assert await shared.get_value(KEY, "hello", "default") == "default"
-    await shared.set_data(KEY, {"hello": "world"})
-    assert await shared.get_value(KEY, "hello") == "world"
-    assert await shared.get_value(KEY, "missing", 5) == 5
-
-
-async def test_update_data_returns_merged_dict(shared: BeanieStorage) -> None:
-    assert await shared.update_data(KEY, {"foo": "bar"}) == {"foo": "bar"}
-    assert await shared.update_data(KEY, {"baz": "spam"}) == {"foo": "bar", "baz": "spam"}
-    assert await shared.get_data(KEY) == {"foo": "bar", "baz": "spam"}
-
-
-async def test_set_data_of_non_dict_raises(shared: BeanieStorage) -> None:
-    with pytest.raises(DataNotDictLikeError):
-        await shared.set_data(KEY, ["not", "a", "dict"])  # type: ignore[arg-type]
+# aiogram's storage contract itself: test_contract.py, beside MemoryStorage
 
 
 async def test_fsm_context_works_with_the_storage(shared: BeanieStorage) -> None:
