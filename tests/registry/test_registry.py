@@ -253,6 +253,23 @@ def test_bad_flood_limits_and_retry_window_are_named(tmp_path: Path) -> None:
     ]
 
 
+def test_delivery_bounds_inherit_and_override(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "defaults:\n  handling_timeout: 45s\n  update_retries: 3\n"
+        + one_bot("    handling_timeout: never\n")
+        + one_bot(name="other", token=TOKEN_B)[len("bots:\n") :],
+    )
+    registry = load_registry(path, environ=ENV)
+    assert registry.bot("shop").handling_timeout is None
+    assert registry.bot("shop").update_retries == 3
+    assert registry.bot("other").handling_timeout == timedelta(seconds=45)
+    built_in = load_registry(write(tmp_path, one_bot()), environ=ENV).bot("shop")
+    assert (built_in.handling_timeout, built_in.update_retries) == (timedelta(minutes=2), 8)
+    negative = write(tmp_path, one_bot("    update_retries: -1\n"))
+    assert "(shop).update_retries: should be greater than or equal to 0" in problems_of(negative)
+
+
 def test_minimal_file_uses_built_in_defaults(tmp_path: Path) -> None:
     registry = load_registry(write(tmp_path, one_bot()), environ={"A_TOKEN": TOKEN_A})
     assert registry.storage.uri is None  # embedded development database
@@ -968,6 +985,7 @@ def test_json_schema_documents_every_key() -> None:
         "link_preview_prefer_small_media", "link_preview_prefer_large_media",
         "link_preview_show_above_text", "show_caption_above_media",
         "middlewares", "middleware", "event", "scope",
+        "handling_timeout", "update_retries",
     }  # fmt: skip
     assert keys == expected
     assert "path" not in schema["properties"]

@@ -159,6 +159,29 @@ async def test_journaled_updates_of_a_dead_process_are_handled_at_start(
     assert await yard.collection_count(JOURNAL_COLLECTION) == 0
 
 
+async def test_a_gone_process_s_waiting_polled_updates_are_taken_over(
+    yard: Yard, mongo_uri: str, database_name: str
+) -> None:
+    """A polling bot's updates journaled (and confirmed) by a replica that died are handled."""
+    token = yard.add("shop", mode="polling")
+    yard.write(webhook=False)
+    supervisor = await yard.start(heartbeat_interval=0.2)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        gone = UpdateJournal(client[database_name])
+        gone.instance = "other-host:1:gone"  # wrote no heartbeat: it is gone
+        update = yard.emulator.send_message(token, 43, "left behind")
+        yard.emulator.bot(token).drop_pending()  # the gone replica had confirmed past it
+        await gone.park("shop", [(update["update_id"], update)])
+    finally:
+        await client.close()
+    assert (await yard.emulator.wait_for_reply(token, 43))["text"] == "left behind"
+    await wait_until(lambda: supervisor.runners["shop"].counters.handled == 1)
+    assert await yard.stop() == 0
+    assert await yard.collection_count(JOURNAL_COLLECTION) == 0
+    assert [m["text"] for m in yard.emulator.sent_messages(token, 43)] == ["left behind"]
+
+
 async def test_rotated_secrets_are_applied_and_the_old_ones_refused(
     yard: Yard, mongo_uri: str, database_name: str
 ) -> None:

@@ -288,6 +288,14 @@ class BotAPIEmulator:
         }
         return bot.queue_update("callback_query", query)
 
+    def queue_raw_update(self, token: str | int, update_type: str, payload: JSON) -> JSON:
+        """Queue an update of ``update_type`` carrying ``payload`` exactly as given.
+
+        Nothing is checked or filled in, so a test can send what a client
+        library cannot parse (a field missing, a wrong type); returns the update.
+        """
+        return self.bot(token).queue_update(update_type, copy.deepcopy(payload))
+
     # -- reading what bots did ---------------------------------------------
 
     def sent_messages(self, token: str | int, chat_id: int | None = None) -> list[JSON]:

@@ -166,6 +166,10 @@ class EmulatorThread:
             self.emulator.press_button, token, user_id, message_id, callback_data, chat_id
         )
 
+    def queue_raw_update(self, token: str | int, update_type: str, payload: JSON) -> JSON:
+        """See :meth:`BotAPIEmulator.queue_raw_update`."""
+        return self._call(self.emulator.queue_raw_update, token, update_type, payload)
+
     def sent_messages(self, token: str | int, chat_id: int | None = None) -> list[JSON]:
         """See :meth:`BotAPIEmulator.sent_messages`."""
         return self._call(self.emulator.sent_messages, token, chat_id)

@@ -218,7 +218,26 @@ class _RunnerCollector(Collector):
             ),
             "retries": CounterMetricFamily(
                 "botyard_update_retries",
-                "Retries of updates after MongoDB or Telegram was unreachable.",
+                "Updates handled again, or their FSM writes stored again, after MongoDB "
+                "or Telegram was unreachable.",
+                labels=["bot"],
+            ),
+            "given_up": CounterMetricFamily(
+                "botyard_updates_given_up",
+                "Updates abandoned after update_retries or handling_timeout "
+                "(each logged with its id, then confirmed).",
+                labels=["bot"],
+            ),
+            "malformed": CounterMetricFamily(
+                "botyard_malformed_updates",
+                "Updates that do not parse as an aiogram Update (logged by id, skipped, "
+                "confirmed).",
+                labels=["bot"],
+            ),
+            "journaled": CounterMetricFamily(
+                "botyard_updates_journaled",
+                "Polled updates journaled in MongoDB so polling could go on past them "
+                "while they waited.",
                 labels=["bot"],
             ),
         }

@@ -6,7 +6,8 @@ ignored setting). The models are validated once at the edge, by
 :func:`botyard.registry.loader.load_registry`; the rest of botyard only reads them.
 
 Each bot's settings that can be inherited (``state_ttl``, ``fsm_strategy``,
-``max_concurrent_updates``, ``flood_limits`` key by key, ``api_retry_for``) are
+``max_concurrent_updates``, ``flood_limits`` key by key, ``api_retry_for``,
+``handling_timeout``, ``update_retries``) are
 resolved from ``defaults`` while the registry is validated, so a
 :class:`BotConfig` always carries its effective values and a change to
 ``defaults`` shows up as a change to the bots it affects.
@@ -505,6 +506,28 @@ class Defaults(_Section):
             "reaches the handler. An attempt under way is bounded by the request timeout."
         ),
     )
+    handling_timeout: Duration = Field(
+        default=timedelta(minutes=2),
+        json_schema_extra={"default": "2m"},
+        description=(
+            "Longest one attempt at handling an update may take (a duration such as 30s "
+            "or 2m, or never). Past it the handler is cancelled, its FSM writes are "
+            "discarded, and the update is given up: logged with its id, counted in "
+            "botyard_updates_given_up_total, and confirmed. Only that conversation waits "
+            "meanwhile."
+        ),
+    )
+    update_retries: int = Field(
+        default=8,
+        ge=0,
+        description=(
+            "How often an update is handled again after MongoDB or the Bot API was "
+            "unreachable (with backoff from 0.5 s doubling up to 30 s; a 429 waits its "
+            "retry_after), and how often its FSM writes are stored again when only "
+            "storing them failed. Then the update is given up: logged, counted and "
+            "confirmed."
+        ),
+    )
 
 
 class CleanupConfig(_Section):
@@ -698,6 +721,17 @@ class BotConfig(_Section):
             "scope: inner}."
         ),
     )
+    handling_timeout: Duration = Field(
+        default=timedelta(minutes=2),
+        json_schema_extra=_undocumented_default,
+        description="This bot's handling_timeout; defaults to defaults.handling_timeout.",
+    )
+    update_retries: int = Field(
+        default=8,
+        ge=0,
+        json_schema_extra=_undocumented_default,
+        description="This bot's update_retries; defaults to defaults.update_retries.",
+    )
     enabled: bool = Field(
         default=True,
         description="false keeps the bot in the file without running it.",
@@ -774,6 +808,8 @@ _INHERITED = (
     "api_retry_for",
     "bot_properties",
     "middlewares",
+    "handling_timeout",
+    "update_retries",
 )
 
 

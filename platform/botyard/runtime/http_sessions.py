@@ -20,6 +20,7 @@ from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from aiogram.methods import GetUpdates, Response, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.types import Update
+from pydantic import ValidationError
 
 from botyard.runtime.outbound import Outbound
 
@@ -49,6 +50,12 @@ class PlatformSession(AiohttpSession):
       being handled; with 20 users per bot that made parsing them again 40% of
       the platform's CPU. Each bot's updates are parsed once and kept until an
       ``offset`` confirms them.
+
+    An update that does not parse as an aiogram ``Update`` (a field missing or
+    of the wrong type) comes back as a :class:`MalformedUpdate` with its id and
+    what was wrong, never its content, instead of failing the whole answer:
+    aiogram would raise for the batch, and the bot would ask for the same
+    updates forever.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -99,14 +106,43 @@ class PlatformSession(AiohttpSession):
                 return None
             updates = []
             for raw in raw_updates:
-                update = known.get(raw["update_id"])
+                update_id = raw["update_id"]
+                if not isinstance(update_id, int):
+                    return None
+                update = known.get(update_id)
                 if update is None:
-                    update = Update.model_validate(raw, context={"bot": bot})
-                    known[update.update_id] = update
+                    update = _parse(bot, update_id, raw)
+                    known[update_id] = update
                 updates.append(update)
-        except (ValueError, TypeError, KeyError):  # ValidationError is a ValueError
+        except (ValueError, TypeError, KeyError):
             return None  # aiogram's own parsing raises the error it always raised
         return _UPDATES_RESPONSE.model_construct(ok=True, result=updates)
+
+
+class MalformedUpdate(Update):
+    """An update the Bot API sent that aiogram cannot read: only its id is kept."""
+
+    #: Where and what was wrong (field paths and error types; no values).
+    problem: str = ""
+
+
+def describe_validation_error(error: ValidationError, most: int = 3) -> str:
+    """``message.chat.type: missing; ...``: the fields at fault, never their values."""
+    problems = [
+        f"{'.'.join(str(part) for part in problem['loc'])}: {problem['type']}"
+        for problem in error.errors(include_url=False, include_input=False)
+    ]
+    shown = "; ".join(problems[:most])
+    return shown + (f" (and {len(problems) - most} more)" if len(problems) > most else "")
+
+
+def _parse(bot: Bot, update_id: int, raw: Any) -> Update:
+    try:
+        return Update.model_validate(raw, context={"bot": bot})
+    except ValidationError as error:
+        return MalformedUpdate.model_construct(
+            update_id=update_id, problem=describe_validation_error(error)
+        )
 
 
 @dataclass

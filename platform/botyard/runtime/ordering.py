@@ -164,10 +164,13 @@ class OffsetTracker:
             self._highest = update_id
 
     def finish(self, update_id: int) -> None:
+        """The update is done, or kept safe elsewhere (journaled): it may be confirmed."""
         self._unfinished.discard(update_id)
+        moved = False
         while self._heap and self._heap[0] not in self._unfinished:
             heapq.heappop(self._heap)
-        if self._progress is not None:
+            moved = True
+        if moved and self._progress is not None:
             self._progress.set()
 
     @property
@@ -182,7 +185,7 @@ class OffsetTracker:
         return None if self._highest is None else self._highest + 1
 
     async def wait_for_progress(self, timeout: float) -> None:
-        """Sleep until some update finishes, or ``timeout`` seconds."""
+        """Sleep until the offset moves (the oldest unfinished update finished), or ``timeout``."""
         if self._progress is None:
             self._progress = asyncio.Event()
         self._progress.clear()

@@ -3,12 +3,28 @@
 A runner never lets its bot's trouble reach another bot: a revoked token stops
 this runner alone, a crash restarts it with backoff, and a slow handler only
 holds one of this bot's own concurrency slots.
+
+Nor does one conversation's trouble reach the bot's other conversations.
+Polling confirms an update to Telegram only once it is safe: handled, or
+journaled (see :mod:`botyard.webhook.journal`). An update that holds the offset
+back for :data:`PARK_AFTER` (a hanging handler, a chat under a long flood wait,
+a conversation queued behind one), or that keeps a full ``getUpdates`` answer
+from bringing anything new, is journaled, all of one poll in one round trip, and
+the offset moves past it; it is handled from memory as before, and after a
+crash from the journal. An update is handled with the bot's FSM writes buffered
+(:class:`~botyard.storage.scope.UpdateScope`): on success they are stored, and
+only storing them is retried when MongoDB is unreachable (the reply is not sent
+again); when the update is handled again instead, they are discarded first, so
+each attempt starts from the state before the update. Attempts are bounded by
+``handling_timeout`` and ``update_retries``; an update given up is logged with
+its id and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -28,13 +44,17 @@ from aiogram.fsm.strategy import FSMStrategy
 from aiogram.methods import GetUpdates
 from aiogram.types import Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
-from pymongo.errors import ConnectionFailure, OperationFailure, ServerSelectionTimeoutError
+from pydantic import ValidationError
+from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
 
 from botyard.logs import LogContext, log_context
+from botyard.runtime.http_sessions import MalformedUpdate, describe_validation_error
 from botyard.runtime.log_context import LogContextMiddleware
 from botyard.runtime.ordering import KeyedExecutor, OffsetTracker, ordering_key
 from botyard.runtime.routers import BotRouters, RouterBuildError
 from botyard.storage import BeanieStorage
+from botyard.storage.scope import UpdateScope
+from botyard.webhook.journal import JournalEntry, UpdateJournal
 
 logger = logging.getLogger("botyard.bot")
 
@@ -49,6 +69,24 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RouterBuildError,
 )
 
+#: The label MongoDB puts on a write that failed in an election or failover.
+RETRYABLE_WRITE = "RetryableWriteError"
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether handling (or storing) again can succeed where this error failed."""
+    if isinstance(error, TRANSIENT_ERRORS):
+        return True
+    if not isinstance(error, PyMongoError):
+        return False
+    if error.timeout or error.has_error_label(RETRYABLE_WRITE):
+        return True  # timeoutMS passed, or a write refused in an election
+    # A bulk write keeps the labels of its write concern errors inside its details.
+    details = getattr(error, "details", None) or {}
+    concern_errors = details.get("writeConcernErrors") or []
+    return any(RETRYABLE_WRITE in (problem.get("errorLabels") or []) for problem in concern_errors)
+
+
 RESTART_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=60.0, factor=2.0, jitter=0.1)
 #: A bot that ran this many seconds before failing was healthy: it restarts at the minimum delay.
 HEALTHY_PERIOD = 60.0
@@ -58,8 +96,12 @@ POLLING_TIMEOUT = 30
 ACCEPTED_AFTER = 1.0
 #: In Telegram's 409 answer to getUpdates while the bot has a webhook.
 WEBHOOK_IS_SET = "webhook is active"
-#: Poll again after this long even if no update finished, to pick up new chats.
+#: Poll again after this long even if the offset did not move, to pick up new chats.
 REPOLL_WHILE_BUSY = 1.0
+#: Most updates one ``getUpdates`` answer holds (Telegram's limit and default).
+MAX_UPDATES_PER_POLL = 100
+#: An update holding the offset back this long, while it did not move, is journaled.
+PARK_AFTER = 2.0
 
 
 class BotStatus(enum.StrEnum):
@@ -77,6 +119,12 @@ class BotCounters:
     handled: int = 0
     errors: int = 0
     retries: int = 0
+    #: Updates abandoned after ``update_retries`` or ``handling_timeout`` (logged, confirmed).
+    given_up: int = 0
+    #: Updates that do not parse as an aiogram ``Update`` (logged by id, confirmed).
+    malformed: int = 0
+    #: Polled updates journaled so the offset could move past them while they waited.
+    journaled: int = 0
     handling_seconds: float = 0.0
 
 
@@ -113,6 +161,13 @@ class BotSpec:
     healthy_period: float = HEALTHY_PERIOD
     #: Delays between retries of a failed getUpdates, and of an update after a transient error.
     retry_backoff: BackoffConfig = RETRY_BACKOFF
+    #: Longest one attempt at an update may take, in seconds (``None``: no limit).
+    handling_timeout: float | None = 120.0
+    #: How often an update (or storing its writes) is tried again after a transient error.
+    update_retries: int = 8
+    #: Where updates wait safely: polled ones that hold the offset back, and for
+    #: webhook bots every accepted one. ``None``: polled updates are never journaled.
+    journal: UpdateJournal | None = None
 
 
 StatusListener = Callable[["BotRunner", BotStatus, str], None]
@@ -132,6 +187,15 @@ class BotRunner:
         self._dispatcher: Dispatcher | None = None
         self.executor = KeyedExecutor(spec.max_concurrent_updates)
         self.offsets = OffsetTracker()
+        #: Polled updates holding the offset back, oldest first, with when each was accepted.
+        self._waiting: dict[int, tuple[float, Update]] = {}
+        #: Polled updates still being handled that the journal keeps safe.
+        self._parked: set[int] = set()
+        #: When the offset last moved, or something began to hold it back.
+        self._offset_moved_at = time.monotonic()
+        #: Ids handled from the journal, which Telegram may still offer (never twice).
+        self._from_journal: set[int] = set()
+        self._resumed = False
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -258,7 +322,9 @@ class BotRunner:
         allowed_updates = self.allowed_updates
         failures = Backoff(self.spec.retry_backoff)
         webhook_deleted = False
+        await self._resume_journaled()
         while not self._stopping:
+            await self._park_overdue()
             request = GetUpdates(
                 offset=self.offsets.offset, timeout=POLLING_TIMEOUT, allowed_updates=allowed_updates
             )
@@ -281,12 +347,21 @@ class BotRunner:
                 continue
             failures.reset()
             self._set_status(BotStatus.RUNNING, "polling")
+            if self._from_journal and updates:  # Telegram no longer offers what lies below
+                self._from_journal = {i for i in self._from_journal if i >= updates[0].update_id}
             fresh = [update for update in updates if not self.offsets.known(update.update_id)]
             for update in fresh:
-                self.accept(update)
-            if updates and not fresh:
-                # Only updates still being handled came back: wait instead of spinning.
-                await self.offsets.wait_for_progress(REPOLL_WHILE_BUSY)
+                self._take(update)
+            if not self._waiting:
+                continue  # nothing holds the offset back: the next poll waits at Telegram
+            if not fresh and len(updates) >= MAX_UPDATES_PER_POLL:
+                # A full answer of updates already here: nothing new comes until some are safe.
+                await self._park_overdue(everything=True)
+                continue
+            # Telegram answers at once with the updates still held back: poll again
+            # when the offset moves, when one is due to be journaled, or, while there
+            # are free slots, after a while to pick up new chats.
+            await self.offsets.wait_for_progress(self._repoll_delay())
 
     async def _get_updates(self, request: GetUpdates) -> list[Update]:
         """One long poll; until the bot runs, it runs once Telegram accepted the poll.
@@ -306,15 +381,148 @@ class BotRunner:
         finally:
             accepted.cancel()
 
-    def accept(self, update: Update, on_done: Callable[[int], None] | None = None) -> None:
-        """Queue ``update`` for handling in order with the other updates of its FSM key.
+    def _take(self, update: Update) -> None:
+        """Handle an update fresh from ``getUpdates``, or confirm it if there is nothing to do."""
+        update_id = update.update_id
+        self.offsets.start(update_id)
+        if isinstance(update, MalformedUpdate):
+            self.counters.malformed += 1
+            logger.warning(
+                "bot=%s update=%s skipped and confirmed: it does not parse as an aiogram "
+                "Update (%s)",
+                self.name,
+                update_id,
+                update.problem,
+            )
+            self.offsets.finish(update_id)
+        elif update_id in self._from_journal:
+            self._from_journal.discard(update_id)  # handled from the journal already
+            self.offsets.finish(update_id)
+        else:
+            now = time.monotonic()
+            if not self._waiting:
+                self._offset_moved_at = now
+            self._waiting[update_id] = (now, update)
+            self._submit(update, self._finished_polled)
+
+    def _finished_polled(self, update_id: int) -> None:
+        if update_id in self._parked:
+            self._parked.discard(update_id)
+            assert self.spec.journal is not None
+            self.spec.journal.finished(self.name, update_id)
+        else:
+            self._release(update_id)
+
+    def _release(self, update_id: int) -> None:
+        """Let the offset move past a polled update: it finished, or the journal keeps it."""
+        self._waiting.pop(update_id, None)
+        before = self.offsets.offset
+        self.offsets.finish(update_id)
+        if self.offsets.offset != before:
+            self._offset_moved_at = time.monotonic()
+
+    def _repoll_delay(self) -> float:
+        delays = [REPOLL_WHILE_BUSY]
+        if self.spec.journal is not None:
+            due = PARK_AFTER - (time.monotonic() - self._offset_moved_at)
+            if self.executor.pending >= self.spec.max_concurrent_updates:
+                delays = [due]  # no slot for anything new: poll when something can move
+            else:
+                delays.append(due)
+        return max(0.0, min(delays))
+
+    async def _park_overdue(self, *, everything: bool = False) -> None:
+        """Journal the updates that held the offset back too long, and let it move past them.
+
+        Due are those waiting for :data:`PARK_AFTER` while the offset did not
+        move, or with ``everything`` all that hold it back. If the journal
+        cannot be written, nothing moves: they stay unconfirmed with Telegram.
+        """
+        journal = self.spec.journal
+        if journal is None or not self._waiting:
+            return
+        now = time.monotonic()
+        if not everything and now - self._offset_moved_at < PARK_AFTER:
+            return
+        due = {
+            update_id: update
+            for update_id, (since, update) in self._waiting.items()
+            if everything or now - since >= PARK_AFTER
+        }
+        documents = [(update_id, _document(update)) for update_id, update in due.items()]
+        try:
+            await journal.park(self.name, documents)
+        except PyMongoError as error:
+            logger.warning(
+                "bot=%s could not journal %d waiting update(s) (%s); they stay unconfirmed",
+                self.name,
+                len(due),
+                type(error).__name__,
+            )
+            return
+        for update_id in due:
+            if update_id not in self._waiting:  # finished while it was being journaled
+                journal.finished(self.name, update_id)
+                continue
+            self._release(update_id)
+            self._parked.add(update_id)
+        self.counters.journaled += len(due)
+        logger.info(
+            "bot=%s journaled %d update(s) still being handled; polling goes on past them",
+            self.name,
+            len(due),
+        )
+
+    async def _resume_journaled(self) -> None:
+        """Once per runner, before the first poll: handle what an earlier run journaled."""
+        journal = self.spec.journal
+        if self._resumed or journal is None:
+            return
+        entries = await journal.claim([self.name], own=True)
+        for entry in entries:
+            self.accept_journaled(entry)
+        self._resumed = True
+        if entries:
+            logger.info(
+                "bot=%s handling %d journaled update(s) an earlier run did not finish",
+                self.name,
+                len(entries),
+            )
+
+    # accepting
+
+    def accept(self, update: Update, on_done: Callable[[int], None]) -> None:
+        """Queue ``update``, which is kept safe elsewhere, in order with its FSM key's others.
 
         ``on_done`` is called with the update id once the update is finished
-        (handled, or its handler failed for good), not when it is left for
+        (handled, failed for good, or given up), not when it is left for
         redelivery at shutdown.
         """
+        self._submit(update, on_done)
+
+    def accept_journaled(self, entry: JournalEntry) -> None:
+        """Queue an update read back from the journal; it leaves the journal when finished."""
+        journal = self.spec.journal
+        if journal is None:
+            raise RuntimeError(f"bot {self.name!r} has no journal")
+        try:
+            update = Update.model_validate(entry.update, context={"bot": self.bot})
+        except ValidationError as error:  # never block the rest for one unreadable entry
+            self.counters.malformed += 1
+            logger.error(
+                "bot=%s journaled update=%s dropped: it does not parse as an aiogram Update (%s)",
+                self.name,
+                entry.update_id,
+                describe_validation_error(error),
+            )
+            journal.finished(self.name, entry.update_id)
+            return
+        if self.spec.polling:
+            self._from_journal.add(update.update_id)
+        self._submit(update, lambda update_id: journal.finished(self.name, update_id))
+
+    def _submit(self, update: Update, on_done: Callable[[int], None]) -> None:
         self.counters.received += 1
-        self.offsets.start(update.update_id)
         key = ordering_key(update, self.spec.fsm_strategy)
         self.executor.submit(key, lambda: self._handle(update, on_done))
 
@@ -329,59 +537,149 @@ class BotRunner:
 
     # handling
 
-    async def _handle(self, update: Update, on_done: Callable[[int], None] | None) -> None:
-        retry = Backoff(self.spec.retry_backoff)
+    async def _handle(self, update: Update, on_done: Callable[[int], None]) -> None:
         started = time.perf_counter()
         try:
-            while True:
-                try:
-                    await self.dispatcher.feed_update(self.bot, update)
-                    self.counters.handled += 1
-                    break
-                except TRANSIENT_ERRORS as error:
-                    if self._stopping:
-                        logger.warning(
-                            "bot=%s update=%s not handled before shutdown (%s); "
-                            "left for redelivery",
-                            self.name,
-                            update.update_id,
-                            type(error).__name__,
-                        )
-                        return
-                    self.counters.retries += 1
-                    delay = (
-                        error.retry_after
-                        if isinstance(error, TelegramRetryAfter)
-                        else retry.next_delay
-                    )
-                    logger.warning(
-                        "bot=%s update=%s failed with %s: %s; retrying in %.1fs",
-                        self.name,
-                        update.update_id,
-                        type(error).__name__,
-                        error,
-                        delay,
-                    )
-                    if isinstance(error, TelegramRetryAfter):
-                        await asyncio.sleep(delay)
-                    else:
-                        await retry.asleep()
-                except (Exception, OperationFailure):
-                    self.counters.errors += 1
-                    logger.exception(
-                        "bot=%s update=%s handler failed; update confirmed",
-                        self.name,
-                        update.update_id,
-                    )
-                    break
+            finished = await self._attempts(update)
         finally:
             elapsed = time.perf_counter() - started
             self.counters.handling_seconds += elapsed
             if self.spec.observe_handling is not None:
                 self.spec.observe_handling(elapsed)
-        self.offsets.finish(update.update_id)
-        if on_done is not None:
+        if finished:
             on_done(update.update_id)
+
+    async def _attempts(self, update: Update) -> bool:
+        """Handle ``update`` until done; ``False``: left unfinished for redelivery at shutdown.
+
+        A transient failure discards the attempt's FSM writes and tries again
+        (at most ``update_retries`` times); a handler raising anything else
+        keeps what it wrote so far, as aiogram's storages do, and is done; a
+        handler over ``handling_timeout`` is cancelled, its writes discarded,
+        and the update given up.
+        """
+        retry = Backoff(self.spec.retry_backoff)
+        for attempt in itertools.count():
+            scope = UpdateScope()
+            try:
+                await self._attempt(update, scope)
+            except _HandlingTimeout as timeout:
+                scope.discard()
+                self._give_up(
+                    update, f"still running after handling_timeout ({timeout.seconds:g}s)"
+                )
+                return True
+            except Exception as error:
+                if not is_transient(error):
+                    self.counters.errors += 1
+                    logger.exception(
+                        "bot=%s update=%s handler failed; its FSM writes so far are kept, "
+                        "update confirmed",
+                        self.name,
+                        update.update_id,
+                    )
+                    await self._store(update, scope)
+                    return True
+                scope.discard()
+                if self._stopping:
+                    logger.warning(
+                        "bot=%s update=%s not handled before shutdown (%s); left for redelivery",
+                        self.name,
+                        update.update_id,
+                        type(error).__name__,
+                    )
+                    return False
+                if attempt >= self.spec.update_retries:
+                    self._give_up(
+                        update,
+                        f"failed {attempt + 1} times, last with {type(error).__name__}: {error}",
+                    )
+                    return True
+                self.counters.retries += 1
+                delay = (
+                    error.retry_after if isinstance(error, TelegramRetryAfter) else retry.next_delay
+                )
+                logger.warning(
+                    "bot=%s update=%s failed with %s: %s; handling it again in %.1fs",
+                    self.name,
+                    update.update_id,
+                    type(error).__name__,
+                    error,
+                    delay,
+                )
+                if isinstance(error, TelegramRetryAfter):
+                    await asyncio.sleep(delay)
+                else:
+                    await retry.asleep()
+                continue
+            if await self._store(update, scope):
+                self.counters.handled += 1
+            return True
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, update: Update, scope: UpdateScope) -> None:
+        timeout = self.spec.handling_timeout
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                with scope.buffering():
+                    await self.dispatcher.feed_update(self.bot, update)
+        except TimeoutError:
+            if timeout is not None and deadline.expired():
+                raise _HandlingTimeout(timeout) from None
+            raise
+
+    async def _store(self, update: Update, scope: UpdateScope) -> bool:
+        """Store the update's FSM writes, retrying only the storing; ``False`` if they were lost."""
+        retry = Backoff(self.spec.retry_backoff)
+        for attempt in itertools.count():
+            try:
+                await scope.flush()
+                return True
+            except Exception as error:
+                if not is_transient(error):
+                    self.counters.errors += 1
+                    logger.exception(
+                        "bot=%s update=%s handled, but its FSM writes were refused; "
+                        "update confirmed",
+                        self.name,
+                        update.update_id,
+                    )
+                    return False
+                if attempt >= self.spec.update_retries:
+                    self._give_up(
+                        update,
+                        f"handled, but its FSM writes could not be stored "
+                        f"({type(error).__name__}: {error})",
+                    )
+                    return False
+                self.counters.retries += 1
+                logger.warning(
+                    "bot=%s update=%s handled, but storing its FSM writes failed with %s; "
+                    "storing them again in %.1fs (the handler is not run again)",
+                    self.name,
+                    update.update_id,
+                    type(error).__name__,
+                    retry.next_delay,
+                )
+                await retry.asleep()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _give_up(self, update: Update, reason: str) -> None:
+        self.counters.given_up += 1
+        logger.error(
+            "bot=%s update=%s given up: %s; update confirmed", self.name, update.update_id, reason
+        )
+
+
+class _HandlingTimeout(Exception):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"handling took longer than {seconds:g}s")
+        self.seconds = seconds
+
+
+def _document(update: Update) -> dict[str, Any]:
+    """The update as the Bot API sent it, for the journal."""
+    return update.model_dump(mode="json", exclude_unset=True, by_alias=True)
 
 
 def _reset_if_healthy(

@@ -96,6 +96,8 @@ class Supervisor:
         #: Seconds between webhook maintenance rounds (orphans, rotated secrets).
         self.heartbeat_interval = heartbeat_interval
         self.webhooks: WebhookEndpoint | None = None
+        #: Where accepted webhook updates, and polled ones that wait, are kept until handled.
+        self.journal: UpdateJournal | None = None
         #: The webhook, health and metrics server, when the registry asks for one.
         self.http: OpsServer | None = None
         #: False: no HTTP server even if the registry has webhook: or ops: (the sandbox).
@@ -174,7 +176,7 @@ class Supervisor:
     async def _operations(self) -> AsyncIterator[None]:
         """The journal, the HTTP server, the watchdog and the samplers, around the bots."""
         assert self.database is not None
-        journal = UpdateJournal(self.database, clock=self.clock)
+        journal = self.journal = UpdateJournal(self.database, clock=self.clock)
         await journal.prepare()
         self.webhooks = WebhookEndpoint(
             journal,
@@ -211,7 +213,7 @@ class Supervisor:
             await journal.close()
 
     async def _maintain_webhooks(self) -> None:
-        """Every heartbeat: recover orphaned updates, apply rotated secrets."""
+        """Every heartbeat: recover orphaned updates (of every bot), apply rotated secrets."""
         assert self.webhooks is not None
         while True:
             await asyncio.sleep(self.heartbeat_interval)
@@ -254,6 +256,11 @@ class Supervisor:
                 else None
             ),
             observe_handling=self.metrics.observer(config.name),
+            handling_timeout=(
+                None if config.handling_timeout is None else config.handling_timeout.total_seconds()
+            ),
+            update_retries=config.update_retries,
+            journal=self.journal,
         )
         bot = self._bot_factory(config, self._sessions)
         self._sessions.outbound.register(bot, config.name, OutboundPolicy.from_config(config))

@@ -7,14 +7,20 @@ record at most once, answers later reads from memory (including the update's
 own writes), and sends all of the update's writes in one round trip when the
 scope ends — also when the handler raised, so writes made before the error are
 kept, as with aiogram's storages.
+
+botyard's runner opens the scope itself (:meth:`UpdateScope.buffering`) and
+decides at the end: a handled update's writes are flushed, retried as a flush
+when MongoDB is unreachable (the handler, which has already replied, is not run
+again); an update that will be handled again has its writes discarded, so the
+re-run starts from the state before the update.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -114,14 +120,37 @@ class UpdateScope:
     def record(self, storage: BeanieStorage, key: StorageKey) -> PendingRecord:
         return self._records.setdefault((storage, key), PendingRecord())
 
+    @contextmanager
+    def buffering(self) -> Iterator[UpdateScope]:
+        """Be the running update's scope for the block; the block's end writes nothing.
+
+        The owner then calls :meth:`flush` or :meth:`discard`. Once the block
+        ended, tasks the handler spawned write straight through.
+        """
+        token = _current_scope.set(self)
+        try:
+            yield self
+        finally:
+            _current_scope.reset(token)
+            self.closed = True
+
     async def flush(self) -> None:
-        """Write every touched record: one round trip per storage in the common case."""
+        """Write every touched record: one round trip per storage in the common case.
+
+        The records are kept until every write succeeded, so a failed flush can
+        be called again; the writes set values (no increments), so writing
+        twice what landed once leaves the same records.
+        """
         by_storage: dict[BeanieStorage, dict[StorageKey, PendingRecord]] = {}
         for (storage, key), record in self._records.items():
             by_storage.setdefault(storage, {})[key] = record
-        self._records.clear()
         for storage, records in by_storage.items():
             await storage.write_records(records)
+        self._records.clear()
+
+    def discard(self) -> None:
+        """Forget the update's writes: it will be handled again from the stored state."""
+        self._records.clear()
 
 
 _current_scope: ContextVar[UpdateScope | None] = ContextVar("botyard_update_scope", default=None)
@@ -145,12 +174,10 @@ async def update_scope() -> AsyncIterator[UpdateScope]:
         yield outer
         return
     scope = UpdateScope()
-    token = _current_scope.set(scope)
     try:
-        yield scope
+        with scope.buffering():
+            yield scope
     finally:
-        _current_scope.reset(token)
-        scope.closed = True
         await scope.flush()
 
 

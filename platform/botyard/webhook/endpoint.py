@@ -38,7 +38,7 @@ from botyard.ops.metrics import PlatformMetrics
 from botyard.registry.models import WebhookConfig
 from botyard.runtime.runner import BotRunner
 from botyard.runtime.view import PlatformView
-from botyard.webhook.journal import JournalEntry, UpdateJournal
+from botyard.webhook.journal import UpdateJournal
 from botyard.webhook.secrets import SecretStore, WebhookSecret
 
 __all__ = [
@@ -166,7 +166,7 @@ class WebhookEndpoint:
         if recover:
             entries = await self.journal.claim([name], own=True)
             for entry in entries:
-                self._recover(runner, entry)
+                runner.accept_journaled(entry)
             if entries:
                 logger.info(
                     "bot=%s handling %d update(s) accepted earlier and not yet handled",
@@ -191,11 +191,18 @@ class WebhookEndpoint:
     # what runs every heartbeat
 
     async def maintain(self) -> None:
-        """Heartbeat, take over updates of processes that are gone, apply rotated secrets."""
+        """Heartbeat, take over updates of processes that are gone, apply rotated secrets.
+
+        The running polling bots' updates a gone process journaled (those that
+        waited, see :mod:`botyard.runtime.runner`) are taken over in the same
+        claim as the webhook bots' ones.
+        """
         await self.journal.heartbeat()
         running = {name: route for name, route in self._routes.items() if route.accepting}
-        for entry in await self.journal.claim(running):
-            self._recover(running[entry.bot].runner, entry)
+        runners = {name: bot for name, bot in self._platform.runners.items() if bot.spec.polling}
+        runners.update((name, route.runner) for name, route in running.items())
+        for entry in await self.journal.claim(runners):
+            runners[entry.bot].accept_journaled(entry)
         stored = await self.secret_store.current(running)
         for name, route in running.items():
             secret = stored.get(name)
@@ -216,15 +223,6 @@ class WebhookEndpoint:
             raise
         del route.secrets[1:]
         logger.info("bot=%s webhook secrets rotated; setWebhook called", route.runner.name)
-
-    def _recover(self, runner: BotRunner, entry: JournalEntry) -> None:
-        try:
-            update = Update.model_validate(entry.update, context={"bot": runner.bot})
-        except ValidationError:  # cannot happen to what was accepted; never block the rest
-            logger.exception("bot=%s journaled update=%s unreadable", entry.bot, entry.update_id)
-            self.journal.finished(entry.bot, entry.update_id)
-            return
-        self._submit(entry.bot, runner, update)
 
     async def _set_webhook(self, runner: BotRunner, secret: WebhookSecret) -> None:
         config = self._platform.registry.webhook

@@ -1,4 +1,4 @@
-"""The journal of accepted webhook updates: written before the 200, deleted once handled.
+"""The journal of accepted updates: written before Telegram forgets them, deleted once handled.
 
 Telegram delivers a webhook update again only when the request fails. Once
 botyard has answered 200, the update exists nowhere but in botyard, so before
@@ -6,6 +6,12 @@ answering it is inserted into the ``webhook_updates`` collection (one round
 trip), and handled from memory. When handling ends, its entry is deleted; the
 deletes of all bots are batched (one ``delete_many`` per :data:`FLUSH_DELAY`,
 so under load they cost a fraction of a round trip per update).
+
+A polling bot uses the same journal for the updates that wait (a slow handler,
+a chat under a flood wait, a conversation queued behind one): they are
+inserted, all of one poll in one round trip (:meth:`UpdateJournal.park`),
+before the bot confirms past them to Telegram, so one stuck chat never holds
+back the others' updates (see :mod:`botyard.runtime.runner`).
 
 Each process has an instance id (``host:pid:random``) and writes a heartbeat to
 ``botyard_instances`` every :data:`HEARTBEAT_INTERVAL`. Entries belong to the
@@ -30,11 +36,11 @@ import socket
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from botyard.database.documents import Clock, Document, utcnow
 
@@ -49,6 +55,7 @@ logger = logging.getLogger("botyard.journal")
 
 JOURNAL_COLLECTION = "webhook_updates"
 INSTANCES_COLLECTION = "botyard_instances"
+DUPLICATE_KEY = 11000
 #: Finished updates are deleted in one batch after this many seconds.
 FLUSH_DELAY = 0.2
 HEARTBEAT_INTERVAL = 10.0
@@ -104,19 +111,40 @@ class UpdateJournal:
     async def record(self, bot: str, update_id: int, update: Document) -> bool:
         """Persist an accepted update; ``False`` if it is journaled already (a redelivery)."""
         try:
-            await self.entries.insert_one(
-                {
-                    "_id": _entry_id(bot, update_id),
-                    "bot": bot,
-                    "update_id": update_id,
-                    "update": update,
-                    "owner": self.instance,
-                    "accepted_at": self.clock(),
-                }
-            )
+            await self.entries.insert_one(self._entry(bot, update_id, update))
         except DuplicateKeyError:
             return False
         return True
+
+    async def park(self, bot: str, updates: Iterable[tuple[int, Document]]) -> None:
+        """Persist updates a polling bot is about to confirm unhandled: one round trip.
+
+        An update journaled already (a restart between this insert and the
+        confirmation) is left as it is.
+        """
+        now = self.clock()
+        entries = [self._entry(bot, update_id, update, now) for update_id, update in updates]
+        if not entries:
+            return
+        try:
+            await self.entries.insert_many(entries, ordered=False)
+        except BulkWriteError as error:
+            if any(problem.get("code") != DUPLICATE_KEY for problem in _write_errors(error)):
+                raise
+            if error.details.get("writeConcernErrors"):
+                raise
+
+    def _entry(
+        self, bot: str, update_id: int, update: Document, now: datetime | None = None
+    ) -> Document:
+        return {
+            "_id": _entry_id(bot, update_id),
+            "bot": bot,
+            "update_id": update_id,
+            "update": update,
+            "owner": self.instance,
+            "accepted_at": now or self.clock(),
+        }
 
     def finished(self, bot: str, update_id: int) -> None:
         """Mark an update handled; its entry goes with the next batch."""
@@ -163,6 +191,7 @@ class UpdateJournal:
         names = list(bots)
         if not names:
             return []
+        await self.flush()  # an entry handled but not deleted yet is not claimed again
         alive_since = self.clock() - DEAD_AFTER
         alive = [
             doc["_id"]
@@ -206,3 +235,8 @@ class UpdateJournal:
 
 def _entry_id(bot: str, update_id: int) -> str:
     return f"{bot}:{update_id}"
+
+
+def _write_errors(error: BulkWriteError) -> list[Document]:
+    errors: list[Document] = error.details.get("writeErrors", [])
+    return errors
