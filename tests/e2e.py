@@ -36,6 +36,21 @@ QUESTIONS: list[str] = list(_QUESTIONNAIRE["QUESTIONS"].values())
 THANKS: str = _QUESTIONNAIRE["THANKS"]
 
 
+def assert_conversations_stored(world: World, users: Iterable[int], name: str) -> None:
+    """Each user answered "red/cat/soup <user>" and registered as ``name.format(user)``."""
+    questionnaire = world.records("questionnaire")
+    registration = world.records("registration")
+    for user in users:
+        assert questionnaire[user]["data"] == {
+            "q1": f"red {user}",
+            "q2": f"cat {user}",
+            "q3": f"soup {user}",
+        }
+        assert questionnaire[user]["state"] is None
+        assert registration[user]["data"] == {"name": name.format(user)}
+        assert registration[user]["state"] is None
+
+
 def copy_example_bots(directory: Path) -> None:
     """Put the repository's example bots beside a test registry."""
     shutil.copytree(REPO / "bots", directory / "bots", ignore=shutil.ignore_patterns("__pycache__"))

@@ -13,7 +13,14 @@ from botyard.cli import main
 from botyard.database.embedded import SecantusServer
 from botyard.emulator import EmulatorThread
 
-from e2e import QUESTIONS, THANKS, BotyardProcess, World, copy_example_bots
+from e2e import (
+    QUESTIONS,
+    THANKS,
+    BotyardProcess,
+    World,
+    assert_conversations_stored,
+    copy_example_bots,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -58,17 +65,7 @@ def test_three_bots_serve_several_users_with_isolated_state(world: World) -> Non
         assert world.reply("echo", 104) == "still here?"
         assert botyard.stop() == 0
 
-    questionnaire = world.records("questionnaire")
-    registration = world.records("registration")
-    for user in users:
-        assert questionnaire[user]["data"] == {
-            "q1": f"red {user}",
-            "q2": f"cat {user}",
-            "q3": f"soup {user}",
-        }
-        assert questionnaire[user]["state"] is None
-        assert registration[user]["data"] == {"name": f"User {user}"}
-        assert registration[user]["state"] is None
+    assert_conversations_stored(world, users, "User {}")
     assert world.records("echo") == {}, "the echo bot never uses the FSM"
     assert "bot=echo status=unauthorized" not in botyard.output
 
@@ -251,31 +248,91 @@ def test_run_refuses_a_bad_registry_before_starting_anything(world: World) -> No
     assert world.emulator.calls(world.tokens["echo"], "getUpdates") == 0
 
 
-def test_update_handled_while_mongodb_is_down_is_retried_after_recovery(
+GATED_QUESTIONNAIRE = '''
+"""The questionnaire; an update's handling ends (and its writes go) once "gate" exists."""
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from aiogram import Router
+
+from bots.questionnaire import router as questionnaire
+
+GATE = Path(__file__).with_name("gate")
+
+
+def router() -> Router:
+    built = questionnaire()
+
+    @built.message.outer_middleware()
+    async def hold(handler: Any, event: Any, data: dict[str, Any]) -> Any:
+        result = await handler(event, data)
+        while not GATE.exists():
+            await asyncio.sleep(0.05)
+        return result
+
+    return built
+'''
+
+
+def test_mongodb_going_away_mid_handler_repeats_skips_and_loses_no_step(
     tmp_path: Path, emulator: EmulatorThread, database_name: str
 ) -> None:
+    """Users whose writes meet the outage after the reply, and users whose reads meet it."""
     server = SecantusServer(storage_path=str(tmp_path / "db"), sync_on_commit=True).start()
     try:
         world = World(tmp_path / "registry", emulator, server.uri, database_name)
-        world.write({"questionnaire": "bots.questionnaire:router"})
-        user = 501
+        (world.directory / "gated.py").write_text(GATED_QUESTIONNAIRE)
+        gate = world.directory / "gate"
+        gate.touch()
+        world.write({"questionnaire": "gated:router"})
+        token = world.tokens["questionnaire"]
+        flushing, reading = range(501, 511), range(511, 521)
+        users = [*flushing, *reading]
         with world.botyard() as botyard:
             world.wait_all_running(botyard, ["questionnaire"])
-            world.say("questionnaire", user, "/start")
-            assert world.reply("questionnaire", user) == QUESTIONS[0]
+            for user in users:
+                world.say("questionnaire", user, "/start")
+            for user in users:
+                assert world.reply("questionnaire", user) == QUESTIONS[0]
             # The reply goes out inside the handler; the state is written when it returns.
             deadline = time.monotonic() + 30
-            while user not in world.records("questionnaire"):
-                assert time.monotonic() < deadline, "the /start state was never written"
+            while len(world.records("questionnaire")) < len(users):
+                assert time.monotonic() < deadline, "the /start states were never written"
                 time.sleep(0.05)
+
+            gate.unlink()  # the next answers are replied to, then wait with their writes
+            for user in flushing:
+                world.say("questionnaire", user, f"blue {user}")
+            for user in flushing:
+                assert world.reply("questionnaire", user) == QUESTIONS[1]
             server.stop()
-            answer = world.say("questionnaire", user, "blue")
-            botyard.wait_for_log(rf"update={answer['update_id']} failed with \w+", timeout=60)
-            token = world.tokens["questionnaire"]
-            assert answer["update_id"] in [u["update_id"] for u in emulator.pending_updates(token)]
+            gate.touch()
+            botyard.wait_for_log(r"storing them again", count=len(flushing), timeout=60)
+            answers = [world.say("questionnaire", user, f"blue {user}") for user in reading]
+            botyard.wait_for_log(rf"update={answers[0]['update_id']} failed with \w+", timeout=60)
+            pending = [u["update_id"] for u in emulator.pending_updates(token)]
+            assert answers[0]["update_id"] in pending, "nothing confirmed before it is safe"
             server.start()
-            assert world.reply("questionnaire", user, timeout=60) == QUESTIONS[1]
+
+            for user in reading:
+                assert world.reply("questionnaire", user, timeout=90) == QUESTIONS[1]
+            for step, answer in ((2, "cat"), (3, "soup")):
+                for user in users:
+                    world.say("questionnaire", user, f"{answer} {user}")
+                for user in users:
+                    expected = QUESTIONS[step] if step < 3 else THANKS
+                    assert world.reply("questionnaire", user, timeout=60) == expected
             assert botyard.stop() == 0
-        assert world.records("questionnaire")[user]["data"] == {"q1": "blue"}
+        records = world.records("questionnaire")
+        for user in users:
+            sent = [m["text"] for m in emulator.sent_messages(token, user)]
+            assert sent == [*QUESTIONS, THANKS], f"user {user}: a reply repeated or lost"
+            assert records[user]["data"] == {
+                "q1": f"blue {user}",
+                "q2": f"cat {user}",
+                "q3": f"soup {user}",
+            }
+            assert records[user]["state"] is None
     finally:
         server.stop()
