@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from botyard import __version__
-from botyard.cli import main
+from botyard.cli import COMMANDS, main
 
 from e2e import REPO
 
@@ -23,13 +26,23 @@ def test_version() -> None:
     assert result.output.strip() == f"botyard, version {__version__}"
 
 
+def _commands() -> dict[str, click.Command]:
+    context = click.Context(main)
+    found = {name: main.get_command(context, name) for name in main.list_commands(context)}
+    return {name: command for name, command in found.items() if command is not None}
+
+
 def test_every_command_has_help() -> None:
     runner = CliRunner()
     overview = runner.invoke(main, ["--help"])
     assert overview.exit_code == 0
-    for name, command in main.commands.items():
+    commands = _commands()
+    assert set(commands) == set(COMMANDS)
+    for name, command in commands.items():
         assert command.help, f"botyard {name} has no help text"
         assert name in overview.output
+        # the overview lists a command without importing it: its summary must not drift
+        assert COMMANDS[name][1] == command.get_short_help_str(limit=1000)
         result = runner.invoke(main, [name, "--help"])
         assert result.exit_code == 0, result.output
         assert "Usage: " in result.output
@@ -108,7 +121,9 @@ def test_every_command_takes_log_level_and_log_format() -> None:
         command: click.Command = main
         for name in path:
             assert isinstance(command, click.Group)
-            command = command.commands[name]
+            found = command.get_command(click.Context(command), name)
+            assert found is not None
+            command = found
         options = {option for param in command.params for option in param.opts}
         assert {"--log-level", "--log-format"} <= options, f"botyard {' '.join(path)}"
 
@@ -164,3 +179,37 @@ def test_options_are_read_from_botyard_environment_variables(
     wrong = CliRunner().invoke(main, ["schema"])
     assert wrong.exit_code == 2
     assert "'xml' is not one of 'text', 'json'" in wrong.output
+
+
+LIGHT_COMMANDS = [["--help"], ["--version"], ["schema"], ["check", "missing.yaml"]]
+
+
+@pytest.mark.parametrize("arguments", LIGHT_COMMANDS, ids=" ".join)
+def test_light_commands_import_no_aiogram_beanie_or_pymongo(
+    arguments: list[str], tmp_path: Path
+) -> None:
+    """In a fresh interpreter: the command runs as ``botyard`` would, then the heavy
+    libraries it needs none of are looked for in ``sys.modules``."""
+    script = (
+        "import sys\n"
+        "from botyard.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:], prog_name='botyard')\n"
+        "except SystemExit as exit:\n"
+        "    print('exit', exit.code, file=sys.stderr)\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules}), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *arguments],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    *_, exit_line, modules_line = result.stderr.strip().splitlines()
+    expected = 1 if arguments[0] == "check" else 0
+    assert exit_line == f"exit {expected}", result.stderr
+    loaded = set(ast.literal_eval(modules_line))
+    assert {"botyard", "click"} <= loaded
+    assert not {"aiogram", "beanie", "pymongo"} & loaded, result.stderr

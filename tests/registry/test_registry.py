@@ -19,7 +19,14 @@ from pydantic import SecretStr, ValidationError
 from botyard.registry.diff import diff_registries
 from botyard.registry.durations import format_duration, parse_duration
 from botyard.registry.loader import check_registry, load_registry
-from botyard.registry.models import BotConfig, Defaults, Registry, RegistryError, rate_per_second
+from botyard.registry.models import (
+    BotConfig,
+    Defaults,
+    FSMStrategyName,
+    Registry,
+    RegistryError,
+    rate_per_second,
+)
 from botyard.registry.schema import registry_json_schema
 from botyard.runtime.routers import (
     RouterBuildError,
@@ -169,7 +176,7 @@ def test_full_example_loads_with_effective_values(tmp_path: Path) -> None:
     assert questionnaire.api_server == "http://127.0.0.1:8081"
     assert questionnaire.namespace == "questionnaire"
     assert questionnaire.state_ttl == timedelta(hours=1)
-    assert questionnaire.fsm_strategy is FSMStrategy.USER_IN_CHAT
+    assert questionnaire.fsm_strategy.to_aiogram() is FSMStrategy.USER_IN_CHAT
     assert questionnaire.max_concurrent_updates == 64
     assert questionnaire.mode == "polling"
     assert questionnaire.on_state_expired == "bots.questionnaire:on_expired"
@@ -177,7 +184,7 @@ def test_full_example_loads_with_effective_values(tmp_path: Path) -> None:
 
     shop = registry.bot("shop")
     assert shop.state_ttl is None  # never
-    assert shop.fsm_strategy is FSMStrategy.CHAT
+    assert shop.fsm_strategy.to_aiogram() is FSMStrategy.CHAT
     assert shop.namespace == "shop"  # defaults to the name
     assert shop.mode == "webhook"
     assert shop.settings == {"greeting": "Hi $name", "admins": [1, 2]}
@@ -209,7 +216,7 @@ def test_defaults_apply_to_bots_that_do_not_override(tmp_path: Path) -> None:
     )
     bot = load_registry(path, environ=ENV).bot("shop")
     assert bot.state_ttl == timedelta(hours=1, minutes=30)
-    assert bot.fsm_strategy is FSMStrategy.GLOBAL_USER
+    assert bot.fsm_strategy.to_aiogram() is FSMStrategy.GLOBAL_USER
     assert bot.max_concurrent_updates == 5
 
 
@@ -1183,3 +1190,9 @@ def test_aliases_of_a_sane_size_still_load(tmp_path: Path) -> None:
     )
     registry = load_registry(path, environ=ENV)
     assert registry.bots[1].settings == {"admins": [1, 2, 3], "texts": {"hi": "hello"}}
+
+
+def test_fsm_strategy_names_are_aiogram_strategies_member_for_member() -> None:
+    assert [name.name for name in FSMStrategyName] == [strategy.name for strategy in FSMStrategy]
+    for name in FSMStrategyName:
+        assert name.to_aiogram() is FSMStrategy[name.name]

@@ -2,25 +2,92 @@
 
 Commands raise :class:`~botyard.errors.BotyardError`; :mod:`.errors` prints it.
 The only package that imports click. May import every other package.
+
+A command's module is imported only when that command runs (or shows its own
+``--help``), so ``botyard --help``, ``--version`` and ``schema`` start without
+importing aiogram, Beanie or PyMongo.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from botyard import __version__
 from botyard.cli.errors import ReportingGroup
-from botyard.cli.importing import import_state
-from botyard.cli.migrate import migrate
 from botyard.cli.options import ENV_PREFIX
-from botyard.cli.run import check, run, schema
-from botyard.cli.sandbox import sandbox
-from botyard.cli.states import cleanup, states
-from botyard.cli.webhook import webhook
+
+__all__ = ["COMMANDS", "LazyGroup", "main"]
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": (
+        "botyard.cli.run:check",
+        "Validate REGISTRY and import every router and hook, without touching the network.",
+    ),
+    "cleanup": (
+        "botyard.cli.states:cleanup",
+        "Sweep the stale FSM state of REGISTRY's bots now, and print per-bot counts.",
+    ),
+    "import": (
+        "botyard.cli.importing:import_state",
+        "Copy the FSM state of an existing aiogram bot into REGISTRY's bot NAME.",
+    ),
+    "migrate": (
+        "botyard.cli.migrate:migrate",
+        "Apply, roll back or list REGISTRY's schema migrations (Beanie migrations).",
+    ),
+    "run": ("botyard.cli.run:run", "Run every enabled bot of REGISTRY until SIGINT or SIGTERM."),
+    "sandbox": (
+        "botyard.cli.sandbox:sandbox",
+        "Chat with every bot of REGISTRY in a browser, no Telegram needed.",
+    ),
+    "schema": (
+        "botyard.cli.run:schema",
+        "Print the JSON Schema of the registry file (for editors and CI validation).",
+    ),
+    "states": (
+        "botyard.cli.states:states",
+        "Inspect or delete the FSM records of REGISTRY's bots.",
+    ),
+    "webhook": (
+        "botyard.cli.webhook:webhook",
+        "Manage the webhooks of REGISTRY's bots in webhook mode.",
+    ),
+}
+"""Each command's ``module:attribute`` and the one line ``botyard --help`` shows for it
+(the command's own first sentence; a test keeps the two equal)."""
+
+
+class LazyGroup(ReportingGroup):
+    """A group that imports a command's module the first time the command is looked up,
+    and lists its commands from :data:`COMMANDS` without importing any."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, _, attribute = COMMANDS[cmd_name][0].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [(name, self._summary(name, limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def _summary(self, name: str, limit: int) -> str:
+        if name in COMMANDS:
+            # A stand-in command with the summary as its help: click's own shortening.
+            return click.Command(name, help=COMMANDS[name][1]).get_short_help_str(limit)
+        return self.commands[name].get_short_help_str(limit)
 
 
 @click.group(
-    cls=ReportingGroup,
+    cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": ENV_PREFIX},
 )
 @click.version_option(__version__, "-V", "--version", prog_name="botyard")
@@ -29,14 +96,3 @@ def main() -> None:
 
     Every command reads a registry file (botyard.yaml) listing the bots.
     """
-
-
-main.add_command(run)
-main.add_command(check)
-main.add_command(schema)
-main.add_command(cleanup)
-main.add_command(states)
-main.add_command(webhook)
-main.add_command(migrate)
-main.add_command(import_state)
-main.add_command(sandbox)

@@ -29,7 +29,6 @@ from botyard.registry.models import (
     format_loc,
 )
 from botyard.registry.problems import Lines, Problems, kind_of, line_of
-from botyard.runtime.routers import RouterResolver, resolve_callable
 
 __all__ = ["RegistryError", "check_registry", "load_registry"]
 
@@ -373,6 +372,9 @@ def check_registry(
     the bots' modules, as starting them would.
     """
     registry, lines = _load(Path(path), require_tokens, os.environ if environ is None else environ)
+    # Only now: parsing a registry never imports aiogram, which the routers need.
+    from botyard.runtime.routers import RouterResolver, resolve_callable
+
     source = str(path)
     index = {bot.name: number for number, bot in enumerate(registry.bots)}
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from aiogram.fsm.strategy import FSMStrategy
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from pydantic import (
@@ -49,12 +49,16 @@ from botyard.errors import BotyardError
 from botyard.registry.durations import ACCEPTED_FORMS, format_duration, parse_duration
 from botyard.tokens import check_token, mask_token, mask_uri
 
+if TYPE_CHECKING:
+    from aiogram.fsm.strategy import FSMStrategy
+
 __all__ = [
     "DEFAULT_STORAGE_TIMEOUT",
     "BotConfig",
     "BotNotFound",
     "CleanupConfig",
     "Defaults",
+    "FSMStrategyName",
     "FloodLimitsConfig",
     "OpsConfig",
     "Registry",
@@ -130,11 +134,27 @@ def _check_import_spec(value: str) -> str:
     return value.strip()
 
 
-def _parse_strategy(value: object) -> FSMStrategy:
-    if isinstance(value, FSMStrategy):
+class FSMStrategyName(Enum):
+    """aiogram's ``FSMStrategy``, member for member, declared here so that reading a
+    registry does not import aiogram; :meth:`to_aiogram` converts where the runtime needs it."""
+
+    USER_IN_CHAT = "user_in_chat"
+    CHAT = "chat"
+    GLOBAL_USER = "global_user"
+    USER_IN_TOPIC = "user_in_topic"
+    CHAT_TOPIC = "chat_topic"
+
+    def to_aiogram(self) -> FSMStrategy:
+        from aiogram.fsm.strategy import FSMStrategy
+
+        return FSMStrategy[self.name]
+
+
+def _parse_strategy(value: object) -> FSMStrategyName:
+    if isinstance(value, FSMStrategyName):
         return value
     try:
-        return FSMStrategy[str(value).strip().upper()]
+        return FSMStrategyName[str(value).strip().upper()]
     except KeyError:
         raise ValueError(
             f"unknown fsm_strategy {value!r} (use {', '.join(_STRATEGY_NAMES)})"
@@ -227,7 +247,7 @@ def _one_or_many(value: object) -> object:
     return [value] if isinstance(value, str) else value
 
 
-_STRATEGY_NAMES = [strategy.name.lower() for strategy in FSMStrategy]
+_STRATEGY_NAMES = [strategy.value for strategy in FSMStrategyName]
 
 Name = Annotated[
     str,
@@ -254,9 +274,9 @@ Timeout = Annotated[
 ]
 """A positive ``timedelta``; ``never`` is refused."""
 Strategy = Annotated[
-    FSMStrategy,
+    FSMStrategyName,
     BeforeValidator(_parse_strategy),
-    PlainSerializer(lambda strategy: strategy.name.lower(), return_type=str),
+    PlainSerializer(lambda strategy: strategy.value, return_type=str),
     WithJsonSchema({"type": "string", "enum": _STRATEGY_NAMES}),
 ]
 Schedule = Annotated[
@@ -459,7 +479,7 @@ class Defaults(_Section):
         ),
     )
     fsm_strategy: Strategy = Field(
-        default=FSMStrategy.USER_IN_CHAT,
+        default=FSMStrategyName.USER_IN_CHAT,
         json_schema_extra={"default": "user_in_chat"},
         description=(
             "Whose state a message reads and writes, as aiogram's FSMStrategy in lower "
@@ -682,7 +702,7 @@ class BotConfig(_Section):
         description="This bot's state_ttl; defaults to defaults.state_ttl.",
     )
     fsm_strategy: Strategy = Field(
-        default=FSMStrategy.USER_IN_CHAT,
+        default=FSMStrategyName.USER_IN_CHAT,
         json_schema_extra=_undocumented_default,
         description="This bot's fsm_strategy; defaults to defaults.fsm_strategy.",
     )

@@ -246,7 +246,7 @@ class Supervisor:
             token=config.token_value,
             routers=routers,
             storage=storage,
-            fsm_strategy=config.fsm_strategy,
+            fsm_strategy=config.fsm_strategy.to_aiogram(),
             max_concurrent_updates=config.max_concurrent_updates,
             polling=config.mode == "polling",
             workflow_data={"bot_config": config, "database": self.database},

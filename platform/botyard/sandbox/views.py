@@ -105,7 +105,7 @@ def _inline_button(button: JSON) -> JSON:
 
 def storage_key(config: BotConfig, bot_id: int, user_id: int) -> StorageKey:
     """The FSM key of a user's private chat with the bot, under the bot's ``fsm_strategy``."""
-    chat_id, user, thread_id = apply_strategy(config.fsm_strategy, user_id, user_id)
+    chat_id, user, thread_id = apply_strategy(config.fsm_strategy.to_aiogram(), user_id, user_id)
     return StorageKey(bot_id=bot_id, chat_id=chat_id, user_id=user, thread_id=thread_id)
 
 
