@@ -1,18 +1,18 @@
 """The event-loop watchdog: who blocked the loop every bot shares, and for how long.
 
-All bots run on one event loop, so one handler making a synchronous call (a
-blocking database driver, ``time.sleep``, heavy CPU work) stalls every bot in
-the process. The watchdog runs in a thread of its own: every
-:data:`PROBE_INTERVAL` it asks the loop to run a tiny callback and times how
-late it runs, which is the loop lag. While the callback is late, it samples
-the loop thread's Python stack (``sys._current_frames``) every
-:data:`SAMPLE_INTERVAL`. One callback holding the loop shows the same frame in
-every sample (the aiogram handler's, when in a handler); a loop that is merely
-busy with many short callbacks shows different ones, and is only lag. When one
-frame held the loop for over :data:`BLOCK_THRESHOLD`, the watchdog finds the
-bot (the runner handling the update) and the handler, and once the loop is
-free logs one warning naming both, with the time and the line, and counts it
-in ``botyard_event_loop_blocked_total``.
+All bots run on one event loop, so one handler making a synchronous call (a blocking
+database driver, ``time.sleep``, heavy CPU work) stalls every bot in the process. The
+loop itself beats: every :data:`BEAT_INTERVAL` a timer callback notes when the next beat
+is due, and how late it ran, which is the loop lag. A thread of its own reads that time
+once per beat (waking the loop never: an idle process costs one timer wakeup per beat,
+not a cross-thread ping). While the beat is overdue, it samples the loop thread's Python
+stack (``sys._current_frames``) every :data:`SAMPLE_INTERVAL`. One callback holding the
+loop shows the same frame in every sample (the aiogram handler's, when in a handler); a
+loop that is merely busy with many short callbacks shows different ones, and is only
+lag. When one frame held the loop for over :data:`BLOCK_THRESHOLD`, the watchdog finds
+the bot (the runner handling the update) and the handler, and once the loop is free logs
+one warning naming both, with the time and the line, and counts it in
+``botyard_event_loop_blocked_total``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ __all__ = ["BLOCK_THRESHOLD", "Culprit", "LoopWatchdog", "find_culprit"]
 logger = logging.getLogger("botyard.watchdog")
 
 BLOCK_THRESHOLD = 0.1
-PROBE_INTERVAL = 0.02
+BEAT_INTERVAL = 0.1
 SAMPLE_INTERVAL = 0.01
 
 _CALL_CODE = CallableObject.call.__code__
@@ -115,56 +115,69 @@ class LoopWatchdog:
         self._loop_thread = threading.get_ident()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._beat_due = time.monotonic()
+        self._next_beat: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         """Start watching; call it on the loop's own thread."""
         self._loop_thread = threading.get_ident()
         self._stop.clear()
+        self._schedule_beat()
         self._thread = threading.Thread(target=self._watch, name="botyard-watchdog", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop watching; call it on the loop's own thread."""
         self._stop.set()
+        if self._next_beat is not None:
+            self._next_beat.cancel()
+            self._next_beat = None
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
 
+    def _schedule_beat(self) -> None:
+        self._beat_due = time.monotonic() + BEAT_INTERVAL
+        self._next_beat = self._loop.call_later(BEAT_INTERVAL, self._beat)
+
+    def _beat(self) -> None:
+        self._metrics.loop_lag.observe(max(0.0, time.monotonic() - self._beat_due))
+        self._schedule_beat()
+
     def _watch(self) -> None:
-        while not self._stop.wait(PROBE_INTERVAL):
-            ran = threading.Event()
-            sent = time.monotonic()
-            try:
-                self._loop.call_soon_threadsafe(ran.set)
-            except RuntimeError:  # the loop closed
+        due = self._beat_due
+        # Look just after each beat is due; sleep longer while it is not.
+        while not self._stop.wait(max(SAMPLE_INTERVAL, due + SAMPLE_INTERVAL - time.monotonic())):
+            if self._loop.is_closed():
                 return
-            if ran.wait(SAMPLE_INTERVAL):
-                self._metrics.loop_lag.observe(time.monotonic() - sent)
-                continue
+            due = self._beat_due
             # A loop that is not running (between run_until_complete calls) is idle, not blocked.
-            running = self._loop.is_running()
-            held = self._longest_hold(ran, sent)
+            if time.monotonic() < due + SAMPLE_INTERVAL or not self._loop.is_running():
+                continue
+            held = self._longest_hold(due)
             if held is None:
                 return
-            self._metrics.loop_lag.observe(time.monotonic() - sent)
             seconds, culprit = held
-            if running and culprit is not None and seconds > self._threshold:
+            if culprit is not None and seconds > self._threshold:
                 self._metrics.loop_blocked.labels(bot=culprit.bot, handler=culprit.handler).inc()
                 logger.warning(
                     "event loop blocked for %.2fs by %s; every bot in this process waited",
                     seconds,
                     culprit.describe(),
                 )
+            due = self._beat_due
 
-    def _longest_hold(
-        self, ran: threading.Event, sent: float
-    ) -> tuple[float, Culprit | None] | None:
-        """Sample until the probe ran: the longest time one frame held the loop, and whose.
+    def _longest_hold(self, due: float) -> tuple[float, Culprit | None] | None:
+        """Sample until the beat due at ``due`` ran: the longest time one frame held the
+        loop, and whose.
 
         ``None`` if the watchdog was stopped meanwhile. A frame seen from the
-        first sample on is counted from when the probe was sent.
+        first sample on is counted from when the beat was due: the loop was
+        busy since then, though not necessarily since the beat before, so a hold
+        is undercounted by at most :data:`BEAT_INTERVAL`, never overcounted.
         """
         anchor: FrameType | None = None
-        since = sent
+        since = due
         culprit: Culprit | None = None
         longest: tuple[float, Culprit | None] = (0.0, None)
         first = True
@@ -172,16 +185,16 @@ class LoopWatchdog:
             frame = sys._current_frames().get(self._loop_thread)
             current = _anchor(frame) if frame is not None else None
             if first or current is not anchor:
-                since = sent if first else time.monotonic()
+                since = due if first else time.monotonic()
                 anchor = current
                 culprit = find_culprit(frame) if current is not None else None
                 first = False
             del frame, current
-            done = ran.wait(SAMPLE_INTERVAL)
+            stopped = self._stop.wait(SAMPLE_INTERVAL)
             held = time.monotonic() - since
             if held > longest[0]:
                 longest = (held, culprit)
-            if done:
-                return longest
-            if self._stop.is_set():
+            if stopped:
                 return None
+            if self._beat_due != due:
+                return longest

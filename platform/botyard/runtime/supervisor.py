@@ -347,16 +347,16 @@ class Supervisor:
     async def _watch_registry(self) -> None:
         """Reload on SIGHUP, and when the YAML (or the .env beside it) changes."""
         fingerprint = _fingerprint(self.registry.path)
+        # Without watching, nothing ticks: only SIGHUP wakes this task.
+        interval = WATCH_INTERVAL if self.watch else None
         while not self._stop.is_set():
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
             # cancellation that arrives as the event is set (SIGHUP with SIGTERM).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(WATCH_INTERVAL):
+                async with asyncio.timeout(interval):
                     await self._reload_requested.wait()
             requested = self._reload_requested.is_set()
             self._reload_requested.clear()
-            if not requested and not self.watch:
-                continue
             current = await asyncio.to_thread(_fingerprint, self.registry.path)
             if requested or current != fingerprint:
                 fingerprint = current
