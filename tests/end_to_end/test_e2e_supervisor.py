@@ -93,6 +93,7 @@ def test_sigkill_mid_questionnaire_then_restart_loses_nothing(world: World) -> N
     world.say("questionnaire", 202, "/start")
 
     with world.botyard() as second:
+        second.wait_for_log(r"bot=questionnaire status=running", timeout=120)
         assert world.reply("questionnaire", user) == THANKS
         assert world.reply("questionnaire", 202) == QUESTIONS[0]
         slow_reply = world.emulator.wait_for_reply(slow_token, user, timeout=30)
