@@ -215,12 +215,28 @@ async def test_revoked_and_unknown_tokens_are_unauthorized(
         }
 
 
-async def test_a_newer_get_updates_terminates_the_older_one(bot: Bot) -> None:
+async def test_a_newer_get_updates_terminates_the_older_one(
+    bot_api: BotAPIEmulator, bot: Bot
+) -> None:
     older = asyncio.create_task(bot.get_updates(timeout=10))
     await asyncio.sleep(0.2)
     assert await bot.get_updates(timeout=0) == []
     with pytest.raises(TelegramConflictError, match="terminated by other getUpdates request"):
         await asyncio.wait_for(older, 2)
+    assert bot_api.conflicts(bot.token) == 1
+
+
+async def test_an_abandoned_poll_ended_by_the_next_one_is_no_conflict(
+    bot_api: BotAPIEmulator, bot: Bot
+) -> None:
+    abandoned = asyncio.create_task(bot.get_updates(timeout=10))
+    await asyncio.sleep(0.2)
+    abandoned.cancel()  # what a runner does when it stops: the connection closes
+    await asyncio.gather(abandoned, return_exceptions=True)
+    await asyncio.sleep(0.2)
+    assert await bot.get_updates(timeout=0) == []
+    await asyncio.sleep(0.2)
+    assert bot_api.conflicts(bot.token) == 0
 
 
 async def test_get_updates_conflicts_with_a_webhook(bot_api: BotAPIEmulator, bot: Bot) -> None:

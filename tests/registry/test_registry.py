@@ -21,6 +21,7 @@ from botyard.registry.durations import format_duration, parse_duration
 from botyard.registry.loader import check_registry, load_registry
 from botyard.registry.models import (
     BotConfig,
+    ClusterConfig,
     Defaults,
     FSMStrategyName,
     Registry,
@@ -454,7 +455,7 @@ def test_unknown_section_lists_allowed_keys(tmp_path: Path) -> None:
     path = write(tmp_path, "zzz: 1\n" + one_bot())
     assert problems_of(path) == (
         f"{path}:1: zzz: unknown key 'zzz' "
-        "(allowed: bots, cleanup, defaults, ops, storage, webhook)"
+        "(allowed: bots, cleanup, cluster, defaults, ops, storage, webhook)"
     )
 
 
@@ -699,7 +700,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     path = write(tmp_path, "- name: a\n")
     assert problems_of(path) == (
         f"{path}:1: the top level must be a mapping of sections (storage, defaults, cleanup, "
-        "webhook, ops, bots), not a list"
+        "webhook, ops, cluster, bots), not a list"
     )
 
 
@@ -992,7 +993,7 @@ def test_json_schema_documents_every_key() -> None:
         "link_preview_prefer_small_media", "link_preview_prefer_large_media",
         "link_preview_show_above_text", "show_caption_above_media",
         "middlewares", "middleware", "event", "scope",
-        "handling_timeout", "update_retries",
+        "handling_timeout", "update_retries", "cluster", "heartbeat_interval", "failover_time",
     }  # fmt: skip
     assert keys == expected
     assert "path" not in schema["properties"]
@@ -1196,3 +1197,20 @@ def test_fsm_strategy_names_are_aiogram_strategies_member_for_member() -> None:
     assert [name.name for name in FSMStrategyName] == [strategy.name for strategy in FSMStrategy]
     for name in FSMStrategyName:
         assert name.to_aiogram() is FSMStrategy[name.name]
+
+
+def test_cluster_timings_take_durations_or_seconds_and_need_three_heartbeats(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "cluster:\n  heartbeat_interval: 500ms\n" + one_bot())
+    assert "cluster.heartbeat_interval" in problems_of(path)
+    path = write(tmp_path, "cluster:\n  heartbeat_interval: 0.5\n  failover_time: 2s\n" + one_bot())
+    registry = load_registry(path, environ=ENV)
+    assert registry.cluster is not None
+    assert (registry.cluster.heartbeat_interval, registry.cluster.failover_time) == (0.5, 2.0)
+    assert (registry.cluster.lapse, registry.cluster.fence) == (1.5, 1.0)
+    path = write(tmp_path, "cluster:\n" + one_bot())
+    assert load_registry(path, environ=ENV).cluster == ClusterConfig()
+    path = write(tmp_path, "cluster:\n  heartbeat_interval: 10s\n" + one_bot())
+    assert "at least three heartbeat_interval" in problems_of(path)
+    assert load_registry(write(tmp_path, one_bot()), environ=ENV).cluster is None

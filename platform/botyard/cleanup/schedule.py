@@ -6,7 +6,8 @@ loop, from the in-memory job store: a persistent job store would block the loop
 already says, so the job is rebuilt from the registry at start and on reload.
 One process runs one sweep at a time (``max_instances=1``); runs missed while
 one was going on collapse into one (``coalesce``), and a run may start up to
-half a schedule period late. Sweeps of several processes at once are harmless:
+half a schedule period late. With replicas only the leader sweeps
+(``PlatformView.leading``); sweeps of several processes at once would be harmless:
 the sweep is idempotent.
 """
 
@@ -138,6 +139,9 @@ class CleanupScheduler:
             )
 
     async def _job(self) -> None:
+        if not self._platform.leading:  # lost the leader role since the run was scheduled
+            logger.info("cleanup skipped: this replica is not the leader")
+            return
         self._sweep = asyncio.current_task()
         try:
             await self.run_once()

@@ -50,6 +50,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "botyard.cli.states:states",
         "Inspect or delete the FSM records of REGISTRY's bots.",
     ),
+    "status": (
+        "botyard.cli.status:status",
+        "Show the replicas of `botyard run` sharing REGISTRY's bots, as MongoDB knows them.",
+    ),
     "webhook": (
         "botyard.cli.webhook:webhook",
         "Manage the webhooks of REGISTRY's bots in webhook mode.",

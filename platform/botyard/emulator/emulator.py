@@ -419,6 +419,15 @@ class BotAPIEmulator:
         """The highest ``offset`` the bot confirmed with ``getUpdates`` (0 before any)."""
         return self.bot(token).confirmed_offset
 
+    def conflicts(self, token: str | int) -> int:
+        """409 answers the bot's pollers received (a second poller, or a webhook set)."""
+        return self.bot(token).conflicts
+
+    def count_conflict(self, token: str) -> None:
+        bot = self._bots.get(token)
+        if bot is not None:
+            bot.conflicts += 1
+
     def calls(self, token: str | int, method: str) -> int:
         """How often the bot called a Bot API method (any spelling's case)."""
         return self.bot(token).calls[canonical_name(method) or method]

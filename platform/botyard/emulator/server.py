@@ -41,6 +41,10 @@ def build_app(emulator: BotAPIEmulator) -> web.Application:
                 request.match_info["token"], method, params, faults=True
             )
         except BotAPIError as exc:
+            if exc.error_code == 409 and request.transport is not None:
+                # Counted only when someone hears it: a poll the bot abandoned
+                # (cancelled at stop) ends with a 409 nobody reads.
+                emulator.count_conflict(request.match_info["token"])
             return web.json_response(exc.as_json(), status=exc.error_code)
         except DropConnection as drop:
             if drop.hang:

@@ -141,6 +141,8 @@ class EmulatedBot:
     deliveries: list[DeliveryAttempt] = field(default_factory=list)
     changed: Signal = field(default_factory=Signal)
     poll: object | None = None
+    #: 409 answers to ``getUpdates`` that reached a connected client (two pollers).
+    conflicts: int = 0
     """Marks the running ``getUpdates``; a newer call replaces it and ends the older one."""
 
     def __repr__(self) -> str:

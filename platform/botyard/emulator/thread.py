@@ -203,6 +203,10 @@ class EmulatorThread:
         """See :meth:`BotAPIEmulator.confirmed_offset`."""
         return self._call(self.emulator.confirmed_offset, token)
 
+    def conflicts(self, token: str | int) -> int:
+        """See :meth:`BotAPIEmulator.conflicts`."""
+        return self._call(self.emulator.conflicts, token)
+
     def calls(self, token: str | int, method: str) -> int:
         """See :meth:`BotAPIEmulator.calls`."""
         return self._call(self.emulator.calls, token, method)

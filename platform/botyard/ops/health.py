@@ -2,7 +2,9 @@
 
 ``/healthz`` only says the process answers HTTP. ``/readyz`` says whether the
 process does its job: MongoDB answers a ping, and every enabled bot is running
-(or was deliberately stopped: disabled in the registry). The JSON lists each
+(or was deliberately stopped: disabled in the registry). With replicas,
+"every bot" is this replica's share: it is ready once it joined and started
+its share, and the other bots show as ``elsewhere``. The JSON lists each
 bot with its status and nothing else: no token, no secret, no error text
 (error messages can quote URLs, which for the Bot API contain tokens).
 """
@@ -35,11 +37,14 @@ class Readiness:
         """``(ready, body)``; the body is safe to show to anyone who can reach the port."""
         mongodb = await self._ping()
         runners = self._platform.runners
+        share = self._platform.share
         bots = []
         for bot in self._platform.registry.bots:
             runner = runners.get(bot.name)
             if not bot.enabled:
                 status, ok = "disabled", True
+            elif share is None or bot.name not in share:
+                status, ok = "elsewhere", share is not None
             elif runner is None:
                 status, ok = "not_started", False
             else:
@@ -53,6 +58,8 @@ class Readiness:
             "mongodb": mongodb,
             "bots": bots,
         }
+        if self._platform.registry.cluster is not None:
+            body["joined"] = share is not None
         return ready, body
 
     async def _ping(self) -> str:

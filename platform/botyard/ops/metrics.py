@@ -80,6 +80,11 @@ class PlatformMetrics:
         self.registry.register(_RunnerCollector(platform))
         self.registry.register(_SampledCollector(self))
         self.registry.register(_OutboundCollector(platform))
+        self.fsm_samples = Counter(
+            "botyard_fsm_samples",
+            "FSM record samples this process took (with replicas, only the leader samples).",
+            registry=self.registry,
+        )
         self.handling_seconds = Histogram(
             "botyard_update_handling_seconds",
             "Seconds from the start of an update's handling to its end, retries included.",
@@ -188,10 +193,12 @@ class PlatformMetrics:
 
     async def sample_fsm_records_forever(self, database: AsyncDatabase[Document]) -> None:
         """Resample the registry's bots every ``fsm_sample_interval``; a failed sample keeps
-        the previous one."""
+        the previous one. With replicas only the leader samples (``PlatformView.leading``)."""
         while True:
             try:
-                await self.sample_fsm_records(database, self._platform.registry.bots)
+                if self._platform.leading:
+                    await self.sample_fsm_records(database, self._platform.registry.bots)
+                    self.fsm_samples.inc()
             except PyMongoError as error:
                 logger.warning("metrics: FSM records not sampled: %s", type(error).__name__)
             await asyncio.sleep(self.fsm_sample_interval)

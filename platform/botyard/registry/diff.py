@@ -17,7 +17,7 @@ class RegistryDiff:
     ``changed`` bots differ in an effective setting (a change to ``defaults``
     counts for every bot that inherits it; a change to ``webhook`` for every
     bot in webhook mode). ``sections`` names the shared sections that changed
-    (storage, cleanup, webhook, ops), for the caller to decide what they need.
+    (storage, cleanup, webhook, ops, cluster), for the caller to decide what they need.
     """
 
     added: tuple[str, ...]
@@ -44,7 +44,7 @@ def diff_registries(old: Registry, new: Registry) -> RegistryDiff:
             unchanged.append(name)
     sections = tuple(
         section
-        for section in ("storage", "cleanup", "webhook", "ops")
+        for section in ("storage", "cleanup", "webhook", "ops", "cluster")
         if getattr(old, section) != getattr(new, section)
     )
     return RegistryDiff(

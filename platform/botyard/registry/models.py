@@ -57,6 +57,7 @@ __all__ = [
     "BotConfig",
     "BotNotFound",
     "CleanupConfig",
+    "ClusterConfig",
     "Defaults",
     "FSMStrategyName",
     "FloodLimitsConfig",
@@ -115,6 +116,7 @@ def format_loc(loc: Loc) -> str:
 _NAME = re.compile(r"[a-z0-9_-]{1,64}")
 _IMPORT_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _DATABASE_FORBIDDEN = set('/\\. "$*<>:|?')
+_NUMBER_ONLY = re.compile(r"\d+(?:\.\d*)?")
 
 
 def _check_name(value: str) -> str:
@@ -198,6 +200,15 @@ def split_listen(value: str) -> tuple[str, int]:
 def _check_listen(value: str) -> str:
     split_listen(value)
     return value.strip()
+
+
+def _parse_seconds(value: object) -> object:
+    """A number of seconds (fractions allowed, for tests) or a duration such as ``15s``."""
+    if isinstance(value, str) and not _NUMBER_ONLY.fullmatch(value.strip()):
+        duration = parse_duration(value, allow_never=False)
+        assert duration is not None
+        return duration.total_seconds()
+    return value
 
 
 def _check_http_url(value: str) -> str:
@@ -301,6 +312,11 @@ Rate = Annotated[
     WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?\s*/\s*[smh]$"}),
 ]
 """Messages per unit of time: ``30/s``, ``20/m``, ``100/h``."""
+Seconds = Annotated[
+    float,
+    BeforeValidator(_parse_seconds),
+    WithJsonSchema({"type": ["string", "number"], "examples": ["3s", "15s", 0.5]}),
+]
 
 
 def _undocumented_default(schema: JsonDict) -> None:
@@ -652,6 +668,52 @@ class OpsConfig(_Section):
         return split_listen(self.listen)
 
 
+class ClusterConfig(_Section):
+    """Several ``botyard run`` replicas sharing the bots through MongoDB."""
+
+    heartbeat_interval: Seconds = Field(
+        default=3.0,
+        gt=0,
+        json_schema_extra={"default": "3s"},
+        description=(
+            "How often each replica writes its heartbeat (one small write, whatever the "
+            "number of bots) and rebalances: 3s, or a number of seconds."
+        ),
+    )
+    failover_time: Seconds = Field(
+        default=15.0,
+        gt=0,
+        json_schema_extra={"default": "15s"},
+        description=(
+            "How soon the bots of a replica that died or lost MongoDB are served by "
+            "another. Others take its bots over after failover_time - heartbeat_interval "
+            "of silence (on MongoDB's clock); the replica itself stops polling after "
+            "failover_time - 2 x heartbeat_interval without a heartbeat. At least three "
+            "heartbeat intervals."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _three_heartbeats(self) -> ClusterConfig:
+        if self.failover_time < 3 * self.heartbeat_interval:
+            raise ValueError(
+                f"failover_time ({self.failover_time:g}s) must be at least three "
+                f"heartbeat_interval ({self.heartbeat_interval:g}s): a replica needs time "
+                "to stop its bots before the others take them over"
+            )
+        return self
+
+    @property
+    def lapse(self) -> float:
+        """Seconds of silence after which the other replicas take a replica's bots."""
+        return self.failover_time - self.heartbeat_interval
+
+    @property
+    def fence(self) -> float:
+        """Seconds without a heartbeat after which a replica stops polling on its own."""
+        return self.failover_time - 2 * self.heartbeat_interval
+
+
 class BotConfig(_Section):
     """One bot, with its effective settings (defaults already applied)."""
 
@@ -856,6 +918,15 @@ class RegistryDocument(_Section):
         default=None,
         description=("Health and metrics server for deployments without webhooks. Optional."),
     )
+    cluster: ClusterConfig | None = Field(
+        default=None,
+        description=(
+            "Run several replicas of botyard run on this registry and one MongoDB: each "
+            "enabled bot is served by exactly one live replica. Write cluster: {} for the "
+            "defaults (an empty cluster: does the same). Optional; without it a process serves "
+            "every bot."
+        ),
+    )
     bots: tuple[BotConfig, ...] = Field(
         min_length=1,
         description="The bots this process runs; at least one.",
@@ -872,7 +943,9 @@ class RegistryDocument(_Section):
         if not isinstance(data, dict):
             return data
         data = {
-            key: {} if value is None and key in ("storage", "defaults", "cleanup") else value
+            key: {}
+            if value is None and key in ("storage", "defaults", "cleanup", "cluster")
+            else value
             for key, value in data.items()
         }
         bots = data.get("bots")

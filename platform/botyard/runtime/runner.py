@@ -102,6 +102,8 @@ REPOLL_WHILE_BUSY = 1.0
 MAX_UPDATES_PER_POLL = 100
 #: An update holding the offset back this long, while it did not move, is journaled.
 PARK_AFTER = 2.0
+#: With replicas, a long poll ends at least this many seconds before the claim lapses.
+CLAIM_MARGIN = 1.0
 
 
 class BotStatus(enum.StrEnum):
@@ -168,6 +170,8 @@ class BotSpec:
     #: Where updates wait safely: polled ones that hold the offset back, and for
     #: webhook bots every accepted one. ``None``: polled updates are never journaled.
     journal: UpdateJournal | None = None
+    #: With replicas: seconds this process may still poll the bot (see botyard.cluster).
+    claim_left: Callable[[], float] | None = None
 
 
 StatusListener = Callable[["BotRunner", BotStatus, str], None]
@@ -198,6 +202,8 @@ class BotRunner:
         self._resumed = False
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: The replica's claim lapsed: never poll or confirm again (another replica may).
+        self._claim_lapsed = False
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -325,8 +331,11 @@ class BotRunner:
         await self._resume_journaled()
         while not self._stopping:
             await self._park_overdue()
+            timeout = await self._poll_timeout()
+            if timeout is None:
+                return
             request = GetUpdates(
-                offset=self.offsets.offset, timeout=POLLING_TIMEOUT, allowed_updates=allowed_updates
+                offset=self.offsets.offset, timeout=timeout, allowed_updates=allowed_updates
             )
             try:
                 updates = await self._get_updates(request)
@@ -346,6 +355,8 @@ class BotRunner:
                 await asyncio.sleep(error.retry_after)
                 continue
             failures.reset()
+            if self._claim_lost():
+                return  # the updates are another replica's now: neither handled nor confirmed
             self._set_status(BotStatus.RUNNING, "polling")
             if self._from_journal and updates:  # Telegram no longer offers what lies below
                 self._from_journal = {i for i in self._from_journal if i >= updates[0].update_id}
@@ -362,6 +373,27 @@ class BotRunner:
             # when the offset moves, when one is due to be journaled, or, while there
             # are free slots, after a while to pick up new chats.
             await self.offsets.wait_for_progress(self._repoll_delay())
+
+    async def _poll_timeout(self) -> int | None:
+        """The long poll's timeout; with replicas, short enough to end before the claim.
+
+        ``None`` once the claim lapsed: the replica stops this runner, and only
+        starts the bot again after taking its claim anew.
+        """
+        if self.spec.claim_left is None:
+            return POLLING_TIMEOUT
+        while not self._claim_lost():
+            left = self.spec.claim_left() - CLAIM_MARGIN
+            if left >= 1:
+                return min(POLLING_TIMEOUT, int(left))
+            await asyncio.sleep(0.1)  # a heartbeat is due; it extends the claim
+        self._set_status(BotStatus.BACKING_OFF, "this replica's claim lapsed; polling stopped")
+        return None
+
+    def _claim_lost(self) -> bool:
+        if self.spec.claim_left is not None and self.spec.claim_left() <= 0:
+            self._claim_lapsed = True
+        return self._claim_lapsed
 
     async def _get_updates(self, request: GetUpdates) -> list[Update]:
         """One long poll; until the bot runs, it runs once Telegram accepted the poll.
@@ -529,6 +561,8 @@ class BotRunner:
     async def _confirm_offset(self) -> None:
         offset = self.offsets.offset
         if offset is None or not self.spec.polling or self.status == BotStatus.UNAUTHORIZED:
+            return
+        if self._claim_lost():
             return
         try:
             await self.bot(GetUpdates(offset=offset, limit=1, timeout=0), request_timeout=10)

@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from botyard.cleanup.schedule import CleanupScheduler
+from botyard.cluster import Replica, ReplicaCollector
 from botyard.database.client import mongo_client
 from botyard.database.documents import Clock, utcnow
 from botyard.database.errors import DatabaseUnavailable
@@ -95,6 +96,9 @@ class Supervisor:
         self.metrics = PlatformMetrics(self, fsm_sample_interval=fsm_sample_interval)
         #: Seconds between webhook maintenance rounds (orphans, rotated secrets).
         self.heartbeat_interval = heartbeat_interval
+        #: With a ``cluster`` section: this process as one replica of several.
+        self.cluster: Replica | None = None
+        self._sampler: asyncio.Task[None] | None = None
         self.webhooks: WebhookEndpoint | None = None
         #: Where accepted webhook updates, and polled ones that wait, are kept until handled.
         self.journal: UpdateJournal | None = None
@@ -115,22 +119,33 @@ class Supervisor:
         routers = self._routers.resolve_all(self.registry.enabled_bots)
         async with self._shared_resources(), self._operations():
             self._install_signal_handlers()
-            await self._start_bots(self.registry.enabled_bots, routers)
-            self._starting = set(self.runners)
-            if not self._starting:
-                self.started.set()
             assert self.database is not None
             self.cleanup = CleanupScheduler(
                 self.database, self, on_sweeps=self.metrics.record_sweeps, clock=self.clock
             )
-            self.cleanup.start()
-            watcher = asyncio.create_task(self._watch_registry(), name="botyard-watch")
+            tasks = [asyncio.create_task(self._watch_registry(), name="botyard-watch")]
+            if self.registry.cluster is None:
+                await self._start_bots(self.registry.enabled_bots, routers)
+                self._starting = set(self.runners)
+                if not self._starting:
+                    self.started.set()
+                await self.lead(True)
+            else:
+                for name in routers:  # checked; each is resolved again when this replica starts it
+                    self._routers.release(name)
+                self.cluster = Replica(self.database, self.registry.cluster, self)
+                self.metrics.registry.register(ReplicaCollector(self.cluster))
+                tasks.append(asyncio.create_task(self.cluster.run(), name="botyard-cluster"))
+                tasks.append(asyncio.create_task(self._started_when_settled(self.cluster)))
             try:
                 await self._stop.wait()
             finally:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
-                await self.cleanup.shutdown()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await self.lead(False)
+                if self.cluster is not None:
+                    await self.cluster.leave()
                 await self._stop_bots(list(self.runners))
                 self._remove_signal_handlers()
         logger.info("botyard stopped")
@@ -187,13 +202,7 @@ class Supervisor:
         watchdog = LoopWatchdog(asyncio.get_running_loop(), self.metrics)
         watchdog.start()
         database = self.database
-        tasks = [
-            asyncio.create_task(
-                self.metrics.sample_fsm_records_forever(database),
-                name="botyard-fsm-sample",
-            ),
-            asyncio.create_task(self._maintain_webhooks(), name="botyard-webhooks"),
-        ]
+        tasks = [asyncio.create_task(self._maintain_webhooks(), name="botyard-webhooks")]
         try:
             address = server_address(self.registry) if self.serve_http else None
             if address is not None:
@@ -221,6 +230,64 @@ class Supervisor:
                 await self.webhooks.maintain()
             except (PyMongoError, TelegramAPIError) as error:
                 logger.warning("webhook maintenance failed, retrying later: %s", error)
+
+    # what runs once: here, or on the cluster's leader
+
+    @property
+    def share(self) -> Collection[str] | None:
+        """The bots this process serves: every enabled one, or its share as a replica."""
+        if self.registry.cluster is None:
+            return [bot.name for bot in self.registry.enabled_bots]
+        return None if self.cluster is None else self.cluster.share
+
+    @property
+    def leading(self) -> bool:
+        """Whether the cleanup schedule and the samplers may run here now."""
+        return self.registry.cluster is None or (
+            self.cluster is not None and self.cluster.may_lead()
+        )
+
+    async def lead(self, leading: bool) -> None:
+        """Start or stop the cleanup schedule and the FSM sampler (one replica runs them)."""
+        assert self.cleanup is not None
+        assert self.database is not None
+        if leading and self._sampler is None:
+            self.cleanup.start()
+            self._sampler = asyncio.create_task(
+                self.metrics.sample_fsm_records_forever(self.database),
+                name="botyard-fsm-sample",
+            )
+        elif not leading and self._sampler is not None:
+            sampler, self._sampler = self._sampler, None
+            sampler.cancel()
+            await asyncio.gather(sampler, return_exceptions=True)
+            await self.cleanup.shutdown()
+
+    # the cluster's view of the bots (botyard.cluster.BotHost)
+
+    def wanted_bots(self) -> Collection[str]:
+        return [bot.name for bot in self.registry.enabled_bots]
+
+    def held_bots(self) -> Collection[str]:
+        return self.runners.keys()
+
+    async def start_bots(self, names: Collection[str]) -> None:
+        async with self._reload_lock:  # not halfway through a reload, with the old config
+            bots = [bot for bot in self.registry.enabled_bots if bot.name in names]
+            routers: dict[str, BotRouters] = {}
+            for bot in bots:
+                try:
+                    routers[bot.name] = self._routers.resolve(bot)
+                except RegistryError as error:  # this bot stays down here; the others go on
+                    logger.error("bot=%s cannot start:\n%s", bot.name, error)
+            await self._start_bots([bot for bot in bots if bot.name in routers], routers)
+
+    async def stop_bots(self, names: Collection[str]) -> None:
+        await self._stop_bots(list(names))
+
+    async def _started_when_settled(self, cluster: Replica) -> None:
+        await cluster.settled.wait()
+        self.started.set()
 
     # bots
 
@@ -261,6 +328,7 @@ class Supervisor:
             ),
             update_retries=config.update_retries,
             journal=self.journal,
+            claim_left=None if self.cluster is None else self.cluster.remaining,
         )
         bot = self._bot_factory(config, self._sessions)
         self._sessions.outbound.register(bot, config.name, OutboundPolicy.from_config(config))
@@ -317,6 +385,8 @@ class Supervisor:
                 )
             to_stop = [name for name in (*diff.removed, *diff.changed) if name in self.runners]
             await self._stop_bots(to_stop)
+            if self.cluster is not None:
+                self.cluster.stopped(to_stop)
             self._remember_tokens(new)
             for name in {bot.name for bot in self.registry.bots} - {bot.name for bot in new.bots}:
                 self.metrics.forget(name)
@@ -331,8 +401,13 @@ class Supervisor:
                     routers[bot.name] = self._routers.resolve(bot)
                 except RegistryError as error:  # this bot stays down; the others go on
                     logger.error("bot=%s cannot start:\n%s", bot.name, error)
-            to_start = [bot for bot in new.enabled_bots if bot.name in routers]
-            await self._start_bots(to_start, routers)
+            if self.cluster is None:
+                to_start = [bot for bot in new.enabled_bots if bot.name in routers]
+                await self._start_bots(to_start, routers)
+            else:  # the cluster starts this replica's share of them
+                for name in routers:
+                    self._routers.release(name)
+                self.cluster.wake()
             if self.cleanup is not None:
                 self.cleanup.rebuild()
             logger.info(

@@ -9,7 +9,7 @@ supervisor, which is the only one to replace the registry or the runners.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Protocol
 
 from botyard.registry.models import Registry
@@ -37,3 +37,13 @@ class PlatformView(Protocol):
     @property
     def stopping(self) -> bool:
         """Asked to stop: draining, no longer ready."""
+
+    @property
+    def share(self) -> Collection[str] | None:
+        """The bots this process serves: every enabled bot, or with replicas (a ``cluster``
+        section) this replica's share once it joined and started it, ``None`` before."""
+
+    @property
+    def leading(self) -> bool:
+        """Whether what runs once (the cleanup schedule, the samplers) may run here now:
+        always in a single process, on the leader replica only with replicas."""
