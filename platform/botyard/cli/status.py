@@ -8,13 +8,14 @@ import click
 from pymongo.asynchronous.database import AsyncDatabase
 
 from botyard.cli.database import run_on_database
-from botyard.cli.options import load_quietly, registry_argument
+from botyard.cli.options import load_quietly, logging_options, registry_argument
 from botyard.cluster import cluster_status
 from botyard.database.documents import Document
 from botyard.registry.models import ClusterConfig
 
 
 @click.command()
+@logging_options()
 @registry_argument
 def status(registry_path: Path) -> None:
     """Show the replicas of `botyard run` sharing REGISTRY's bots, as MongoDB knows them.
