@@ -229,3 +229,17 @@ async def test_the_leader_forgets_replicas_that_died_long_ago(
     assert alone.leading
     remaining = [doc["_id"] async for doc in database[REPLICAS_COLLECTION].find()]
     assert remaining == ["a"]
+
+
+async def test_close_ends_the_loop_without_a_cancellation(database: AsyncDatabase[Any]) -> None:
+    replica = _replica(database, "a")
+    loop = asyncio.create_task(replica.run())
+    await asyncio.sleep(CONFIG.heartbeat_interval * 2.5)
+    assert _host(replica).running == set(BOTS)
+    replica.close()
+    await asyncio.wait_for(loop, timeout=30)
+    await replica.leave()
+    assert _host(replica).running == set()
+    assert await database[REPLICAS_COLLECTION].find_one({"_id": "a"}) is None
+    assert (await Claims(database, "b").read(BOTS)).keys() == set(BOTS)
+    assert {claim.holder for claim in (await Claims(database, "b").read(BOTS)).values()} == {None}

@@ -94,6 +94,7 @@ class Replica:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._unreachable = False
+        self._closed = False
         #: This replica's share in the latest assignment.
         self.assigned: frozenset[str] = frozenset()
         #: Live members in the latest read, this one included.
@@ -131,10 +132,15 @@ class Replica:
 
     # the loop
 
+    def close(self) -> None:
+        """End :meth:`run` (a cancellation alone can be lost inside PyMongo on Python 3.11)."""
+        self._closed = True
+        self._wake.set()
+
     async def run(self) -> None:
-        """Heartbeat and rebalance until cancelled."""
+        """Heartbeat and rebalance until :meth:`close` or cancelled."""
         interval = self.config.heartbeat_interval
-        while True:
+        while not self._closed:
             started = self._clock()
             await self.tick()
             delay = max(0.0, interval - (self._clock() - started))

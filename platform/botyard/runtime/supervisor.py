@@ -140,6 +140,8 @@ class Supervisor:
             try:
                 await self._stop.wait()
             finally:
+                if self.cluster is not None:
+                    self.cluster.close()
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -224,7 +226,9 @@ class Supervisor:
     async def _maintain_webhooks(self) -> None:
         """Every heartbeat: recover orphaned updates (of every bot), apply rotated secrets."""
         assert self.webhooks is not None
-        while True:
+        # Not only cancelled: Python 3.11's wait_for (inside PyMongo's server selection)
+        # can swallow a cancellation, and the task must still end at shutdown.
+        while not self.stopping:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 await self.webhooks.maintain()
