@@ -1,24 +1,31 @@
 # botyard's production image; docker-compose.yml builds and runs it.
-# The builder turns botyard and every dependency into wheels. The final stage
+# The builder turns botyard and every dependency, at the versions and hashes of
+# requirements.lock, into wheels. The final stage
 # installs them without network access and keeps neither the wheels, the source
 # tree, nor setuptools: only the installed packages and the bots' code.
 # tests/test_deploy.py runs these same commands locally.
 
-FROM python:3.11-slim AS builder
+FROM python:3.11.14-slim-bookworm AS builder
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
 COPY platform ./platform
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
+# Every dependency at its locked version, each download checked against the lock's
+# hashes (./scripts/lock regenerates requirements.lock); then botyard itself.
+RUN python -m pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements.lock \
+    && python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+COPY requirements.lock /wheels/
 
-FROM python:3.11-slim
+FROM python:3.11.14-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONPATH=/app
 # The wheels are mounted from the builder for this step only, so no layer keeps
-# them; they are exactly what the builder resolved, hence no version pins here.
+# them; the dependencies install by the lock's hashes, botyard from its own wheel.
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python -m pip install --no-cache-dir --no-index --find-links /wheels botyard \
+    python -m pip install --no-cache-dir --no-index --find-links /wheels \
+        --require-hashes -r /wheels/requirements.lock \
+    && python -m pip install --no-cache-dir --no-index --no-deps --find-links /wheels botyard \
     && python -m pip uninstall --yes setuptools wheel \
     && groupadd --system --gid 10001 botyard \
     && useradd --system --uid 10001 --gid botyard --no-create-home --shell /usr/sbin/nologin botyard

@@ -248,7 +248,8 @@ def test_dockerfile_builds_wheels_apart_and_runs_slim_as_non_root(
     builder, final = stages(dockerfile)
     for stage in (builder, final):
         (base,) = of(dockerfile, stage, "FROM")
-        assert re.fullmatch(r"python:3\.1[1-9]-slim", base.words()[0])
+        # pinned to a patch release and a Debian release, not a moving tag
+        assert re.fullmatch(r"python:3\.1[1-9]\.\d+-slim-[a-z]+", base.words()[0])
 
     *_, user = of(dockerfile, final, "USER")
     assert user.value.split(":")[0] not in {"root", "0"}
@@ -265,6 +266,30 @@ def test_dockerfile_builds_wheels_apart_and_runs_slim_as_non_root(
     final_commands = [" ".join(command) for command in commands(install)]
     assert not any(re.search(r"apt-get|apk|gcc|build-essential", c) for c in final_commands)
     assert "python -m pip uninstall --yes setuptools wheel" in final_commands
+    # dependencies only as locked, by hash; botyard itself without resolving anything
+    lock_install = next(c for c in final_commands if "-r /wheels/requirements.lock" in c)
+    assert "--require-hashes" in lock_install
+    assert "--no-index" in lock_install
+    assert any("--no-deps" in c and c.endswith(" botyard") for c in final_commands)
+    (wheels,) = [c for c in of(dockerfile, builder, "RUN")]
+    assert any(
+        "--require-hashes" in " ".join(c) and "requirements.lock" in c for c in commands(wheels)
+    )
+
+
+def test_the_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    """requirements.lock (./scripts/lock) lists each dependency of pyproject.toml at one
+    version with its hashes: an image builds the same on every machine."""
+    lock = (REPO / "requirements.lock").read_text()
+    pinned = dict(re.findall(r"^([a-z0-9][a-z0-9._-]*)==([^\s]+) \\$", lock, re.M))
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        name = re.split(r"[<>=~!; \[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        assert name in pinned, f"{name} is not in requirements.lock: run ./scripts/lock"
+    entries = re.split(r"\n(?=[a-z0-9])", lock.split("\n\n", 1)[-1].strip())
+    assert all("--hash=sha256:" in entry for entry in entries if "==" in entry)
+    assert "--find-links" not in lock
+    assert "--index-url" not in lock
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -278,6 +303,7 @@ def test_dockerfile_passes_hadolint() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # downloads every locked wheel and installs them twice
 def test_image_commands_install_botyard_and_its_entrypoint_runs(
     tmp_path: Path, dockerfile: list[Instruction]
 ) -> None:

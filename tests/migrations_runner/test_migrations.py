@@ -510,6 +510,7 @@ def test_every_command_the_readme_shows_parses() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # builds the image's wheels from the lock, then migrates
 def test_the_installed_image_migrates_from_app_migrations(
     tmp_path: Path, mongo_uri: str, database_name: str
 ) -> None:
