@@ -1,9 +1,11 @@
 """The cleanup of stale FSM state: the sweep, its schedule in a running supervisor, the CLI.
 
 Time is virtual: one clock, 30 days ahead of the real one, drives both the
-storage's writes and the sweep. Every ``expires_at`` the tests produce is
+storage's writes and the sweep. Every ``purge_at`` the tests produce is
 therefore in the real future, so the server's own TTL monitor (SecantusDB runs
 one every minute, as MongoDB does) can never remove a record before the sweep.
+tests/end_to_end/test_e2e_expiry.py shows, on the real clock, that the backstop's
+grace leaves the sweep its chance.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pymongo import AsyncMongoClient, MongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 
 from botyard.cleanup.schedule import misfire_grace_time
-from botyard.cleanup.sweep import Sweeper
+from botyard.cleanup.sweep import Sweeper, backstop_grace
 from botyard.cli import main
 from botyard.cli.options import CommandEnvironment
 from botyard.database.documents import Document
@@ -100,6 +102,7 @@ def record(
         "data": {"answer": chat} if data is None else data,
         "updated_at": updated,
         "expires_at": None if ttl is None else updated + ttl,
+        "purge_at": None if ttl is None else updated + ttl,
     }
 
 
@@ -246,11 +249,33 @@ async def test_a_grown_ttl_or_never_keeps_records_and_realigns_their_expiry(
     assert (grown.removed, grown.realigned) == (0, 2)
     assert (stopped.removed, stopped.realigned) == (0, 1)
     async for document in database[COLLECTION_NAME].find({"namespace": "grows"}):
-        assert document["expires_at"] == document["updated_at"] + DAY
+        assert document["expires_at"] == document["purge_at"] == document["updated_at"] + DAY
     [kept] = await database[COLLECTION_NAME].find({"namespace": "stops"}).to_list()
-    assert kept["expires_at"] is None, "MongoDB's TTL index must not remove it either"
+    assert kept["purge_at"] is None, "MongoDB's TTL index must not remove it either"
+    assert kept["expires_at"] is None
     again = await tool.run([bot_config("grows", "1d"), bot_config("stops", "never")])
     assert [(r.removed, r.realigned) for r in again] == [(0, 0), (0, 0)]
+
+
+async def test_the_backstop_waits_two_schedule_periods_and_follows_a_longer_schedule(
+    database: AsyncDatabase[Document], clock: Clock, tmp_path: Path
+) -> None:
+    assert backstop_grace(CleanupConfig(schedule="2m")) == timedelta(minutes=6)
+    assert backstop_grace(CleanupConfig(schedule="*/10 * * * *")) == timedelta(minutes=22)
+    storage = BeanieStorage(database, "quiz", state_ttl=HOUR, ttl_grace=timedelta(minutes=6))
+    await storage.set_state(StorageKey(42, 1, 1), "Quiz:q1")
+    clock.advance(timedelta(minutes=50))  # the backstop (66 min) is within the new horizon
+    grace = timedelta(minutes=22)  # the schedule went from 2 to 10 minutes
+    tool = sweeper(database, tmp_path, horizon=grace, grace=grace)
+
+    [result] = await tool.run([bot_config("quiz", "1h")])
+
+    assert (result.removed, result.realigned) == (0, 1)
+    [document] = await database[COLLECTION_NAME].find({"namespace": "quiz"}).to_list()
+    assert document["expires_at"] == document["updated_at"] + HOUR, "what users see is unchanged"
+    assert document["purge_at"] == document["expires_at"] + grace
+    [again] = await tool.run([bot_config("quiz", "1h")])
+    assert again.realigned == 0
 
 
 async def test_read_only_activity_keeps_a_conversation_alive_with_the_write_throttle(
@@ -437,8 +462,8 @@ async def test_sweep_is_indexed_batched_and_loads_no_record(
             assert delete["q"]["updated_at"] == {"$lte": clock.now - HOUR}, "re-checked"
     for query, hint in (
         (stale_filter("quiz", HOUR, clock.now), None),
-        (realign_filter("quiz", DAY, clock.now, HOUR), [("namespace", 1), ("expires_at", 1)]),
-        (realign_filter("quiz", None, clock.now, HOUR), [("namespace", 1), ("expires_at", 1)]),
+        (realign_filter("quiz", DAY, clock.now, HOUR), [("namespace", 1), ("purge_at", 1)]),
+        (realign_filter("quiz", None, clock.now, HOUR), [("namespace", 1), ("purge_at", 1)]),
     ):
         assert query is not None
         cursor = collection.find(query)

@@ -29,7 +29,7 @@ from botyard.migrations_runner import (
     find_migrations,
     transaction_support,
 )
-from botyard.migrations_runner.paths import MigrationsNotFound
+from botyard.migrations_runner.paths import MigrationsNotFound, migration_files
 from botyard.storage import COLLECTION_NAME, prepare_database, utcnow
 
 from deployment import DOCKERFILE, Image, assert_parses, parse_dockerfile
@@ -37,6 +37,12 @@ from e2e import BOTYARD, REPO
 
 MIGRATIONS = REPO / "migrations"
 FIRST = "20261125000000_fsm_records.py"
+BACKSTOP = "20261125120000_fsm_backstop_after_sweep.py"
+#: The repository's migrations, in order.
+REPO_MIGRATIONS = [path.name for path in migration_files(MIGRATIONS)]
+N = len(REPO_MIGRATIONS)
+#: The indexes of fsm_records once every repository migration is applied.
+FSM_INDEXES = {"_id_", "fsm_key", "fsm_purge", "fsm_ns_purge", "fsm_ns_updated"}
 BOTS = "bots:\n  - name: questionnaire\n    routers: [bots.questionnaire:router]\n"
 
 #: A data migration that inserts with the session, then fails half-way.
@@ -126,7 +132,7 @@ def test_up_status_down_round_trip(setup: Setup) -> None:
     status = setup.migrate("status")
     assert status.exit_code == 0, status.output
     assert f"pending  {FIRST}" in lines(status)
-    assert "0 applied, 1 pending" in status.output
+    assert f"0 applied, {N} pending" in status.output
     client, db = setup.db()
     with client:
         assert db.list_collection_names() == [], "status writes nothing"
@@ -136,32 +142,26 @@ def test_up_status_down_round_trip(setup: Setup) -> None:
     assert f"migrations: {MIGRATIONS} (database {setup.database})" in up.output
     assert "transactions: on (the server is a member of replica set" in up.output
     assert any(line.startswith(f"applied {FIRST} in ") for line in lines(up))
-    assert "1 migration(s) applied; the database is up to date" in up.output
-    assert set(setup.indexes()) == {
-        "_id_",
-        "fsm_key",
-        "fsm_ttl",
-        "fsm_ns_expires",
-        "fsm_ns_updated",
-    }
+    assert f"{N} migration(s) applied; the database is up to date" in up.output
+    assert set(setup.indexes()) == FSM_INDEXES
 
     status = setup.migrate("status")
-    assert any(line.startswith(f"applied  {FIRST}  20") for line in lines(status)), status.output
-    assert "1 applied, 0 pending" in status.output
+    assert any(re.match(rf"applied  {FIRST} +20", line) for line in lines(status)), status.output
+    assert f"{N} applied, 0 pending" in status.output
     again = setup.migrate("up")
     assert "nothing to apply: the database is up to date" in again.output
 
     client, db = setup.db()
     with client:
         db[COLLECTION_NAME].insert_one({"namespace": "questionnaire", "chat_id": 1, "user_id": 1})
-    down = setup.migrate("down")
+    down = setup.migrate("down", "--steps", str(N))
     assert down.exit_code == 0, down.output
     assert any(line.startswith(f"rolled back {FIRST} in ") for line in lines(down))
     assert setup.indexes() == {"_id_": {"v": 2, "key": [("_id", 1)]}}
     client, db = setup.db()
     with client:
         assert db[COLLECTION_NAME].count_documents({}) == 1, "rolling back keeps the records"
-    assert "0 applied, 1 pending" in setup.migrate("status").output
+    assert f"0 applied, {N} pending" in setup.migrate("status").output
     assert "nothing to roll back" in setup.migrate("down").output
 
     assert setup.migrate("up").exit_code == 0
@@ -187,6 +187,61 @@ def test_migrated_indexes_are_exactly_the_ones_the_storage_declares(
     assert setup.indexes() == asyncio.run(model_indexes())
 
 
+def test_existing_records_get_a_backstop_after_their_expiry_in_batches_without_a_transaction(
+    setup: Setup,
+) -> None:
+    """The TTL index moves from expires_at to purge_at = expires_at + 2 days, record by record."""
+    assert setup.migrate("up", "--steps", str(REPO_MIGRATIONS.index(BACKSTOP))).exit_code == 0
+    assert "fsm_ttl" in setup.indexes(), "the old schema: the TTL index on expires_at"
+    now = utcnow()
+    client, db = setup.db()
+    with client:
+        db[COLLECTION_NAME].insert_many(
+            [
+                {
+                    "namespace": "q",
+                    "chat_id": chat,
+                    "expires_at": now + timedelta(minutes=chat + 10),
+                }
+                for chat in range(1100)  # two batches of 1,000
+            ]
+            + [{"namespace": "q", "chat_id": -1, "expires_at": None}]
+        )
+    up = setup.migrate("up", "--steps", "1")
+    assert up.exit_code == 0, up.output
+    assert f"applied {BACKSTOP} in " in up.output
+    assert "(it runs without a transaction)" in up.output
+    indexes = setup.indexes()
+    assert {"fsm_ttl", "fsm_ns_expires"}.isdisjoint(indexes)
+    assert indexes["fsm_purge"]["expireAfterSeconds"] == 0
+    assert indexes["fsm_purge"]["key"] == [("purge_at", 1)]
+    client, db = setup.db()
+    with client:
+        records = {doc["chat_id"]: doc for doc in db[COLLECTION_NAME].find()}
+    assert len(records) == 1101
+    assert "purge_at" not in records[-1], "a record that never expires gets no backstop"
+    for chat in range(1100):
+        assert records[chat]["purge_at"] == records[chat]["expires_at"] + timedelta(days=2)
+
+    down = setup.migrate("down")
+    assert down.exit_code == 0, down.output
+    assert {"fsm_ttl", "fsm_ns_expires"} <= set(setup.indexes())
+    client, db = setup.db()
+    with client:
+        assert db[COLLECTION_NAME].count_documents({"purge_at": {"$exists": True}}) == 0
+        db[COLLECTION_NAME].update_one(
+            {"chat_id": 7}, {"$set": {"purge_at": now + timedelta(days=1)}}
+        )
+    assert setup.migrate("up", "--steps", "1").exit_code == 0
+    client, db = setup.db()
+    with client:
+        kept = db[COLLECTION_NAME].find_one({"chat_id": 7})
+    assert kept is not None
+    assert kept["purge_at"] == now + timedelta(days=1), (
+        "run again, it leaves records that have a backstop alone"
+    )
+
+
 def test_steps_apply_and_roll_back_that_many(setup: Setup) -> None:
     folder = setup.folder(
         **{"20261201000000_count_a": COUNTING, "20261202000000_count_b": COUNTING}
@@ -194,9 +249,11 @@ def test_steps_apply_and_roll_back_that_many(setup: Setup) -> None:
     up = setup.migrate("up", "--steps", "2", path=folder)
     assert up.exit_code == 0, up.output
     assert "2 migration(s) applied" in up.output
+    up = setup.migrate("up", "--steps", str(N - 1), path=folder)
+    assert up.exit_code == 0, up.output
     status = lines(setup.migrate("status", path=folder))
     assert "pending  20261202000000_count_b.py" in status
-    assert "2 applied, 1 pending" in status
+    assert f"{N + 1} applied, 1 pending" in status
     assert setup.migrate("up", path=folder).output.count("applied 2026") == 1
     down = setup.migrate("down", "--steps", "2", path=folder)
     assert [line.split(" in ")[0] for line in lines(down) if line.startswith("rolled back")] == [
@@ -209,7 +266,7 @@ def test_steps_apply_and_roll_back_that_many(setup: Setup) -> None:
             "20261201000000_count_a": 0,
             "20261202000000_count_b": 0,
         }
-    assert "1 applied, 2 pending" in setup.migrate("status", path=folder).output
+    assert f"{N} applied, 2 pending" in setup.migrate("status", path=folder).output
     bad = setup.migrate("down", "--steps", "0", path=folder)
     assert bad.exit_code == 2
     assert "0 is not in the range x>=1" in bad.output
@@ -231,7 +288,7 @@ def test_a_failing_migration_is_rolled_back_in_its_transaction(setup: Setup) -> 
         assert db[LOCK_COLLECTION].count_documents({}) == 0, "the lock was released"
     status = lines(setup.migrate("status", path=folder))
     assert "pending  20261201000000_fails.py" in status
-    assert "1 applied, 1 pending" in status
+    assert f"{N} applied, 1 pending" in status
 
 
 def test_without_transactions_a_failing_migration_leaves_its_writes_and_says_so(
@@ -245,6 +302,23 @@ def test_without_transactions_a_failing_migration_leaves_its_writes_and_says_so(
     client, db = setup.db()
     with client:
         assert db["touched"].count_documents({}) == 1
+
+
+def test_a_migration_declaring_use_transaction_false_runs_without_one_on_a_replica_set(
+    setup: Setup,
+) -> None:
+    """MongoDB aborts a transaction after 60 s: a data migration over every record opts out."""
+    declared = FAILING.replace("class Forward:\n", "class Forward:\n    use_transaction = False\n")
+    folder = setup.folder(**{"20261201000000_fails": declared})
+    result = setup.migrate("up", path=folder)
+    assert result.exit_code == 1
+    assert "transactions: on" in result.output
+    assert f"applied {BACKSTOP} in " in result.output
+    assert "(it runs without a transaction)" in result.output.split(BACKSTOP)[1].splitlines()[0]
+    assert "it ran without a transaction, so what it did before failing stays" in result.output
+    client, db = setup.db()
+    with client:
+        assert db["touched"].count_documents({}) == 1, "no transaction rolled the insert back"
 
 
 @pytest.mark.parametrize(
@@ -308,9 +382,13 @@ def test_two_concurrent_ups_apply_each_migration_once(setup: Setup) -> None:
         counts = {doc["_id"]: doc["n"] for doc in db["counters"].find()}
         logged = [entry["name"] for entry in db["migrations_log"].find()]
     assert counts == {"20261201000000_count_a": 1, "20261202000000_count_b": 1}
-    assert sorted(logged) == [FIRST, "20261201000000_count_a.py", "20261202000000_count_b.py"]
+    assert sorted(logged) == [
+        *REPO_MIGRATIONS,
+        "20261201000000_count_a.py",
+        "20261202000000_count_b.py",
+    ]
     applied = [line for output in outputs for line in output.splitlines()]
-    assert len([line for line in applied if line.startswith("applied ")]) == 3
+    assert len([line for line in applied if line.startswith("applied ")]) == N + 2
 
 
 def hold_lock(setup: Setup, owner: str, expires_in: timedelta) -> None:
@@ -488,7 +566,7 @@ def test_an_empty_storage_uri_migrates_the_embedded_store(tmp_path: Path) -> Non
     assert f"applied {FIRST}" in up.output
     assert (tmp_path / ".botyard" / "data").is_dir()
     status = runner.invoke(main, [*args, "status", *path], catch_exceptions=False)
-    assert "1 applied, 0 pending" in status.output, "the same embedded data, reopened"
+    assert f"{N} applied, 0 pending" in status.output, "the same embedded data, reopened"
 
 
 def test_every_command_the_readme_shows_parses() -> None:
@@ -533,7 +611,7 @@ def test_the_installed_image_migrates_from_app_migrations(
         status = image.entrypoint(
             dockerfile, "migrate", "/app/config/botyard.yaml", "status", MONGODB_URI=mongo_uri
         )
-        assert "1 applied, 0 pending" in status
+        assert f"{N} applied, 0 pending" in status
     finally:
         with MongoClient[dict[str, Any]](mongo_uri) as client:
             client.drop_database(database_name)

@@ -108,6 +108,7 @@ async def test_records_carry_key_bot_and_times(shared: BeanieStorage) -> None:
     assert (document["business_connection_id"], document["destiny"]) == ("bc", "x")
     assert document["updated_at"] >= before
     assert document["expires_at"] - document["updated_at"] == timedelta(hours=1)
+    assert document["purge_at"] == document["expires_at"], "no sweep: no grace by default"
     # every key field takes part: a key differing only in destiny is another record
     assert (
         await shared.get_state(
@@ -121,7 +122,29 @@ async def test_never_expiring_storage_writes_no_expiry(shared: BeanieStorage) ->
     forever = shared.for_namespace("forever", state_ttl=None)
     await forever.set_state(KEY, "s")
     [document] = await stored(forever)
-    assert document["expires_at"] is None
+    assert (document["expires_at"], document["purge_at"]) == (None, None)
+
+
+async def test_the_ttl_index_deletes_a_grace_after_the_expiry_users_see(
+    shared: BeanieStorage,
+) -> None:
+    """``expires_at`` is last activity + state_ttl; MongoDB's TTL index waits for ``purge_at``."""
+    graced = BeanieStorage(
+        shared.database, "graced", state_ttl=timedelta(seconds=10), ttl_grace=timedelta(minutes=6)
+    )
+    await graced.set_state(KEY, "s")
+    [document] = await stored(graced)
+    assert document["expires_at"] - document["updated_at"] == timedelta(seconds=10)
+    assert document["purge_at"] - document["expires_at"] == timedelta(minutes=6)
+    assert graced.for_namespace("other").ttl_grace == timedelta(minutes=6)
+    indexes = await graced.collection.index_information()
+    assert indexes["fsm_purge"] == {"v": 2, "key": [("purge_at", 1)], "expireAfterSeconds": 0}
+    assert not any(
+        index.get("expireAfterSeconds") is not None and index["key"] == [("expires_at", 1)]
+        for index in indexes.values()
+    ), "no TTL index on expires_at: it would strike before the sweep"
+    with pytest.raises(ValueError, match="ttl_grace"):
+        BeanieStorage(shared.database, "x", ttl_grace=timedelta(seconds=-1))
 
 
 async def test_namespaces_are_isolated(shared: BeanieStorage) -> None:
@@ -231,9 +254,9 @@ async def test_connect_owns_and_closes_its_client(mongo_uri: str, database_name:
     storage = await BeanieStorage.connect(mongo_uri, database=database_name, namespace="solo")
     await storage.set_state(KEY, "s")
     indexes = await storage.collection.index_information()
-    assert {"fsm_key", "fsm_ttl", "fsm_ns_expires", "fsm_ns_updated"} <= set(indexes)
+    assert {"fsm_key", "fsm_purge", "fsm_ns_purge", "fsm_ns_updated"} <= set(indexes)
     assert indexes["fsm_key"]["unique"]
-    assert indexes["fsm_ttl"]["expireAfterSeconds"] == 0
+    assert indexes["fsm_purge"]["expireAfterSeconds"] == 0
     await storage.database.client.drop_database(database_name)
     await storage.close()
     with pytest.raises(Exception):  # noqa: B017, PT011 - any error: the client is closed

@@ -6,13 +6,19 @@ activity (a write, or a read that refreshed the expiry), so judging by it rather
 than by the stored ``expires_at`` applies a shortened TTL to records written
 under the old, longer one at the next sweep.
 
-``expires_at`` is what MongoDB's TTL index deletes by, the backstop behind this
-sweep. The sweep keeps it in line with the registry where the backstop would
-otherwise delete a conversation the registry says is alive ("realigning"):
+``expires_at`` (``updated_at + state_ttl``) is when a record expires, and what
+users are shown. MongoDB's TTL index, the backstop behind this sweep, deletes by
+``purge_at``: ``expires_at`` plus :func:`backstop_grace` (two schedule periods
+and the TTL monitor's minute), so the sweep always gets to remove an expired
+record first and call the bot's ``on_state_expired`` hook; the TTL monitor only
+removes what no sweep reaches (a bot removed from the registry, a failing
+sweep). The sweep keeps both dates in line with the registry where the backstop
+would otherwise delete a conversation too early ("realigning"):
 
-- a bot switched to ``never`` gets ``expires_at`` cleared on all its records;
-- a bot whose ``state_ttl`` grew gets ``expires_at = updated_at + state_ttl`` on
-  records the old, shorter TTL would expire before the sweep after next.
+- a bot switched to ``never`` gets both dates cleared on all its records;
+- a bot whose ``state_ttl`` (or the schedule's grace) grew gets
+  ``expires_at = updated_at + state_ttl`` and ``purge_at = expires_at + grace``
+  on records whose ``purge_at`` would come too early before the sweep after next.
 
 The queries are :class:`~botyard.storage.records.FSMRecords`': through an
 index, in batches of ``batch_size``. A sweep therefore never loads a record's
@@ -51,6 +57,7 @@ __all__ = [
     "ExpiredHook",
     "HookBots",
     "Sweeper",
+    "backstop_grace",
     "schedule_period",
     "temporary_bot",
 ]
@@ -67,7 +74,7 @@ HookBots = Callable[[BotConfig], AbstractAsyncContextManager[Bot]]
 HOOK_TIMEOUT = 30.0
 #: Hook calls of one batch running at once (each may send a Telegram message).
 HOOK_CONCURRENCY = 8
-#: MongoDB's TTL monitor runs about once a minute; realign a little further ahead.
+#: MongoDB's TTL monitor runs about once a minute; the backstop waits a little longer.
 TTL_MONITOR_SLACK = timedelta(minutes=2)
 
 #: Errors whose message says it all (bad hook, no token, database down): no traceback.
@@ -134,6 +141,16 @@ async def temporary_bot(config: BotConfig) -> AsyncIterator[Bot]:
         await session.close()
 
 
+def backstop_grace(cleanup: CleanupConfig, now: datetime | None = None) -> timedelta:
+    """How long after a record's expiry MongoDB's TTL index may delete it.
+
+    Two schedule periods plus the TTL monitor's minute: a run may start half a
+    period late and one may be skipped, and the sweep, which calls
+    ``on_state_expired``, must still remove the record before the backstop does.
+    """
+    return 2 * schedule_period(cleanup, now) + TTL_MONITOR_SLACK
+
+
 class Sweeper:
     """Sweeps the stale state of the bots it is given, one bot after another.
 
@@ -148,6 +165,7 @@ class Sweeper:
         base_dir: Path,
         batch_size: int = 1000,
         horizon: timedelta = timedelta(minutes=30),
+        grace: timedelta = timedelta(0),
         hook_bots: HookBots = temporary_bot,
         hook_timeout: float = HOOK_TIMEOUT,
         clock: Clock = utcnow,
@@ -158,6 +176,8 @@ class Sweeper:
         self.base_dir = base_dir
         self.batch_size = batch_size
         self.horizon = horizon
+        #: ``purge_at - expires_at`` the realignment gives records (:func:`backstop_grace`).
+        self.grace = grace
         self._hook_bots = hook_bots
         self.hook_timeout = hook_timeout
         #: "Now", against which records are stale.
@@ -174,15 +194,17 @@ class Sweeper:
     ) -> Sweeper:
         """A sweeper with the registry's ``cleanup`` settings.
 
-        ``expires_at`` is realigned up to two schedule periods ahead, plus the TTL
-        monitor's minute: far enough that the backstop cannot strike before the
-        next sweep even when one run is skipped.
+        ``purge_at`` is realigned up to :func:`backstop_grace` ahead (two schedule
+        periods, plus the TTL monitor's minute): far enough that the backstop
+        cannot strike before the next sweep even when one run is skipped.
         """
+        grace = backstop_grace(registry.cleanup, clock())
         return cls(
             database,
             base_dir=registry.base_dir,
             batch_size=registry.cleanup.batch_size,
-            horizon=2 * schedule_period(registry.cleanup, clock()) + TTL_MONITOR_SLACK,
+            horizon=grace,
+            grace=grace,
             hook_bots=hook_bots,
             clock=clock,
         )
@@ -235,7 +257,7 @@ class Sweeper:
     async def _count(self, bot: BotConfig, now: datetime) -> tuple[int, int, int]:
         removed = await self.records.count_stale(bot.namespace, bot.state_ttl, now)
         realigned = await self.records.count_to_realign(
-            bot.namespace, bot.state_ttl, now, self.horizon
+            bot.namespace, bot.state_ttl, now, self.horizon, self.grace
         )
         return removed, realigned, 0
 
@@ -249,7 +271,7 @@ class Sweeper:
             else:
                 removed, hook_errors = await self._sweep_with_hook(bot, now)
         realigned = await self.records.realign(
-            bot.namespace, bot.state_ttl, now, self.horizon, self.batch_size
+            bot.namespace, bot.state_ttl, now, self.horizon, self.batch_size, grace=self.grace
         )
         return removed, realigned, hook_errors
 

@@ -15,6 +15,7 @@ from click.core import ParameterSource
 from pymongo.asynchronous.database import AsyncDatabase
 from rich.console import Console
 
+from botyard.cleanup.sweep import backstop_grace
 from botyard.cli.database import run_on_database
 from botyard.cli.options import load_quietly, logging_options, registry_argument
 from botyard.cli.progress import progress_bar
@@ -120,6 +121,7 @@ def import_state(
                 target,
                 bot.namespace,
                 state_ttl=bot.state_ttl,
+                ttl_grace=backstop_grace(registry.cleanup),
                 bot_id=bot_id,
                 overwrite=overwrite,
                 dry_run=dry_run,

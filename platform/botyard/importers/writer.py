@@ -51,6 +51,7 @@ class RecordWriter:
         namespace: str,
         *,
         state_ttl: timedelta | None,
+        ttl_grace: timedelta = timedelta(0),
         bot_id: int | None = None,
         overwrite: bool = False,
         dry_run: bool = False,
@@ -58,6 +59,8 @@ class RecordWriter:
         self.records = FSMRecords(database)
         self.namespace = namespace
         self.state_ttl = state_ttl
+        #: ``purge_at - expires_at``, as the running bots' storage writes it.
+        self.ttl_grace = ttl_grace
         #: The bot's id (from its token); keys of another bot id are skipped.
         self.bot_id = bot_id
         self.overwrite = overwrite
@@ -98,7 +101,11 @@ class RecordWriter:
             report.imported += len(writes)
         elif writes:
             written = await self.records.write_imported(
-                self.namespace, writes, now=utcnow(), state_ttl=self.state_ttl
+                self.namespace,
+                writes,
+                now=utcnow(),
+                state_ttl=self.state_ttl,
+                ttl_grace=self.ttl_grace,
             )
             report.imported += written
             if written < len(writes):  # botyard created or changed these meanwhile

@@ -29,8 +29,9 @@ from botyard.migrations_runner.lock import MigrationLock
 from botyard.migrations_runner.transactions import TransactionSupport, transaction_support
 
 logger = logging.getLogger("botyard.migrate")
-#: Called after each migration with its file name and the seconds it took.
-StepReport = Callable[[str, float], None]
+#: Called after each migration with its file name, the seconds it took, and
+#: whether it ran in a transaction.
+StepReport = Callable[[str, float, bool], None]
 
 
 class MigrationError(BotyardError, RuntimeError):
@@ -85,10 +86,11 @@ class Migrations:
             lock.check()
             node = node.next_migration
             started = time.monotonic()
-            await _step(node, node.run_forward, use_transaction, still="pending")
+            transaction = use_transaction and wants_transaction(node.forward_class)
+            await _step(node, node.run_forward, transaction, still="pending")
             done.append(node.name)
             if on_step is not None:
-                on_step(node.name, time.monotonic() - started)
+                on_step(node.name, time.monotonic() - started, transaction)
         return done
 
     async def down(
@@ -105,10 +107,11 @@ class Migrations:
         while node.prev_migration is not None and len(done) < steps:
             lock.check()
             started = time.monotonic()
-            await _step(node, node.run_backward, use_transaction, still="applied")
+            transaction = use_transaction and wants_transaction(node.backward_class)
+            await _step(node, node.run_backward, transaction, still="applied")
             done.append(node.name)
             if on_step is not None:
-                on_step(node.name, time.monotonic() - started)
+                on_step(node.name, time.monotonic() - started, transaction)
             node = node.prev_migration
         return done
 
@@ -143,6 +146,16 @@ class Migrations:
                 "(a renamed or deleted migration cannot be rolled forward or back)"
             )
         return current, nodes
+
+
+def wants_transaction(migration_class: type | None) -> bool:
+    """``False`` when a ``Forward``/``Backward`` class says ``use_transaction = False``.
+
+    MongoDB aborts a transaction 60 s after it started (``transactionLifetimeLimitSeconds``),
+    so a migration visiting every record of a large collection must run without
+    one, in batches, and be safe to run again after a failure half-way.
+    """
+    return bool(getattr(migration_class, "use_transaction", True))
 
 
 async def _step(

@@ -27,6 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from botyard.cleanup.schedule import CleanupScheduler
+from botyard.cleanup.sweep import backstop_grace
 from botyard.cluster import Replica, ReplicaCollector
 from botyard.database.client import mongo_client
 from botyard.database.documents import Clock, utcnow
@@ -107,6 +108,9 @@ class Supervisor:
         #: False: no HTTP server even if the registry has webhook: or ops: (the sandbox).
         self.serve_http = serve_http
         self._remember_tokens(registry)
+        #: The storages' ``purge_at - expires_at``, from ``cleanup.schedule`` (cron
+        #: arithmetic: worked out once per registry, not once per bot).
+        self._ttl_grace = backstop_grace(registry.cleanup)
 
     # the whole life
 
@@ -310,7 +314,11 @@ class Supervisor:
     def _make_runner(self, config: BotConfig, routers: BotRouters) -> BotRunner:
         assert self.database is not None
         storage = BeanieStorage(
-            self.database, config.namespace, state_ttl=config.state_ttl, clock=self.clock
+            self.database,
+            config.namespace,
+            state_ttl=config.state_ttl,
+            ttl_grace=self._ttl_grace,
+            clock=self.clock,
         )
         spec = BotSpec(
             name=config.name,
@@ -397,6 +405,7 @@ class Supervisor:
                 if self.webhooks is not None:
                     self.webhooks.forget(name)
             self.registry = new
+            self._ttl_grace = backstop_grace(new.cleanup)
             routers: dict[str, BotRouters] = {}
             for bot in new.enabled_bots:
                 if bot.name in self.runners:

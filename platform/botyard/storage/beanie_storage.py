@@ -47,6 +47,11 @@ async def prepare_database(
 class BeanieStorage(BaseStorage):
     """aiogram FSM storage keeping each bot's records under its own namespace.
 
+    A record expires ``state_ttl`` after its last activity (``expires_at``);
+    MongoDB's TTL index deletes it ``ttl_grace`` later (``purge_at``), so that
+    botyard's sweep, which calls ``on_state_expired``, comes first. Without a
+    sweep (a plain aiogram bot) leave ``ttl_grace`` at zero.
+
     Many bots share one :class:`~pymongo.AsyncMongoClient`: each bot gets a cheap
     view (:meth:`for_namespace`), and closing a view never closes the shared
     client — aiogram's Dispatcher closes its storage on shutdown. Only a storage
@@ -63,6 +68,7 @@ class BeanieStorage(BaseStorage):
         namespace: str,
         *,
         state_ttl: timedelta | None = None,
+        ttl_grace: timedelta = timedelta(0),
         owns_client: bool = False,
         clock: Clock = utcnow,
     ) -> None:
@@ -70,9 +76,14 @@ class BeanieStorage(BaseStorage):
             raise ValueError("namespace must be a non-empty string")
         if state_ttl is not None and state_ttl <= timedelta(0):
             raise ValueError("state_ttl must be positive, or None for no expiry")
+        if ttl_grace < timedelta(0):
+            raise ValueError("ttl_grace must not be negative")
         self.database = database
         self.namespace = namespace
         self.state_ttl = state_ttl
+        #: How long after ``expires_at`` MongoDB's TTL index may delete a record
+        #: (``purge_at``): time for a sweep to remove it first and call its hook.
+        self.ttl_grace = ttl_grace
         self._owns_client = owns_client
         #: Dates records' ``updated_at`` and ``expires_at``.
         self.clock = clock
@@ -86,6 +97,7 @@ class BeanieStorage(BaseStorage):
         database: str = "botyard",
         namespace: str,
         state_ttl: timedelta | None = None,
+        ttl_grace: timedelta = timedelta(0),
         **client_options: Any,
     ) -> BeanieStorage:
         """Open a client of its own, create the indexes, and return a storage owning it.
@@ -100,11 +112,17 @@ class BeanieStorage(BaseStorage):
         except BaseException:
             await client.close()
             raise
-        return cls(db, namespace, state_ttl=state_ttl, owns_client=True)
+        return cls(db, namespace, state_ttl=state_ttl, ttl_grace=ttl_grace, owns_client=True)
 
     def for_namespace(self, namespace: str, *, state_ttl: timedelta | None = None) -> BeanieStorage:
-        """A storage for another bot on the same client, which it does not own."""
-        return BeanieStorage(self.database, namespace, state_ttl=state_ttl, clock=self.clock)
+        """A storage for another bot on the same client (which it does not own), same grace."""
+        return BeanieStorage(
+            self.database,
+            namespace,
+            state_ttl=state_ttl,
+            ttl_grace=self.ttl_grace,
+            clock=self.clock,
+        )
 
     def install(self, dispatcher: Dispatcher) -> None:
         """Use this storage in ``dispatcher`` with one read and one write per update.
@@ -218,8 +236,12 @@ class BeanieStorage(BaseStorage):
                     document[field] = value.replace(tzinfo=UTC)
         record.load(document)
 
-    def _expiry(self, now: datetime) -> datetime | None:
-        return None if self.state_ttl is None else now + self.state_ttl
+    def _expiry(self, now: datetime) -> Document:
+        """``expires_at`` and ``purge_at`` of a record active at ``now``."""
+        if self.state_ttl is None:
+            return {"expires_at": None, "purge_at": None}
+        expires_at = now + self.state_ttl
+        return {"expires_at": expires_at, "purge_at": expires_at + self.ttl_grace}
 
     async def _update_data_now(self, key: StorageKey, patch: dict[str, Any]) -> dict[str, Any]:
         record = PendingRecord()
@@ -309,7 +331,7 @@ class BeanieStorage(BaseStorage):
         # Matching the read's updated_at: a record changed or deleted since stays as it is.
         return UpdateOne(
             {**match_key, "updated_at": record.stored_updated_at},
-            {"$set": {"updated_at": now, "expires_at": self._expiry(now)}},
+            {"$set": {"updated_at": now, **self._expiry(now)}},
         )
 
     def _upsert_pipeline(
@@ -318,7 +340,7 @@ class BeanieStorage(BaseStorage):
         fields: Document = {
             "bot_id": key.bot_id,
             "updated_at": now,
-            "expires_at": self._expiry(now),
+            **self._expiry(now),
             "state": {"$ifNull": ["$state", None]},
             "data": {"$ifNull": ["$data", {}]},
         }

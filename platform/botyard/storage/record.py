@@ -42,19 +42,22 @@ class FSMRecord(Document):
     data: dict[str, Any] = Field(default_factory=dict)
     #: Last activity: a write, or a read that refreshed the expiry.
     updated_at: datetime
-    #: When the record becomes stale; ``None`` means it never expires.
+    #: When the record becomes stale (``updated_at + state_ttl``); ``None``: never.
     expires_at: datetime | None = None
+    #: When MongoDB's TTL monitor deletes the record on its own: ``expires_at`` plus
+    #: a grace long enough for the cleanup sweep, which calls ``on_state_expired``,
+    #: to remove it first (see :func:`botyard.cleanup.sweep.backstop_grace`).
+    purge_at: datetime | None = None
 
     class Settings:
         name = COLLECTION_NAME
         indexes = [
             IndexModel([(field, ASCENDING) for field in KEY_FIELDS], name="fsm_key", unique=True),
             # MongoDB's own TTL monitor: the backstop behind the scheduled sweep.
-            IndexModel([("expires_at", ASCENDING)], name="fsm_ttl", expireAfterSeconds=0),
-            # The sweep finds one namespace's stale records by either field.
-            IndexModel(
-                [("namespace", ASCENDING), ("expires_at", ASCENDING)], name="fsm_ns_expires"
-            ),
+            IndexModel([("purge_at", ASCENDING)], name="fsm_purge", expireAfterSeconds=0),
+            # The sweep finds one namespace's stale records, and the backstop dates
+            # it must push back.
+            IndexModel([("namespace", ASCENDING), ("purge_at", ASCENDING)], name="fsm_ns_purge"),
             IndexModel(
                 [("namespace", ASCENDING), ("updated_at", ASCENDING)], name="fsm_ns_updated"
             ),

@@ -3,7 +3,7 @@
 The cleanup, the metrics, ``botyard states``, the sandbox and the importers ask
 :class:`FSMRecords` for what they need; none of them knows the collection, its
 fields or its indexes. Every query here goes through an index:
-``(namespace, updated_at)``, ``(namespace, expires_at)``, the unique key index,
+``(namespace, updated_at)``, ``(namespace, purge_at)``, the unique key index,
 or ``_id``.
 
 Work on many records is done in batches: fetch only the ``_id`` of up to
@@ -52,7 +52,7 @@ _ID_ONLY: Document = {"_id": 1}
 _CONTENTS: Document = {**dict.fromkeys(KEY_FIELDS, 1), "bot_id": 1, "state": 1, "data": 1}
 _SHOWN: Document = {"_id": 0, "state": 1, "data": 1, "updated_at": 1, "expires_at": 1}
 _BY_ID = [("_id", 1)]
-_BY_EXPIRY = [("namespace", 1), ("expires_at", 1)]
+_BY_PURGE = [("namespace", 1), ("purge_at", 1)]
 _ANY_DATE = datetime.min.replace(tzinfo=UTC)
 _DUPLICATE_KEY = 11000
 
@@ -111,29 +111,41 @@ def stale_filter(namespace: str, state_ttl: timedelta | None, now: datetime) -> 
 
 
 def realign_filter(
-    namespace: str, state_ttl: timedelta | None, now: datetime, horizon: timedelta
+    namespace: str,
+    state_ttl: timedelta | None,
+    now: datetime,
+    horizon: timedelta,
+    grace: timedelta = timedelta(0),
 ) -> Document:
-    """Records whose ``expires_at`` would let the TTL index delete them too early.
+    """Records whose ``purge_at`` would let the TTL index delete them too early.
 
-    Only records expiring within ``horizon`` are looked at: further ones get
-    their turn at a later sweep, and the range keeps this an index scan.
+    Only records the backstop reaches within ``horizon`` are looked at: further
+    ones get their turn at a later sweep, and the range keeps this an index scan.
     """
     if state_ttl is None:
         # $ne: null is not an index range on every server; every real date is after year 1.
-        return {"namespace": namespace, "expires_at": {"$gt": _ANY_DATE}}
+        return {"namespace": namespace, "purge_at": {"$gt": _ANY_DATE}}
     return {
         "namespace": namespace,
-        "expires_at": {"$lte": now + horizon},
+        "purge_at": {"$lte": now + horizon},
         "updated_at": {"$gt": now - state_ttl},
-        "$expr": {"$lt": ["$expires_at", _due(state_ttl)]},
+        "$expr": {"$lt": ["$purge_at", _after_activity(state_ttl + grace)]},
     }
 
 
-def _due(state_ttl: timedelta | None) -> Document | None:
-    """``updated_at + state_ttl`` as an aggregation expression."""
+def _expiry_dates(state_ttl: timedelta | None, grace: timedelta) -> Document:
+    """``expires_at`` and ``purge_at`` from ``updated_at``, as aggregation expressions."""
     if state_ttl is None:
-        return None
-    return {"$add": ["$updated_at", int(state_ttl.total_seconds() * 1000)]}
+        return {"expires_at": None, "purge_at": None}
+    return {
+        "expires_at": _after_activity(state_ttl),
+        "purge_at": _after_activity(state_ttl + grace),
+    }
+
+
+def _after_activity(delay: timedelta) -> Document:
+    """``updated_at + delay`` as an aggregation expression."""
+    return {"$add": ["$updated_at", int(delay.total_seconds() * 1000)]}
 
 
 def _selection(namespace: str, state: str | None, idle_before: datetime | None) -> Document:
@@ -189,11 +201,16 @@ class FSMRecords:
         return 0 if stale is None else await self.collection.count_documents(stale)
 
     async def count_to_realign(
-        self, namespace: str, state_ttl: timedelta | None, now: datetime, horizon: timedelta
+        self,
+        namespace: str,
+        state_ttl: timedelta | None,
+        now: datetime,
+        horizon: timedelta,
+        grace: timedelta = timedelta(0),
     ) -> int:
         """Records :meth:`realign` would change."""
-        query = realign_filter(namespace, state_ttl, now, horizon)
-        return await self.collection.count_documents(query, hint=_BY_EXPIRY)
+        query = realign_filter(namespace, state_ttl, now, horizon, grace)
+        return await self.collection.count_documents(query, hint=_BY_PURGE)
 
     async def count_selected(
         self, namespace: str, *, state: str | None = None, idle_before: datetime | None = None
@@ -250,18 +267,21 @@ class FSMRecords:
         now: datetime,
         horizon: timedelta,
         batch_size: int,
+        *,
+        grace: timedelta = timedelta(0),
     ) -> int:
-        """Set ``expires_at = updated_at + state_ttl`` (or none, for never) where
-        :func:`realign_filter` matches; return how many records changed."""
-        query = realign_filter(namespace, state_ttl, now, horizon)
-        expiry = [{"$set": {"expires_at": _due(state_ttl)}}]
+        """Set ``expires_at = updated_at + state_ttl`` and ``purge_at = expires_at + grace``
+        (both none, for never) where :func:`realign_filter` matches; return how many
+        records changed."""
+        query = realign_filter(namespace, state_ttl, now, horizon, grace)
+        expiry = [{"$set": _expiry_dates(state_ttl, grace)}]
 
         async def update(batch: list[Document]) -> int:
             result = await self.collection.update_many(_within(batch, query), expiry, hint=_BY_ID)
             return result.modified_count
 
         # Hinted: the planner could pick (namespace, updated_at), a scan of every live record.
-        return await self._in_batches(query, batch_size, update, hint=_BY_EXPIRY)
+        return await self._in_batches(query, batch_size, update, hint=_BY_PURGE)
 
     async def _delete_in_batches(
         self,
@@ -341,6 +361,7 @@ class FSMRecords:
         *,
         now: datetime,
         state_ttl: timedelta | None,
+        ttl_grace: timedelta = timedelta(0),
     ) -> int:
         """Insert the new records, replace the existing ones; return how many were written.
 
@@ -351,7 +372,7 @@ class FSMRecords:
         """
         operations: list[InsertOne[Document] | UpdateOne] = []
         for record in records:
-            document = _imported_document(namespace, record, now, state_ttl)
+            document = _imported_document(namespace, record, now, state_ttl, ttl_grace)
             if record.replaces is None:
                 operations.append(InsertOne(document))
             else:
@@ -372,7 +393,11 @@ def identity(namespace: str, key: StorageKey) -> Identity:
 
 
 def _imported_document(
-    namespace: str, record: ImportedRecord, now: datetime, state_ttl: timedelta | None
+    namespace: str,
+    record: ImportedRecord,
+    now: datetime,
+    state_ttl: timedelta | None,
+    ttl_grace: timedelta,
 ) -> Document:
     """The record as BeanieStorage stores it: validated by the storage's own model."""
     model = FSMRecord.model_validate(
@@ -383,6 +408,7 @@ def _imported_document(
             "data": record.data,
             "updated_at": now,
             "expires_at": None if state_ttl is None else now + state_ttl,
+            "purge_at": None if state_ttl is None else now + state_ttl + ttl_grace,
         }
     )
     return {**model.model_dump(exclude={"id", "revision_id"}), _IMPORTED_AT: now}
@@ -392,7 +418,7 @@ def _replacement(document: Document, replaces: datetime) -> UpdateOne:
     # $literal: data keys with '.' or a leading '$' are stored as they are, as
     # BeanieStorage stores them, not read as paths or operators.
     changes = {name: {"$literal": document[name]} for name in ("state", "data")}
-    for name in ("bot_id", "updated_at", "expires_at", _IMPORTED_AT):
+    for name in ("bot_id", "updated_at", "expires_at", "purge_at", _IMPORTED_AT):
         changes[name] = document[name]
     match = {**{field: document[field] for field in KEY_FIELDS}, "updated_at": replaces}
     return UpdateOne(match, [{"$set": changes}])
