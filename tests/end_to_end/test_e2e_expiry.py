@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from pymongo import MongoClient
@@ -67,9 +68,12 @@ def test_every_expired_conversation_gets_its_hook_with_the_ttl_monitor_running(
         "    api_server: ${BOT_API_SERVER}\n"
         "    on_state_expired: expiring:on_state_expired\n"
     )
-    with MongoClient(world.mongo_uri, tz_aware=True) as client:
+    with MongoClient[dict[str, Any]](world.mongo_uri, tz_aware=True) as client:
         # Due at once: gone by the end only if the server's TTL monitor ran meanwhile.
-        probe = {"namespace": "monitor-probe", "purge_at": utcnow() - timedelta(seconds=1)}
+        probe: dict[str, Any] = {
+            "namespace": "monitor-probe",
+            "purge_at": utcnow() - timedelta(seconds=1),
+        }
         client[world.database_name]["fsm_records"].insert_one(probe)
     with world.botyard() as botyard:
         world.wait_all_running(botyard, ["expiring"])

@@ -29,6 +29,7 @@ from botyard.migrations_runner import (
     find_migrations,
     transaction_support,
 )
+from botyard.migrations_runner import lock as lock_module
 from botyard.migrations_runner.paths import MigrationsNotFound, migration_files
 from botyard.storage import COLLECTION_NAME, prepare_database, utcnow
 
@@ -144,6 +145,10 @@ def test_up_status_down_round_trip(setup: Setup) -> None:
     assert any(line.startswith(f"applied {FIRST} in ") for line in lines(up))
     assert f"{N} migration(s) applied; the database is up to date" in up.output
     assert set(setup.indexes()) == FSM_INDEXES
+    client, db = setup.db()
+    with client:  # built here, not by `botyard run`, whose user may not build indexes
+        journal = db["webhook_updates"].index_information()
+    assert journal["bot_owner"]["key"] == [("bot", 1), ("owner", 1)]
 
     status = setup.migrate("status")
     assert any(re.match(rf"applied  {FIRST} +20", line) for line in lines(status)), status.output
@@ -445,6 +450,26 @@ async def test_a_run_that_lost_its_lock_stops_before_the_next_migration(
         assert (await database[LOCK_COLLECTION].find_one())["owner"] == "fast:2:bb"  # type: ignore[index]
     finally:
         await mongo_client.drop_database(database_name)
+
+
+async def test_the_lock_expires_by_the_servers_clock_not_the_hosts(
+    setup: Setup, mongo_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run on a host whose clock is an hour behind holds the lock all the same."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        database = client[setup.database]
+        behind = MigrationLock(database, owner="slow-clock-host:1:behind")
+        late = utcnow() - timedelta(hours=1)
+        monkeypatch.setattr(lock_module, "utcnow", lambda: late, raising=False)
+        assert await behind.try_acquire() is None, "acquired"
+        monkeypatch.undo()
+        holder = await MigrationLock(database, owner="other-host:2:waiting").try_acquire()
+        assert holder is not None, "a lock renewed a moment ago is not taken over"
+        assert holder.owner == behind.owner
+        assert holder.expires_at > utcnow() + timedelta(seconds=30)
+    finally:
+        await client.close()
 
 
 def test_up_gives_up_on_a_held_lock_after_the_timeout(setup: Setup) -> None:

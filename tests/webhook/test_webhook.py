@@ -9,19 +9,23 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from pymongo import AsyncMongoClient, MongoClient
+from pymongo.errors import AutoReconnect
 
 from botyard.cli import main
+from botyard.database.documents import utcnow
 from botyard.emulator import BotAPIEmulator
 from botyard.ops.http_server import server_address
 from botyard.registry.loader import load_registry
+from botyard.webhook import journal as journal_module
 from botyard.webhook.endpoint import MAX_BODY_BYTES, SECRET_HEADER
-from botyard.webhook.journal import JOURNAL_COLLECTION, UpdateJournal
+from botyard.webhook.journal import JOURNAL_COLLECTION, Recorded, UpdateJournal
 from botyard.webhook.secrets import SECRETS_COLLECTION, SecretStore
 
 from webhook_harness import Yard, open_yard, wait_until
@@ -145,10 +149,11 @@ async def test_journaled_updates_of_a_dead_process_are_handled_at_start(
         crashed.instance = "crashed-host:1:dead"  # wrote no heartbeat: it is gone
         for text in ("first", "second"):
             update = yard.emulator.send_message(token, 42, text)
-            assert await crashed.record("shop", update["update_id"], update)
+            assert await crashed.record("shop", update["update_id"], update) is Recorded.ACCEPTED
         first_id = update["update_id"] - 1
         yard.emulator.bot(token).drop_pending()  # Telegram got its 200 for both
-        assert not await crashed.record("shop", first_id, {}), "a redelivery is known"
+        again = await crashed.record("shop", first_id, {})
+        assert again is Recorded.DUPLICATE, "a redelivery is known"
     finally:
         await client.close()
     await yard.start()
@@ -285,8 +290,8 @@ async def test_a_running_process_takes_over_only_what_dead_replicas_left(
         orphan = yard.emulator.send_message(token, 51, "orphan")
         busy = yard.emulator.send_message(token, 52, "in hand elsewhere")
         yard.emulator.bot(token).drop_pending()
-        assert await dead.record("shop", orphan["update_id"], orphan)
-        assert await alive.record("shop", busy["update_id"], busy)
+        assert await dead.record("shop", orphan["update_id"], orphan) is Recorded.ACCEPTED
+        assert await alive.record("shop", busy["update_id"], busy) is Recorded.ACCEPTED
         assert supervisor.webhooks is not None
         await supervisor.webhooks.maintain()  # what every heartbeat does
         assert (await yard.emulator.wait_for_reply(token, 51))["text"] == "orphan"
@@ -299,6 +304,119 @@ async def test_a_running_process_takes_over_only_what_dead_replicas_left(
             (busy["update_id"], alive.instance)
         ], "the live replica's update is left to it"
         assert yard.emulator.sent_messages(token, 52) == []
+    finally:
+        await client.close()
+
+
+class AfterTheWrite:
+    """A collection whose ``method`` does its write and then fails as a lost connection
+    would, ``times`` times: what MongoDB does to a client during a failover."""
+
+    def __init__(self, collection: Any, method: str, times: int = 1) -> None:
+        self._collection = collection
+        self._method = method
+        self.failures_left = times
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._collection, name)
+        if name != self._method:
+            return real
+
+        async def write_then_fail(*args: Any, **kwargs: Any) -> Any:
+            result = await real(*args, **kwargs)
+            if self.failures_left:
+                self.failures_left -= 1
+                raise AutoReconnect(f"connection closed after {name} committed (injected)")
+            return result
+
+        return write_then_fail
+
+
+async def test_an_update_whose_journal_insert_lost_its_acknowledgement_is_handled_on_redelivery(
+    yard: Yard,
+) -> None:
+    """The insert committed, the 200 became a 503; Telegram's redelivery meets the entry."""
+    token = yard.add("shop")
+    yard.write()
+    supervisor = await yard.start()
+    assert supervisor.webhooks is not None
+    journal = supervisor.webhooks.journal
+    journal.entries = AfterTheWrite(journal.entries, "insert_one")  # type: ignore[assignment]
+
+    yard.emulator.send_message(token, 61, "lost ack")  # delivered, 503, delivered again
+
+    assert (await yard.emulator.wait_for_reply(token, 61))["text"] == "lost ack"
+    statuses = [attempt.status for attempt in yard.emulator.delivery_attempts(token)]
+    assert statuses == [503, 200], "answered 503 although the insert committed, then 200"
+    await wait_until(lambda: supervisor.runners["shop"].counters.handled == 1)
+    async with asyncio.timeout(30):  # the handled update's delete is batched
+        while await yard.collection_count(JOURNAL_COLLECTION):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await supervisor.webhooks.maintain()
+    await asyncio.sleep(0.5)
+    assert [m["text"] for m in yard.emulator.sent_messages(token, 61)] == ["lost ack"]
+
+
+async def test_entries_an_interrupted_claim_moved_are_handled_at_the_next_heartbeat(
+    yard: Yard, mongo_uri: str, database_name: str
+) -> None:
+    """update_many is never retried: cut off half-way, the entries it moved are ours."""
+    token = yard.add("shop")
+    yard.write()
+    supervisor = await yard.start()
+    assert supervisor.webhooks is not None
+    journal = supervisor.webhooks.journal
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        dead = UpdateJournal(client[database_name])
+        dead.instance = "gone-host:3:dead"
+        orphans = [yard.emulator.send_message(token, chat, f"orphan {chat}") for chat in (71, 72)]
+        yard.emulator.bot(token).drop_pending()  # the dead replica answered 200 for both
+        for update in orphans:
+            assert await dead.record("shop", update["update_id"], update) is Recorded.ACCEPTED
+    finally:
+        await client.close()
+    real = journal.entries
+    journal.entries = AfterTheWrite(real, "update_many")  # type: ignore[assignment]
+    with pytest.raises(AutoReconnect):
+        await supervisor.webhooks.maintain()
+    owners = {entry["owner"] for entry in await real.find().to_list()}
+    assert owners == {journal.instance}, "the claim moved them before it was cut off"
+    assert yard.emulator.sent_messages(token, 71) == []
+
+    await supervisor.webhooks.maintain()  # the next heartbeat
+    for chat in (71, 72):
+        assert (await yard.emulator.wait_for_reply(token, chat))["text"] == f"orphan {chat}"
+    await wait_until(lambda: supervisor.runners["shop"].counters.handled == 2)
+    await supervisor.webhooks.maintain()
+    await asyncio.sleep(0.5)
+    assert supervisor.runners["shop"].counters.handled == 2, "held entries are not handed out twice"
+
+
+async def test_liveness_is_judged_by_the_servers_clock_not_the_hosts(
+    yard: Yard, mongo_uri: str, database_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica whose clock runs an hour behind is alive all the same."""
+    token = yard.add("shop")
+    yard.write()
+    supervisor = await yard.start()
+    assert supervisor.webhooks is not None
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        behind = UpdateJournal(client[database_name])
+        behind.instance = "slow-clock-host:4:alive"
+        late = utcnow() - timedelta(hours=1)
+        monkeypatch.setattr(journal_module, "utcnow", lambda: late)
+        await behind.heartbeat()
+        busy = yard.emulator.send_message(token, 81, "in hand elsewhere")
+        yard.emulator.bot(token).drop_pending()
+        assert await behind.record("shop", busy["update_id"], busy) is Recorded.ACCEPTED
+        monkeypatch.undo()
+        await supervisor.webhooks.maintain()
+        await asyncio.sleep(0.5)
+        assert yard.emulator.sent_messages(token, 81) == [], "not taken from a live replica"
+        [entry] = await client[database_name][JOURNAL_COLLECTION].find().to_list()
+        assert entry["owner"] == behind.instance
     finally:
         await client.close()
 

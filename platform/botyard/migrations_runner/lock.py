@@ -5,7 +5,9 @@ deploys, a compose service restarted by hand) would both read "pending" and both
 apply it. Holding one document in ``migrations_lock`` for the whole run
 serialises them; the second waits, then finds nothing left to do. The lock
 expires unless its holder renews it, so a killed holder blocks the next run only
-until the expiry.
+until the expiry. Every time in the lock document is the database server's
+(:func:`~botyard.database.server_time.server_now`), so runs on hosts whose
+clocks disagree still agree on when it expires.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from botyard.database.documents import Document
+from botyard.database.server_time import server_now
 from botyard.errors import BotyardError
-from botyard.storage import utcnow
 
 logger = logging.getLogger("botyard.migrate")
 
@@ -82,7 +84,7 @@ class MigrationLock:
 
     async def try_acquire(self) -> LockHolder | None:
         """Take the lock if it is free or expired; otherwise return its holder."""
-        now = utcnow()
+        now = await server_now(self.collection.database)
         try:
             # Matches only an expired lock; a held one makes the upsert collide on _id.
             await self.collection.update_one(
@@ -125,7 +127,7 @@ class MigrationLock:
 
     async def renew(self) -> bool:
         """Push our expiry forward; ``False`` (and :attr:`lost`) when the lock is no longer ours."""
-        now = utcnow()
+        now = await server_now(self.collection.database)
         result = await self.collection.update_one(
             {"_id": LOCK_ID, "owner": self.owner}, {"$set": {"expires_at": now + self.ttl}}
         )

@@ -38,7 +38,7 @@ from botyard.ops.metrics import PlatformMetrics
 from botyard.registry.models import WebhookConfig
 from botyard.runtime.runner import BotRunner
 from botyard.runtime.view import PlatformView
-from botyard.webhook.journal import UpdateJournal
+from botyard.webhook.journal import Recorded, UpdateJournal
 from botyard.webhook.secrets import SecretStore, WebhookSecret
 
 __all__ = [
@@ -131,7 +131,7 @@ class WebhookEndpoint:
                 response.force_close()
             return response
         try:
-            fresh = await self.journal.record(name, parsed.update_id, raw)
+            recorded = await self.journal.record(name, parsed.update_id, raw)
         except PyMongoError as error:
             self._metrics.count_webhook(name, "unavailable")
             logger.warning(
@@ -141,14 +141,24 @@ class WebhookEndpoint:
                 type(error).__name__,
             )
             return _text(503, "storage unavailable; deliver again later")
-        if not fresh:  # delivered again while still journaled: it is handled once, from there
+        if recorded is Recorded.DUPLICATE:  # held here or by another live instance
             self._metrics.count_webhook(name, "duplicate")
             return web.json_response({})
-        self._metrics.count_webhook(name, "accepted")
+        if recorded is Recorded.TAKEN:
+            self._metrics.count_webhook(name, "duplicate")
+            logger.info(
+                "bot=%s update=%s was journaled, but nothing held it (its acknowledgement "
+                "was lost): handling it now",
+                name,
+                parsed.update_id,
+            )
+        else:
+            self._metrics.count_webhook(name, "accepted")
         current = self._routes.get(name)  # a reload may have replaced the runner meanwhile
         if current is not None and current.accepting:
             self._submit(name, current.runner, parsed)
-        # else the bot is stopping: the journal keeps the update for its next start.
+        else:  # the bot is stopping: the journal keeps the update for its next start
+            self.journal.release(name, parsed.update_id)
         return web.json_response({})
 
     def _submit(self, name: str, runner: BotRunner, update: Update) -> None:
@@ -164,7 +174,7 @@ class WebhookEndpoint:
         """
         secret = await self.secret_store.get_or_create(name)
         if recover:
-            entries = await self.journal.claim([name], own=True)
+            entries = await self.journal.claim([name])
             for entry in entries:
                 runner.accept_journaled(entry)
             if entries:
@@ -181,6 +191,8 @@ class WebhookEndpoint:
         route = self._routes.get(name)
         if route is not None and route.runner is runner:
             route.accepting = False
+            # What it does not finish while stopping goes to the bot's next runner.
+            self.journal.release(name)
 
     def forget(self, name: str) -> None:
         """The bot left the registry: its requests get 404, and its stopped runner is let go."""

@@ -20,16 +20,30 @@ entries of instances that are gone are claimed, one instance winning each
 entry, and handled, in ``update_id`` order. An instance is gone when it shut
 down, when it wrote no heartbeat for :data:`DEAD_AFTER`, or at once when it ran
 on this host and its process no longer exists (or is this one: a restarted
-container often gets the same pid). So an update
+container often gets the same pid). Heartbeats are dated, and judged, by the
+database server's clock (:func:`~botyard.database.server_time.server_now`), so a
+host whose clock is off neither looks dead nor outlives its death. So an update
 accepted and then lost to a crash, a SIGKILL, or a shutdown that timed out is
 handled after the restart, or by another replica. Delivery is at-least-once:
 an update handled but not yet deleted when the process died is handled again.
+
+The journal also knows which of its entries this process holds in memory ("in
+flight": accepted or claimed, and not yet finished), and hands out any of its
+own entries that nothing holds: one whose insert committed while its
+acknowledgement was lost (answered 503; Telegram's redelivery then meets the
+entry and takes it), and one a claim moved to this instance before the claim
+was interrupted. Each heartbeat's claim picks these up too.
+
+The ``bot_owner`` index the claims query by is built by a migration
+(``migrations/20261125130000_webhook_journal_index.py``), not at run time: the
+application's MongoDB user need not be allowed to build indexes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import socket
@@ -38,16 +52,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from botyard.database.documents import Clock, Document, utcnow
+from botyard.database.server_time import server_now
 
 __all__ = [
     "INSTANCES_COLLECTION",
     "JOURNAL_COLLECTION",
     "JournalEntry",
+    "Recorded",
     "UpdateJournal",
 ]
 
@@ -65,6 +81,18 @@ DEAD_AFTER = timedelta(seconds=30)
 FORGET_AFTER = timedelta(days=1)
 
 
+class Recorded(enum.Enum):
+    """What :meth:`UpdateJournal.record` made of a delivered update."""
+
+    #: New: journaled now; hand it to the bot.
+    ACCEPTED = "accepted"
+    #: Journaled already by this instance, and nothing here holds it (its insert's
+    #: acknowledgement was lost): taken now; hand it to the bot.
+    TAKEN = "taken"
+    #: Held already, here or by another live instance: nothing to do.
+    DUPLICATE = "duplicate"
+
+
 @dataclass(frozen=True)
 class JournalEntry:
     """One accepted update waiting to be handled (again)."""
@@ -78,21 +106,22 @@ class UpdateJournal:
     """Accepted webhook updates of one process, in MongoDB until handled."""
 
     def __init__(self, database: AsyncDatabase[Document], *, clock: Clock = utcnow) -> None:
-        #: Dates acceptances and heartbeats, and tells which instances are dead.
+        #: Dates acceptances. Heartbeats and who is dead go by the server's clock.
         self.clock = clock
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.entries = database[JOURNAL_COLLECTION]
         self.instances = database[INSTANCES_COLLECTION]
-        self._finished: list[str] = []
+        self._finished: list[tuple[str, int]] = []
+        #: update ids per bot that this process holds: accepted or claimed, and not
+        #: yet deleted (a finished update is held until its entry is gone).
+        self._in_flight: dict[str, set[int]] = {}
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
 
     async def prepare(self) -> None:
-        """Create the index claims query by, forget long-dead instances, write a heartbeat."""
-        await self.entries.create_indexes(
-            [IndexModel([("bot", ASCENDING), ("owner", ASCENDING)], name="bot_owner")]
-        )
-        await self.instances.delete_many({"seen_at": {"$lt": self.clock() - FORGET_AFTER}})
+        """Forget long-dead instances, write a heartbeat."""
+        forget_before = await server_now(self.entries.database) - FORGET_AFTER
+        await self.instances.delete_many({"seen_at": {"$lt": forget_before}})
         await self.heartbeat()
         self._flusher = asyncio.create_task(self._flush_loop(), name="botyard-journal-flush")
 
@@ -108,13 +137,46 @@ class UpdateJournal:
 
     # accepting and finishing
 
-    async def record(self, bot: str, update_id: int, update: Document) -> bool:
-        """Persist an accepted update; ``False`` if it is journaled already (a redelivery)."""
+    async def record(self, bot: str, update_id: int, update: Document) -> Recorded:
+        """Persist a delivered update, or take its entry if it is ours and nothing holds it.
+
+        The update counts as held from before the insert: a heartbeat's claim
+        running meanwhile must not hand it out a second time. On an error it
+        is let go, and an insert that committed all the same is picked up by
+        the next claim, or by Telegram's redelivery.
+        """
+        held = self._in_flight.setdefault(bot, set())
+        if update_id in held:
+            return Recorded.DUPLICATE
+        held.add(update_id)
         try:
             await self.entries.insert_one(self._entry(bot, update_id, update))
         except DuplicateKeyError:
-            return False
-        return True
+            try:
+                ours = await self._owns(bot, update_id)
+            except BaseException:
+                held.discard(update_id)
+                raise
+            if ours:
+                return Recorded.TAKEN
+            held.discard(update_id)  # another instance holds it, or it was handled meanwhile
+            return Recorded.DUPLICATE
+        except BaseException:
+            held.discard(update_id)
+            raise
+        return Recorded.ACCEPTED
+
+    async def _owns(self, bot: str, update_id: int) -> bool:
+        document = await self.entries.find_one({"_id": _entry_id(bot, update_id)}, {"owner": 1})
+        return document is not None and document.get("owner") == self.instance
+
+    def release(self, bot: str, update_id: int | None = None) -> None:
+        """Stop holding an update (``None``: every update of ``bot``) this process will not
+        finish: the next claim hands it out again."""
+        if update_id is None:
+            self._in_flight.pop(bot, None)
+        else:
+            self._in_flight.get(bot, set()).discard(update_id)
 
     async def park(self, bot: str, updates: Iterable[tuple[int, Document]]) -> None:
         """Persist updates a polling bot is about to confirm unhandled: one round trip.
@@ -126,13 +188,20 @@ class UpdateJournal:
         entries = [self._entry(bot, update_id, update, now) for update_id, update in updates]
         if not entries:
             return
+        held = self._in_flight.setdefault(bot, set())
+        parked = {entry["update_id"] for entry in entries} - held
+        held |= parked  # still handled here: no claim hands them out meanwhile
         try:
             await self.entries.insert_many(entries, ordered=False)
         except BulkWriteError as error:
-            if any(problem.get("code") != DUPLICATE_KEY for problem in _write_errors(error)):
+            if any(problem.get("code") != DUPLICATE_KEY for problem in _write_errors(error)) or (
+                error.details.get("writeConcernErrors")
+            ):
+                held -= parked
                 raise
-            if error.details.get("writeConcernErrors"):
-                raise
+        except BaseException:
+            held -= parked
+            raise
 
     def _entry(
         self, bot: str, update_id: int, update: Document, now: datetime | None = None
@@ -148,7 +217,7 @@ class UpdateJournal:
 
     def finished(self, bot: str, update_id: int) -> None:
         """Mark an update handled; its entry goes with the next batch."""
-        self._finished.append(_entry_id(bot, update_id))
+        self._finished.append((bot, update_id))
         self._wake.set()
 
     async def flush(self) -> None:
@@ -157,10 +226,12 @@ class UpdateJournal:
         if not batch:
             return
         try:
-            await self.entries.delete_many({"_id": {"$in": batch}})
+            await self.entries.delete_many({"_id": {"$in": [_entry_id(*done) for done in batch]}})
         except BaseException:
             self._finished[:0] = batch  # kept for the next try
             raise
+        for bot, update_id in batch:
+            self.release(bot, update_id)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -176,45 +247,51 @@ class UpdateJournal:
     # instances and recovery
 
     async def heartbeat(self) -> None:
-        """Tell other processes this one is alive."""
+        """Tell other processes this one is alive, dated by the server's clock."""
         await self.instances.update_one(
-            {"_id": self.instance}, {"$set": {"seen_at": self.clock()}}, upsert=True
+            {"_id": self.instance}, [{"$set": {"seen_at": "$$NOW"}}], upsert=True
         )
 
-    async def claim(self, bots: Iterable[str], *, own: bool = False) -> list[JournalEntry]:
-        """Take over the unhandled entries of ``bots`` whose instance is gone.
+    async def claim(self, bots: Iterable[str]) -> list[JournalEntry]:
+        """Take the unhandled entries of ``bots`` that nothing holds, in ``update_id`` order.
 
-        With ``own``, this instance's entries are taken too: a bot starting
-        again in this process (after a reload, or a shutdown that timed out)
-        owns what its previous runner left. Entries come in ``update_id`` order.
+        Those of instances that are gone become this instance's. This
+        instance's own entries that it does not hold (left by a bot's previous
+        runner, by a claim interrupted half-way, or by an insert whose
+        acknowledgement was lost) are handed out too. What is returned is held
+        until :meth:`finished` or :meth:`release`.
         """
         names = list(bots)
         if not names:
             return []
         await self.flush()  # an entry handled but not deleted yet is not claimed again
-        alive_since = self.clock() - DEAD_AFTER
+        alive_since = await server_now(self.entries.database) - DEAD_AFTER
         alive = [
             doc["_id"]
             async for doc in self.instances.find({"seen_at": {"$gte": alive_since}}, {"_id": 1})
         ]
-        foreign = [
+        keep_out = [
             instance
             for instance in alive
             if instance != self.instance and not self._known_dead(instance)
         ]
-        if not own:
-            foreign.append(self.instance)
-        claim = uuid.uuid4().hex
-        result = await self.entries.update_many(
-            {"bot": {"$in": names}, "owner": {"$nin": foreign}},
-            {"$set": {"owner": self.instance, "claim": claim}},
+        keep_out.append(self.instance)  # already ours: nothing to move
+        # update_many is never retried by the driver: interrupted half-way, the entries it
+        # moved are ours and picked up below, now or at the next heartbeat.
+        await self.entries.update_many(
+            {"bot": {"$in": names}, "owner": {"$nin": keep_out}},
+            {"$set": {"owner": self.instance}},
         )
-        if result.modified_count == 0:
-            return []
-        cursor = self.entries.find(
-            {"bot": {"$in": names}, "owner": self.instance, "claim": claim}
-        ).sort("update_id", ASCENDING)
-        return [JournalEntry(doc["bot"], doc["update_id"], doc["update"]) async for doc in cursor]
+        cursor = self.entries.find({"bot": {"$in": names}, "owner": self.instance}).sort(
+            "update_id", ASCENDING
+        )
+        claimed: list[JournalEntry] = []
+        async for doc in cursor:
+            held = self._in_flight.setdefault(doc["bot"], set())
+            if doc["update_id"] not in held:
+                held.add(doc["update_id"])
+                claimed.append(JournalEntry(doc["bot"], doc["update_id"], doc["update"]))
+        return claimed
 
     def _known_dead(self, instance: str) -> bool:
         """An instance of this host whose process is gone, whatever its heartbeat says."""
