@@ -34,7 +34,7 @@ from botyard.migrations_runner.paths import MigrationsNotFound, migration_files
 from botyard.storage import COLLECTION_NAME, prepare_database, utcnow
 
 from deployment import DOCKERFILE, Image, assert_parses, parse_dockerfile
-from e2e import BOTYARD, REPO
+from e2e import BOTYARD, REPO, World
 
 MIGRATIONS = REPO / "migrations"
 FIRST = "20261125000000_fsm_records.py"
@@ -640,3 +640,22 @@ def test_the_installed_image_migrates_from_app_migrations(
     finally:
         with MongoClient[dict[str, Any]](mongo_uri) as client:
             client.drop_database(database_name)
+
+
+@pytest.mark.e2e
+def test_botyard_run_warns_with_the_command_while_migrations_are_pending(world: World) -> None:
+    """Outside compose nobody runs the migrations for you: `botyard run` says what to run."""
+    shutil.copytree(MIGRATIONS, world.directory / "migrations")
+    world.write({"echo": "bots.echo:router"})
+    with world.botyard() as first:
+        line = first.wait_for_log(r"schema migration\(s\) not applied", timeout=120)
+        assert f"{N} schema migration(s) not applied to database {world.database_name}" in line
+        assert f"run `botyard migrate {world.path} up`" in line
+        world.wait_all_running(first, ["echo"])
+        assert first.stop() == 0
+    up = CliRunner(env=world.env()).invoke(main, ["migrate", str(world.path), "up"])
+    assert up.exit_code == 0, up.output
+    with world.botyard() as second:
+        world.wait_all_running(second, ["echo"])
+        assert second.stop() == 0
+        assert "not applied" not in second.output

@@ -15,10 +15,13 @@ import pytest
 from aiogram import Bot, F, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.storage.base import StorageKey
 from aiogram.methods import GetUpdates, TelegramMethod
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.backoff import Backoff, BackoffConfig
 from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
 
 from botyard.emulator import BotAPIEmulator
 from botyard.registry.diff import diff_registries
@@ -29,6 +32,8 @@ from botyard.runtime.routers import BotRouters
 from botyard.runtime.runner import BotRunner, BotSpec, BotStatus, StatusListener
 from botyard.runtime.supervisor import Supervisor
 from botyard.storage import BeanieStorage, prepare_database
+
+from mongo_faults import RETRYABLE, Faulty, bulk_write_error, write_concern_error
 
 FAST = BackoffConfig(min_delay=0.05, max_delay=0.2, factor=2.0, jitter=0.0)
 T = TypeVar("T")
@@ -159,6 +164,45 @@ async def test_a_failing_handler_is_logged_counted_and_confirmed(
     assert f"bot=bot update={poisoned['update_id']} handler failed" in line
     await runner.stop(5)
     assert bot_api.pending_updates(token) == []
+    await runner.bot.session.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (bulk_write_error(labels=RETRYABLE), True),
+        (write_concern_error(RETRYABLE), True),
+        (bulk_write_error(write_errors=[{"index": 0, "code": 2, "errmsg": "bad"}]), False),
+    ],
+    ids=["bulk-write-error-retryable", "write-concern-error-retryable", "not-retryable"],
+)
+async def test_a_write_mongodb_labels_retryable_is_handled_again_not_lost(
+    bot_api: BotAPIEmulator, storage: BeanieStorage, error: PyMongoError, retried: bool
+) -> None:
+    """A failover's RetryableWriteError: the update is retried, not confirmed without its write."""
+    token = bot_api.add_bot().token
+    router = Router()
+
+    @router.message(F.text)
+    async def remember(message: Message, state: FSMContext) -> None:
+        await state.set_state("Quiz:q1")
+        await message.answer("noted")
+
+    faulty = Faulty(storage.collection, "bulk_write", error)
+    storage.collection = faulty  # type: ignore[assignment]
+    runner = make_runner(bot_api, token, storage, router)
+    runner.start()
+    bot_api.send_message(token, 9, "hello")
+    await wait_for(lambda: runner.counters.handled + runner.counters.errors == 1)
+    assert faulty.failures_left == 0, "the injected error was raised"
+    stored = await storage.get_state(StorageKey(bot_id=runner.bot.id, chat_id=9, user_id=9))
+    if retried:
+        assert (runner.counters.retries, runner.counters.errors) == (1, 0)
+        assert stored == "Quiz:q1", "the FSM write was made by the retry"
+    else:
+        assert (runner.counters.retries, runner.counters.errors) == (0, 1)
+        assert stored is None
+    await runner.stop(5)
     await runner.bot.session.close()
 
 

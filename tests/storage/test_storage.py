@@ -21,7 +21,7 @@ from aiogram.fsm.storage.base import StorageKey
 from aiogram.fsm.storage.memory import DisabledEventIsolation, SimpleEventIsolation
 from aiogram.types import Message, Update
 from pymongo import AsyncMongoClient
-from pymongo.errors import OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from botyard.database.roundtrips import RoundTripCounter
 from botyard.emulator import BotAPIEmulator
@@ -34,6 +34,8 @@ from botyard.storage import (
     update_scope,
 )
 from botyard.storage.scope import KeyedLocks
+
+from mongo_faults import Faulty, bulk_write_error, duplicate_key
 
 KEY = StorageKey(bot_id=42, chat_id=-100, user_id=7)
 OTHER_USER = StorageKey(bot_id=42, chat_id=-100, user_id=8)
@@ -607,3 +609,43 @@ async def test_a_merge_mongodb_finds_too_large_raises_fsm_data_error(
     monkeypatch.setattr(shared.collection, "find_one_and_update", refuse)
     with pytest.raises(FSMDataError, match=r"bot 'shop' \(chat -100, user 7\).*'notes'"):
         await shared.update_data(KEY, {"notes": "x" * 1000})
+
+
+class LosesTheRaceToInsert:
+    """The last upsert of the next bulk write collides with a concurrent insert; the rest
+    are written, as MongoDB does with an unordered bulk write."""
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+        self.raced = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+    async def bulk_write(self, operations: list[Any], **options: Any) -> Any:
+        if self.raced:
+            return await self._collection.bulk_write(operations, **options)
+        self.raced = True
+        if operations[:-1]:
+            await self._collection.bulk_write(operations[:-1], **options)
+        raise bulk_write_error(write_errors=[duplicate_key(index=len(operations) - 1)])
+
+
+async def test_an_upsert_that_lost_the_race_to_insert_is_sent_again(shared: BeanieStorage) -> None:
+    """A duplicate key in a bulk write is a BulkWriteError with code 11000."""
+    other = StorageKey(bot_id=42, chat_id=-100, user_id=8)
+    racing = LosesTheRaceToInsert(shared.collection)
+    shared.collection = racing  # type: ignore[assignment]
+    async with update_scope():
+        await shared.set_state(other, "second")
+        await shared.set_state(KEY, "first")
+    assert racing.raced
+    assert await shared.get_state(KEY) == "first", "sent again, it updated"
+    assert await shared.get_state(other) == "second"
+
+
+async def test_a_failed_bulk_write_that_is_not_a_lost_race_is_raised(shared: BeanieStorage) -> None:
+    failed = bulk_write_error(write_errors=[{"index": 0, "code": 2, "errmsg": "bad value"}])
+    shared.collection = Faulty(shared.collection, "bulk_write", failed)  # type: ignore[assignment]
+    with pytest.raises(BulkWriteError):
+        await shared.set_state(KEY, "first")

@@ -28,6 +28,7 @@ from botyard.webhook.endpoint import MAX_BODY_BYTES, SECRET_HEADER
 from botyard.webhook.journal import JOURNAL_COLLECTION, Recorded, UpdateJournal
 from botyard.webhook.secrets import SECRETS_COLLECTION, SecretStore
 
+from mongo_faults import Faulty
 from webhook_harness import Yard, open_yard, wait_until
 
 
@@ -308,30 +309,6 @@ async def test_a_running_process_takes_over_only_what_dead_replicas_left(
         await client.close()
 
 
-class AfterTheWrite:
-    """A collection whose ``method`` does its write and then fails as a lost connection
-    would, ``times`` times: what MongoDB does to a client during a failover."""
-
-    def __init__(self, collection: Any, method: str, times: int = 1) -> None:
-        self._collection = collection
-        self._method = method
-        self.failures_left = times
-
-    def __getattr__(self, name: str) -> Any:
-        real = getattr(self._collection, name)
-        if name != self._method:
-            return real
-
-        async def write_then_fail(*args: Any, **kwargs: Any) -> Any:
-            result = await real(*args, **kwargs)
-            if self.failures_left:
-                self.failures_left -= 1
-                raise AutoReconnect(f"connection closed after {name} committed (injected)")
-            return result
-
-        return write_then_fail
-
-
 async def test_an_update_whose_journal_insert_lost_its_acknowledgement_is_handled_on_redelivery(
     yard: Yard,
 ) -> None:
@@ -341,7 +318,8 @@ async def test_an_update_whose_journal_insert_lost_its_acknowledgement_is_handle
     supervisor = await yard.start()
     assert supervisor.webhooks is not None
     journal = supervisor.webhooks.journal
-    journal.entries = AfterTheWrite(journal.entries, "insert_one")  # type: ignore[assignment]
+    lost = AutoReconnect("connection closed after the insert committed (injected)")
+    journal.entries = Faulty(journal.entries, "insert_one", lost, after_write=True)  # type: ignore[assignment]
 
     yard.emulator.send_message(token, 61, "lost ack")  # delivered, 503, delivered again
 
@@ -377,7 +355,8 @@ async def test_entries_an_interrupted_claim_moved_are_handled_at_the_next_heartb
     finally:
         await client.close()
     real = journal.entries
-    journal.entries = AfterTheWrite(real, "update_many")  # type: ignore[assignment]
+    cut = AutoReconnect("connection closed after update_many committed (injected)")
+    journal.entries = Faulty(real, "update_many", cut, after_write=True)  # type: ignore[assignment]
     with pytest.raises(AutoReconnect):
         await supervisor.webhooks.maintain()
     owners = {entry["owner"] for entry in await real.find().to_list()}

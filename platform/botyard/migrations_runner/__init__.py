@@ -9,7 +9,12 @@ from botyard.migrations_runner.lock import (
     MigrationLock,
 )
 from botyard.migrations_runner.paths import MigrationsNotFound, find_migrations
-from botyard.migrations_runner.runner import MigrationError, Migrations, MigrationState
+from botyard.migrations_runner.runner import (
+    MigrationError,
+    Migrations,
+    MigrationState,
+    pending_migrations,
+)
 from botyard.migrations_runner.transactions import TransactionSupport, transaction_support
 
 __all__ = [
@@ -24,5 +29,6 @@ __all__ = [
     "MigrationsNotFound",
     "TransactionSupport",
     "find_migrations",
+    "pending_migrations",
     "transaction_support",
 ]

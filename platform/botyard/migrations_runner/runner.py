@@ -26,6 +26,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from botyard.database.documents import Document
 from botyard.errors import BotyardError
 from botyard.migrations_runner.lock import MigrationLock
+from botyard.migrations_runner.paths import MigrationsNotFound, find_migrations
 from botyard.migrations_runner.transactions import TransactionSupport, transaction_support
 
 logger = logging.getLogger("botyard.migrate")
@@ -183,3 +184,18 @@ def _applied_names(current: MigrationNode, nodes: list[MigrationNode]) -> set[st
     if current.name not in names:
         return set()
     return set(names[: names.index(current.name) + 1])
+
+
+async def pending_migrations(database: AsyncDatabase[Document], registry_path: Path) -> list[str]:
+    """The migrations near ``registry_path`` not yet applied to ``database``, in order.
+
+    Empty when there is no migrations folder where ``botyard migrate`` looks for
+    one (an installed package without the checkout): nothing can be said then.
+    """
+    try:
+        folder = find_migrations(registry_path)
+    except MigrationsNotFound:
+        return []
+    return [
+        state.name for state in await Migrations(database, folder).status() if not state.applied
+    ]

@@ -34,6 +34,7 @@ from botyard.database.documents import Clock, utcnow
 from botyard.database.errors import DatabaseUnavailable
 from botyard.database.location import open_store
 from botyard.logs import TokenRedactingFilter
+from botyard.migrations_runner import MigrationError, pending_migrations
 from botyard.ops.health import Readiness
 from botyard.ops.http_server import OpsServer, connection_limits, server_address
 from botyard.ops.metrics import FSM_SAMPLE_INTERVAL, PlatformMetrics
@@ -188,10 +189,30 @@ class Supervisor:
                     await prepare_database(self.database)
                 except PyMongoError as error:
                     raise DatabaseUnavailable.of(uri, error) from None
+                await self._warn_of_pending_migrations()
                 yield
             finally:
                 await self._sessions.close()
                 await self.client.close()
+
+    async def _warn_of_pending_migrations(self) -> None:
+        """Say so when ``botyard migrate`` has work left: e.g. the TTL index still deletes
+        records before their ``on_state_expired`` hook until its migration ran."""
+        assert self.database is not None
+        try:
+            pending = await pending_migrations(self.database, self.registry.path)
+        except (MigrationError, PyMongoError) as error:
+            logger.warning("could not tell whether migrations are pending: %s", error)
+            return
+        if pending:
+            logger.warning(
+                "%d schema migration(s) not applied to database %s (%s): run "
+                "`botyard migrate %s up` (botyard keeps running meanwhile)",
+                len(pending),
+                self.registry.storage.database,
+                ", ".join(pending),
+                self.registry.path,
+            )
 
     @contextlib.asynccontextmanager
     async def _operations(self) -> AsyncIterator[None]:

@@ -16,7 +16,7 @@ from beanie import init_beanie
 from pymongo import DeleteOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from botyard.database.client import mongo_client
 from botyard.database.documents import Clock, Document, utcnow
@@ -30,6 +30,7 @@ from botyard.storage.scope import (
     current_scope,
 )
 
+_DUPLICATE_KEY = 11000
 _PROJECTION = {"_id": 0, "state": 1, "data": 1, "updated_at": 1, "expires_at": 1}
 #: MongoDB's codes for a document that an update would make larger than 16 MB.
 _TOO_LARGE = frozenset({10334, 17419, 17420})
@@ -284,14 +285,12 @@ class BeanieStorage(BaseStorage):
                 conditional.append(operation)
             elif operation is not None:
                 plain.append(operation)
-        if len(plain) == 1 and not conditional:
-            await self._execute(plain[0])
-        elif plain:
-            await self._retry_duplicate(self.collection.bulk_write, plain, ordered=False)
+        if plain:
+            await self._bulk_write(plain)
         for delete_filter, fallback in conditional:
             deleted = await self.collection.delete_one(delete_filter)
             if deleted.deleted_count == 0:
-                await self._execute(fallback)
+                await self._bulk_write([fallback])
 
     def _operation(
         self, key: StorageKey, record: PendingRecord, now: datetime
@@ -354,17 +353,39 @@ class BeanieStorage(BaseStorage):
             }
         return [{"$set": fields}]
 
-    async def _execute(self, operation: UpdateOne | DeleteOne) -> None:
-        await self._retry_duplicate(self.collection.bulk_write, [operation])
-
     @staticmethod
     async def _retry_duplicate(function: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a write, retrying once when two concurrent upserts both tried to insert.
-
-        MongoDB retries such upserts itself; other wire-compatible servers may not.
-        """
+        """Run a single-document upsert, once more if a concurrent one inserted the record
+        first (``DuplicateKeyError``): sent again, it updates. MongoDB retries such
+        upserts itself; other wire-compatible servers may not."""
         try:
             return await function(*args, **kwargs)
         except DuplicateKeyError:
             await asyncio.sleep(0)
             return await function(*args, **kwargs)
+
+    async def _bulk_write(self, operations: list[UpdateOne | DeleteOne]) -> None:
+        """Write in one round trip; upserts that lost a race to insert are sent once more.
+
+        Two first writes of one conversation at once both try to insert its
+        record, and the loser fails on the unique key: in a bulk write that is a
+        ``BulkWriteError`` whose write errors have code 11000, never a
+        ``DuplicateKeyError``. MongoDB retries such upserts itself; other
+        wire-compatible servers may not. Sent again, they update the record the
+        winner inserted. Any other error (a retryable one of a failover among
+        them) goes to the caller, which handles the update again.
+        """
+        try:
+            await self.collection.bulk_write(operations, ordered=False)
+        except BulkWriteError as error:
+            failed = error.details.get("writeErrors") or []
+            if (
+                not failed
+                or error.details.get("writeConcernErrors")
+                or any(item.get("code") != _DUPLICATE_KEY for item in failed)
+            ):
+                raise
+            await asyncio.sleep(0)
+            await self.collection.bulk_write(
+                [operations[item["index"]] for item in failed], ordered=False
+            )
