@@ -23,8 +23,9 @@ from botyard.database.documents import utcnow
 from botyard.emulator import BotAPIEmulator
 from botyard.ops.http_server import server_address
 from botyard.registry.loader import load_registry
+from botyard.runtime.supervisor import Supervisor
 from botyard.webhook import journal as journal_module
-from botyard.webhook.endpoint import MAX_BODY_BYTES, SECRET_HEADER
+from botyard.webhook.endpoint import MAX_BODY_BYTES, SECRET_HEADER, WebhookEndpoint
 from botyard.webhook.journal import JOURNAL_COLLECTION, Recorded, UpdateJournal
 from botyard.webhook.secrets import SECRETS_COLLECTION, SecretStore
 
@@ -309,15 +310,21 @@ async def test_a_running_process_takes_over_only_what_dead_replicas_left(
         await client.close()
 
 
-async def test_an_update_whose_journal_insert_lost_its_acknowledgement_is_handled_on_redelivery(
-    yard: Yard,
-) -> None:
-    """The insert committed, the 200 became a 503; Telegram's redelivery meets the entry."""
+async def start_shop(yard: Yard) -> tuple[str, Supervisor, WebhookEndpoint]:
+    """One webhook bot, ``shop``, running: its token, the supervisor, the endpoint."""
     token = yard.add("shop")
     yard.write()
     supervisor = await yard.start()
     assert supervisor.webhooks is not None
-    journal = supervisor.webhooks.journal
+    return token, supervisor, supervisor.webhooks
+
+
+async def test_an_update_whose_journal_insert_lost_its_acknowledgement_is_handled_on_redelivery(
+    yard: Yard,
+) -> None:
+    """The insert committed, the 200 became a 503; Telegram's redelivery meets the entry."""
+    token, supervisor, webhooks = await start_shop(yard)
+    journal = webhooks.journal
     lost = AutoReconnect("connection closed after the insert committed (injected)")
     journal.entries = Faulty(journal.entries, "insert_one", lost, after_write=True)  # type: ignore[assignment]
 
@@ -330,7 +337,7 @@ async def test_an_update_whose_journal_insert_lost_its_acknowledgement_is_handle
     async with asyncio.timeout(30):  # the handled update's delete is batched
         while await yard.collection_count(JOURNAL_COLLECTION):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-    await supervisor.webhooks.maintain()
+    await webhooks.maintain()
     await asyncio.sleep(0.5)
     assert [m["text"] for m in yard.emulator.sent_messages(token, 61)] == ["lost ack"]
 
@@ -339,11 +346,8 @@ async def test_entries_an_interrupted_claim_moved_are_handled_at_the_next_heartb
     yard: Yard, mongo_uri: str, database_name: str
 ) -> None:
     """update_many is never retried: cut off half-way, the entries it moved are ours."""
-    token = yard.add("shop")
-    yard.write()
-    supervisor = await yard.start()
-    assert supervisor.webhooks is not None
-    journal = supervisor.webhooks.journal
+    token, supervisor, webhooks = await start_shop(yard)
+    journal = webhooks.journal
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     try:
         dead = UpdateJournal(client[database_name])
@@ -358,16 +362,16 @@ async def test_entries_an_interrupted_claim_moved_are_handled_at_the_next_heartb
     cut = AutoReconnect("connection closed after update_many committed (injected)")
     journal.entries = Faulty(real, "update_many", cut, after_write=True)  # type: ignore[assignment]
     with pytest.raises(AutoReconnect):
-        await supervisor.webhooks.maintain()
+        await webhooks.maintain()
     owners = {entry["owner"] for entry in await real.find().to_list()}
     assert owners == {journal.instance}, "the claim moved them before it was cut off"
     assert yard.emulator.sent_messages(token, 71) == []
 
-    await supervisor.webhooks.maintain()  # the next heartbeat
+    await webhooks.maintain()  # the next heartbeat
     for chat in (71, 72):
         assert (await yard.emulator.wait_for_reply(token, chat))["text"] == f"orphan {chat}"
     await wait_until(lambda: supervisor.runners["shop"].counters.handled == 2)
-    await supervisor.webhooks.maintain()
+    await webhooks.maintain()
     await asyncio.sleep(0.5)
     assert supervisor.runners["shop"].counters.handled == 2, "held entries are not handed out twice"
 
@@ -376,10 +380,7 @@ async def test_liveness_is_judged_by_the_servers_clock_not_the_hosts(
     yard: Yard, mongo_uri: str, database_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A replica whose clock runs an hour behind is alive all the same."""
-    token = yard.add("shop")
-    yard.write()
-    supervisor = await yard.start()
-    assert supervisor.webhooks is not None
+    token, _, webhooks = await start_shop(yard)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     try:
         behind = UpdateJournal(client[database_name])
@@ -391,7 +392,7 @@ async def test_liveness_is_judged_by_the_servers_clock_not_the_hosts(
         yard.emulator.bot(token).drop_pending()
         assert await behind.record("shop", busy["update_id"], busy) is Recorded.ACCEPTED
         monkeypatch.undo()
-        await supervisor.webhooks.maintain()
+        await webhooks.maintain()
         await asyncio.sleep(0.5)
         assert yard.emulator.sent_messages(token, 81) == [], "not taken from a live replica"
         [entry] = await client[database_name][JOURNAL_COLLECTION].find().to_list()
