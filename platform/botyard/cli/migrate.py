@@ -135,15 +135,17 @@ def _move(
     def waiting(holder: LockHolder) -> None:
         click.echo(f"waiting for the migration lock held by {holder.describe()}")
 
-    def applied(name: str, seconds: float) -> None:
+    support = TransactionSupport(False, "--no-transaction was given")
+
+    def applied(name: str, seconds: float, transaction: bool) -> None:
         verb = "applied" if direction == "up" else "rolled back"
-        click.echo(f"{verb} {name} in {seconds:.2f}s")
+        how = "" if transaction or not support.supported else " (it runs without a transaction)"
+        click.echo(f"{verb} {name} in {seconds:.2f}s{how}")
 
     async def move(database: AsyncDatabase[Document]) -> None:
+        nonlocal support
         migrations = Migrations(database, folder)
-        if no_transaction:
-            support = TransactionSupport(False, "--no-transaction was given")
-        else:
+        if not no_transaction:
             support = await migrations.transaction_support()
         mode = "on" if support.supported else "off"
         click.echo(f"transactions: {mode} ({support.reason})")
