@@ -262,11 +262,13 @@ async def test_the_backstop_waits_two_schedule_periods_and_follows_a_longer_sche
 ) -> None:
     assert backstop_grace(CleanupConfig(schedule="2m")) == timedelta(minutes=6)
     assert backstop_grace(CleanupConfig(schedule="*/10 * * * *")) == timedelta(minutes=22)
-    storage = BeanieStorage(database, "quiz", state_ttl=HOUR, ttl_grace=timedelta(minutes=6))
+    storage = BeanieStorage(
+        database, "quiz", state_ttl=HOUR, ttl_grace=timedelta(minutes=6), clock=clock
+    )
     await storage.set_state(StorageKey(42, 1, 1), "Quiz:q1")
     clock.advance(timedelta(minutes=50))  # the backstop (66 min) is within the new horizon
     grace = timedelta(minutes=22)  # the schedule went from 2 to 10 minutes
-    tool = sweeper(database, tmp_path, horizon=grace, grace=grace)
+    tool = sweeper(database, tmp_path, clock, horizon=grace, grace=grace)
 
     [result] = await tool.run([bot_config("quiz", "1h")])
 

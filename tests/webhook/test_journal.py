@@ -1,4 +1,8 @@
-"""The webhook journal tells live instances from dead ones by its clock's time."""
+"""The webhook journal tells live instances from dead ones by the database server's clock.
+
+The journal's own clock only dates acceptances: hosts' clocks disagree, and a
+replica whose clock runs ahead must not declare the others dead.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from botyard.database.client import mongo_client
 from botyard.database.documents import Document
-from botyard.webhook.journal import DEAD_AFTER, UpdateJournal
+from botyard.database.server_time import server_now
+from botyard.webhook.journal import (
+    DEAD_AFTER,
+    INSTANCES_COLLECTION,
+    JOURNAL_COLLECTION,
+    Recorded,
+    UpdateJournal,
+)
 
 
 class Clock:
@@ -38,13 +49,16 @@ async def test_an_instance_silent_for_longer_than_dead_after_is_taken_over(
     other, me = UpdateJournal(database, clock=clock), UpdateJournal(database, clock=clock)
     other.instance, me.instance = "other-host:1:a", "this-host:2:b"
     await other.heartbeat()
-    assert await other.record("shop", 1, {"update_id": 1})
-    clock.now += DEAD_AFTER
-    assert await me.claim(["shop"]) == [], "heard from within DEAD_AFTER: alive"
-    clock.now += timedelta(seconds=1)
+    assert await other.record("shop", 1, {"update_id": 1}) is Recorded.ACCEPTED
+    clock.now += DEAD_AFTER + timedelta(seconds=1)
+    assert await me.claim(["shop"]) == [], "a host's clock running ahead does not count"
+    silent_since = await server_now(database) - DEAD_AFTER - timedelta(seconds=1)
+    await database[INSTANCES_COLLECTION].update_one(
+        {"_id": other.instance}, {"$set": {"seen_at": silent_since}}
+    )
     [entry] = await me.claim(["shop"])
     assert (entry.bot, entry.update_id) == ("shop", 1)
-    stored = await database["webhook_updates"].find_one({"update_id": 1})
+    stored = await database[JOURNAL_COLLECTION].find_one({"update_id": 1})
     assert stored is not None
     assert stored["owner"] == me.instance
     assert stored["accepted_at"] == datetime(2030, 1, 1, tzinfo=UTC), "dated by the clock"

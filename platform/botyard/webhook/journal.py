@@ -252,18 +252,22 @@ class UpdateJournal:
             {"_id": self.instance}, [{"$set": {"seen_at": "$$NOW"}}], upsert=True
         )
 
-    async def claim(self, bots: Iterable[str]) -> list[JournalEntry]:
+    async def claim(self, bots: Iterable[str], *, own: bool = False) -> list[JournalEntry]:
         """Take the unhandled entries of ``bots`` that nothing holds, in ``update_id`` order.
 
         Those of instances that are gone become this instance's. This
-        instance's own entries that it does not hold (left by a bot's previous
-        runner, by a claim interrupted half-way, or by an insert whose
-        acknowledgement was lost) are handed out too. What is returned is held
-        until :meth:`finished` or :meth:`release`.
+        instance's own entries that it does not hold (left by a claim
+        interrupted half-way, or by an insert whose acknowledgement was lost)
+        are handed out too. With ``own`` (a bot starting again in this process)
+        what its previous runner held is let go and handed out as well. What is
+        returned is held until :meth:`finished` or :meth:`release`.
         """
         names = list(bots)
         if not names:
             return []
+        if own:
+            for name in names:
+                self.release(name)
         await self.flush()  # an entry handled but not deleted yet is not claimed again
         alive_since = await server_now(self.entries.database) - DEAD_AFTER
         alive = [
