@@ -12,6 +12,8 @@ class Botyard:
     """``botyard run`` on a generated registry; tokens in a ``.env`` beside it."""
 
     name: str = "botyard"
+    #: Registry sections written before ``bots:`` (``ops:``, ``metrics:``...).
+    sections: str = ""
 
     def prepare(self, launch: Launch) -> tuple[list[str], dict[str, str]]:
         entries = []
@@ -32,8 +34,7 @@ class Botyard:
             "  uri: ${MONGODB_URI}\n"
             f"  database: {launch.database}\n"
             "defaults:\n"
-            "  state_ttl: 1d\n"
-            "bots:\n" + "".join(entries)
+            "  state_ttl: 1d\n" + self.sections + "bots:\n" + "".join(entries)
         )
         argv = [python(), "-m", "botyard", "run", str(registry), "--no-watch"]
         return [*argv, "--log-level", "WARNING"], {"MONGODB_URI": launch.uri}

@@ -135,3 +135,21 @@ def test_table_has_every_contender_and_ratio(results: dict[str, Any]) -> None:
     assert figures == {1, 2, 3, 4, 5}
     assert results["mode"] == "quick"
     assert results["machine"]["cpus"] >= 1
+
+
+def test_metrics_size_measures_both_modes(mongo_uri: str, tmp_path: Path) -> None:
+    output = tmp_path / "metrics.json"
+    command = [sys.executable, "-m", "benchmarks.metrics_size", "--uri", mongo_uri]
+    command += ["--bots", "3", "--scrapes", "2", "--active", "2", "--json", str(output)]
+    finished = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=420, check=False
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    per_bot, platform = json.loads(output.read_text())
+    assert (per_bot["bots"], per_bot["per_bot"], platform["per_bot"]) == (3, True, False)
+    # 16 series per idle bot, 15 more per bot with a latency histogram (a blocked loop
+    # may add one more, labelled with no bot)
+    assert per_bot["series_with_bot_label"] >= 3 * 16 + 2 * 15
+    assert platform["series_with_bot_label"] == 0
+    assert platform["bytes"] < per_bot["bytes"]
+    assert "| 3 | 2 | off |" in finished.stdout

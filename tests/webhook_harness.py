@@ -121,6 +121,7 @@ class Yard:
         ops: bool = False,
         max_connections: int = 40,
         webhook_extra: str = "",
+        per_bot_metrics: str | None = None,
     ) -> None:
         port = free_port()
         text = f"storage:\n  uri: {self.mongo_uri}\n  database: {self.database}\n"
@@ -132,6 +133,8 @@ class Yard:
             )
         if ops:
             text += "ops:\n  listen: 127.0.0.1:0\n"
+        if per_bot_metrics is not None:
+            text += f"metrics:\n  per_bot: {per_bot_metrics}\n"
         text += "bots:\n"
         for name, token in self.tokens.items():
             text += f"  - name: {name}\n    token: {token}\n    api_server: {self.emulator.url}\n"

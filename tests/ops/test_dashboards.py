@@ -132,9 +132,12 @@ async def yard(
         yield opened
 
 
-async def test_every_metric_the_dashboard_and_alerts_use_is_exported(yard: Yard) -> None:
+@pytest.mark.parametrize("per_bot", ["true", "false"])
+async def test_every_metric_the_dashboard_and_alerts_use_is_exported(
+    yard: Yard, per_bot: str
+) -> None:
     token = yard.add("hook")
-    yard.write()
+    yard.write(per_bot_metrics=per_bot)
     await yard.start()
     yard.emulator.send_message(token, 7, "one")  # series made on a bot's first update
     await yard.emulator.wait_for_reply(token, 7)

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from botyard.database.embedded import SecantusServer
 from botyard.emulator import BotAPIEmulator
+from botyard.runtime.supervisor import Supervisor
 
 from webhook_harness import Yard, open_yard, wait_until
 
@@ -41,6 +42,19 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+async def handle_five_updates(yard: Yard, supervisor: Supervisor, hook: str, poll: str) -> None:
+    """Four to ``hook`` (one raising, one setting a state), one to ``poll``; all handled and
+    the state sampled."""
+    for text in ("one", "two", "remember"):
+        yard.emulator.send_message(hook, 7, text)
+        await yard.emulator.wait_for_reply(hook, 7)
+    yard.emulator.send_message(hook, 7, "poison")
+    yard.emulator.send_message(poll, 8, "polled")
+    await yard.emulator.wait_for_reply(poll, 8)
+    await wait_until(lambda: supervisor.runners["hook"].counters.errors == 1)
+    await wait_until(lambda: ("hook", "Test:remembered") in supervisor.metrics.fsm_records)
+
+
 async def test_metrics_show_counters_moving_and_never_a_token(yard: Yard) -> None:
     hook = yard.add("hook")
     poll = yard.add("poll", mode="polling")
@@ -51,14 +65,7 @@ async def test_metrics_show_counters_moving_and_never_a_token(yard: Yard) -> Non
     assert value(before, "botyard_bot_status", bot="poll", status="running") == 1
     assert value(before, "botyard_updates_received_total", bot="hook") == 0
 
-    for text in ("one", "two", "remember"):
-        yard.emulator.send_message(hook, 7, text)
-        await yard.emulator.wait_for_reply(hook, 7)
-    yard.emulator.send_message(hook, 7, "poison")
-    yard.emulator.send_message(poll, 8, "polled")
-    await yard.emulator.wait_for_reply(poll, 8)
-    await wait_until(lambda: supervisor.runners["hook"].counters.errors == 1)
-    await wait_until(lambda: ("hook", "Test:remembered") in supervisor.metrics.fsm_records)
+    await handle_five_updates(yard, supervisor, hook, poll)
     deleted_before = value(before, "botyard_mongodb_round_trips_total", command="delete")
     await wait_until(
         lambda: supervisor.metrics.round_trips.commands["delete"] > deleted_before
@@ -81,6 +88,79 @@ async def test_metrics_show_counters_moving_and_never_a_token(yard: Yard) -> Non
     for token in (hook, poll):
         assert token not in text
         assert token.split(":")[1] not in text
+
+
+async def test_per_bot_off_exports_platform_totals_without_a_bot_label(yard: Yard) -> None:
+    hook = yard.add("hook")
+    poll = yard.add("poll", mode="polling")
+    yard.write(per_bot_metrics="false")
+    supervisor = await yard.start(fsm_sample_interval=0.2)
+    await handle_five_updates(yard, supervisor, hook, poll)
+
+    text, samples = await scrape(yard)
+    assert "bot=" not in text
+    assert value(samples, "botyard_updates_received_total") == 5
+    assert value(samples, "botyard_updates_handled_total") == 4
+    assert value(samples, "botyard_handler_errors_total") == 1
+    assert value(samples, "botyard_update_retries_total") == 0
+    assert value(samples, "botyard_updates_in_flight") == 0
+    assert value(samples, "botyard_bot_status", status="running") == 2
+    assert value(samples, "botyard_bot_status", status="unauthorized") == 0
+    assert value(samples, "botyard_update_handling_seconds_count") == 5
+    assert value(samples, "botyard_update_handling_seconds_bucket", le="+Inf") == 5
+    assert value(samples, "botyard_webhook_requests_total", outcome="accepted") == 4
+    assert value(samples, "botyard_fsm_records", state="Test:remembered") == 1
+    assert value(samples, "botyard_api_too_many_requests_total") == 0
+
+    # a bot that leaves keeps its part in the totals: they never go down
+    poll_entry = f"  - name: poll\n    token: {poll}\n    api_server: {yard.emulator.url}\n"
+    registry = yard.path.read_text()
+    assert poll_entry in registry
+    yard.path.write_text(registry.replace(poll_entry + yard.modes["poll"], ""))
+    assert await supervisor.reload()
+    assert set(supervisor.runners) == {"hook"}
+    text, samples = await scrape(yard)
+    assert "bot=" not in text
+    assert value(samples, "botyard_updates_handled_total") == 4
+    assert value(samples, "botyard_update_handling_seconds_count") == 5
+    assert value(samples, "botyard_bot_status", status="running") == 1
+
+
+async def test_auto_labels_series_by_bot_for_a_few_bots(yard: Yard) -> None:
+    token = yard.add("hook")
+    yard.write(per_bot_metrics="auto")
+    await yard.start()
+    yard.emulator.send_message(token, 7, "one")
+    await yard.emulator.wait_for_reply(token, 7)
+    _, samples = await scrape(yard)
+    assert value(samples, "botyard_updates_handled_total", bot="hook") == 1
+    assert value(samples, "botyard_update_handling_seconds_count", bot="hook") == 1
+    assert value(samples, "botyard_bot_status", bot="hook", status="running") == 1
+
+
+async def test_bot_api_calls_are_timed_and_their_failures_counted_by_method(
+    yard: Yard,
+) -> None:
+    token = yard.add("hook")
+    yard.write()
+    await yard.start()
+    yard.emulator.send_message(token, 7, "one")
+    await yard.emulator.wait_for_reply(token, 7)
+    _, before = await scrape(yard)
+    sent = value(before, "botyard_api_call_seconds_count", method="sendMessage")
+    assert sent >= 1
+    assert value(before, "botyard_api_call_errors_total", method="sendMessage", kind="5xx") == 0
+
+    yard.emulator.add_fault("5xx", methods="sendMessage", bot=token, times=1)
+    yard.emulator.add_fault("429", methods="sendMessage", bot=token, times=1, retry_after=1)
+    yard.emulator.send_message(token, 7, "two")
+    await yard.emulator.wait_for_reply(token, 7, text="two", timeout=60)  # retried twice
+    text, after = await scrape(yard)
+    assert value(after, "botyard_api_call_errors_total", method="sendMessage", kind="5xx") == 1
+    assert value(after, "botyard_api_call_errors_total", method="sendMessage", kind="429") == 1
+    assert value(after, "botyard_api_call_seconds_count", method="sendMessage") == sent + 3
+    assert "botyard_api_call_seconds_count{bot=" not in text
+    assert 'method="getUpdates"' not in text  # long polls are not latency
 
 
 async def test_healthz_and_readyz_list_bots_without_secrets(yard: Yard) -> None:

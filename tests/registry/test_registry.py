@@ -20,6 +20,7 @@ from botyard.registry.diff import diff_registries
 from botyard.registry.durations import format_duration, parse_duration
 from botyard.registry.loader import check_registry, load_registry
 from botyard.registry.models import (
+    PER_BOT_METRICS_UP_TO,
     BotConfig,
     ClusterConfig,
     Defaults,
@@ -455,7 +456,7 @@ def test_unknown_section_lists_allowed_keys(tmp_path: Path) -> None:
     path = write(tmp_path, "zzz: 1\n" + one_bot())
     assert problems_of(path) == (
         f"{path}:1: zzz: unknown key 'zzz' "
-        "(allowed: bots, cleanup, cluster, defaults, ops, storage, webhook)"
+        "(allowed: bots, cleanup, cluster, defaults, metrics, ops, storage, webhook)"
     )
 
 
@@ -700,7 +701,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     path = write(tmp_path, "- name: a\n")
     assert problems_of(path) == (
         f"{path}:1: the top level must be a mapping of sections (storage, defaults, cleanup, "
-        "webhook, ops, cluster, bots), not a list"
+        "webhook, ops, cluster, metrics, bots), not a list"
     )
 
 
@@ -963,6 +964,31 @@ def test_check_returns_load_problems(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("section", "bots", "labelled"),
+    [
+        ("", PER_BOT_METRICS_UP_TO, True),
+        ("", PER_BOT_METRICS_UP_TO + 1, False),
+        ("metrics:\n  per_bot: auto\n", 1, True),
+        ("metrics:\n  per_bot: true\n", 10_000, True),
+        ("metrics:\n  per_bot: false\n", 1, False),
+        ("metrics:\n", 10_000, False),
+    ],
+)
+def test_metrics_per_bot_labels_by_bot_up_to_a_size_on_auto(
+    tmp_path: Path, section: str, bots: int, labelled: bool
+) -> None:
+    registry = load_registry(write(tmp_path, section + one_bot()), environ=ENV)
+    assert registry.metrics.labels_bots(bots) is labelled
+
+
+def test_metrics_per_bot_takes_only_auto_or_a_boolean(tmp_path: Path) -> None:
+    path = write(tmp_path, "metrics:\n  per_bot: sometimes\n" + one_bot())
+    assert problems_of(path) == (
+        f"{path}:2: metrics.per_bot: should be auto, true or false, not 'sometimes'"
+    )
+
+
 # --- schema --------------------------------------------------------------------------
 
 
@@ -994,6 +1020,7 @@ def test_json_schema_documents_every_key() -> None:
         "link_preview_show_above_text", "show_caption_above_media",
         "middlewares", "middleware", "event", "scope",
         "handling_timeout", "update_retries", "cluster", "heartbeat_interval", "failover_time",
+        "metrics",
     }  # fmt: skip
     assert keys == expected
     assert "path" not in schema["properties"]

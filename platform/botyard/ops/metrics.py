@@ -9,6 +9,14 @@ measurements are recorded as they happen. FSM records by state come from a
 sample taken every :data:`FSM_SAMPLE_INTERVAL` (one aggregation over the key
 index for all bots), never from a scan per scrape.
 
+Series by bot or platform-wide (``metrics.per_bot``, decided at each scrape
+from the registry in force): per bot, every bot's series carry a ``bot``
+label; platform-wide, the same metric names are sums over the bots (bots by
+status, updates, errors, latency, FSM records by state, cleanup) and no series
+has a ``bot`` label, so ``/metrics`` stays the same size whatever the number of
+bots. Outbound Bot API calls are timed and their failures counted by method
+only, in both modes.
+
 Everything lives in a registry of its own (:attr:`PlatformMetrics.registry`),
 not prometheus-client's global one, so several supervisors (tests, the
 sandbox) in one process do not collide.
@@ -19,8 +27,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter as Counter_
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -31,6 +46,7 @@ from pymongo.errors import PyMongoError
 from botyard.cleanup.sweep import BotSweep
 from botyard.database.documents import Document
 from botyard.database.roundtrips import RoundTripCounter
+from botyard.ops.series import Counts, Histograms, RunningTotal
 from botyard.registry.models import BotConfig
 from botyard.runtime.outbound import OutboundStats
 from botyard.runtime.runner import BotStatus
@@ -45,6 +61,18 @@ FSM_SAMPLE_INTERVAL = 60.0
 NO_STATE = "(none)"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+API_CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def api_error_kind(error: TelegramAPIError) -> str:
+    """How a Bot API call failed, for ``botyard_api_call_errors_total{kind}``."""
+    if isinstance(error, TelegramRetryAfter):
+        return "429"
+    if isinstance(error, TelegramServerError):
+        return "5xx"
+    if isinstance(error, TelegramNetworkError):
+        return "network"
+    return "other"
 
 
 class _HeartbeatFailures(monitoring.ServerHeartbeatListener):
@@ -77,46 +105,56 @@ class PlatformMetrics:
         self.heartbeats = _HeartbeatFailures()
         self.fsm_records: dict[tuple[str, str], int] = {}
         self.fsm_sampled_at: float | None = None
-        self.registry.register(_RunnerCollector(platform))
-        self.registry.register(_SampledCollector(self))
-        self.registry.register(_OutboundCollector(platform))
         self.fsm_samples = Counter(
             "botyard_fsm_samples",
             "FSM record samples this process took (with replicas, only the leader samples).",
             registry=self.registry,
         )
-        self.handling_seconds = Histogram(
+        self.handling_seconds = Histograms(
             "botyard_update_handling_seconds",
             "Seconds from the start of an update's handling to its end, retries included.",
-            ["bot"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            "bot",
+            LATENCY_BUCKETS,
         )
-        self.webhook_requests = Counter(
+        self.webhook_requests = Counts(
             "botyard_webhook_requests",
             "Webhook requests of known bots by outcome: accepted, duplicate (journaled "
             "already), unauthorized (wrong secret token), bad_request, unavailable.",
             ["bot", "outcome"],
-            registry=self.registry,
         )
+        self.cleanup_runs = Counts("botyard_cleanup_runs", "Cleanup sweeps run per bot.", ["bot"])
+        self.cleanup_removed = Counts(
+            "botyard_cleanup_removed_records", "Stale FSM records the cleanup removed.", ["bot"]
+        )
+        self.cleanup_failures = Counts(
+            "botyard_cleanup_failures", "Cleanup sweeps that stopped with an error.", ["bot"]
+        )
+        self.loop_blocked = Counts(
+            "botyard_event_loop_blocked",
+            "Times the event loop was blocked for longer than the watchdog threshold, "
+            "by the bot and handler running then (empty when not in a handler).",
+            ["bot", "handler"],
+        )
+        self.api_call_seconds = Histograms(
+            "botyard_api_call_seconds",
+            "Seconds one attempt of a Bot API call took, by method (getUpdates, a long "
+            "poll, left out), failed attempts included.",
+            "method",
+            API_CALL_BUCKETS,
+        )
+        self.api_call_errors = Counts(
+            "botyard_api_call_errors",
+            "Failed attempts of Bot API calls by method and kind: 429, 5xx, network "
+            "(a lost connection or a timeout), other (any other error answer).",
+            ["method", "kind"],
+        )
+        self.registry.register(_RunnerCollector(self))
+        self.registry.register(_SampledCollector(self))
+        self.registry.register(_OutboundCollector(self))
+        self.registry.register(_RecordedCollector(self))
         self.webhook_unknown_path = Counter(
             "botyard_webhook_unknown_path_requests",
             "Webhook requests for an unknown bot or path secret (answered 404).",
-            registry=self.registry,
-        )
-        self.cleanup_runs = Counter(
-            "botyard_cleanup_runs", "Cleanup sweeps run per bot.", ["bot"], registry=self.registry
-        )
-        self.cleanup_removed = Counter(
-            "botyard_cleanup_removed_records",
-            "Stale FSM records the cleanup removed.",
-            ["bot"],
-            registry=self.registry,
-        )
-        self.cleanup_failures = Counter(
-            "botyard_cleanup_failures",
-            "Cleanup sweeps that stopped with an error.",
-            ["bot"],
             registry=self.registry,
         )
         self.loop_lag = Histogram(
@@ -125,13 +163,16 @@ class PlatformMetrics:
             buckets=LAG_BUCKETS,
             registry=self.registry,
         )
-        self.loop_blocked = Counter(
-            "botyard_event_loop_blocked",
-            "Times the event loop was blocked for longer than the watchdog threshold, "
-            "by the bot and handler running then (empty when not in a handler).",
-            ["bot", "handler"],
-            registry=self.registry,
-        )
+
+    @property
+    def platform(self) -> PlatformView:
+        return self._platform
+
+    @property
+    def per_bot(self) -> bool:
+        """Whether series carry a ``bot`` label now (``metrics.per_bot`` in the registry)."""
+        registry = self._platform.registry
+        return registry.metrics.labels_bots(len(registry.enabled_bots))
 
     @property
     def mongo_listeners(self) -> list[monitoring._EventListener]:
@@ -150,9 +191,17 @@ class PlatformMetrics:
         """
 
         def observe(seconds: float) -> None:
-            self.handling_seconds.labels(bot=bot).observe(seconds)
+            self.handling_seconds.observe(bot, seconds)
 
         return observe
+
+    def api_call_finished(self, api_method: str, seconds: float) -> None:
+        """An attempt of a Bot API call ended, answered or not."""
+        if api_method != "getUpdates":
+            self.api_call_seconds.observe(api_method, seconds)
+
+    def api_call_failed(self, api_method: str, error: TelegramAPIError) -> None:
+        self.api_call_errors.inc(api_method, api_error_kind(error))
 
     def forget(self, bot: str) -> None:
         """Drop every series of ``bot``, which left the registry (reloads must not pile them up)."""
@@ -164,20 +213,20 @@ class PlatformMetrics:
             self.cleanup_failures,
             self.loop_blocked,
         ):
-            metric.remove_by_labels({"bot": bot})
+            metric.forget(bot)
         self.fsm_records = {key: n for key, n in self.fsm_records.items() if key[0] != bot}
 
     def count_webhook(self, bot: str, outcome: str) -> None:
-        self.webhook_requests.labels(bot=bot, outcome=outcome).inc()
+        self.webhook_requests.inc(bot, outcome)
 
     def record_sweeps(self, sweeps: Iterable[BotSweep]) -> None:
         for sweep in sweeps:
             if sweep.dry_run:
                 continue
-            self.cleanup_runs.labels(bot=sweep.bot).inc()
-            self.cleanup_removed.labels(bot=sweep.bot).inc(sweep.removed)
+            self.cleanup_runs.inc(sweep.bot)
+            self.cleanup_removed.inc(sweep.bot, amount=sweep.removed)
             if sweep.error is not None:
-                self.cleanup_failures.labels(bot=sweep.bot).inc()
+                self.cleanup_failures.inc(sweep.bot)
 
     async def sample_fsm_records(
         self, database: AsyncDatabase[Document], bots: Iterable[BotConfig]
@@ -204,64 +253,87 @@ class PlatformMetrics:
             await asyncio.sleep(self.fsm_sample_interval)
 
 
-class _RunnerCollector(Collector):
-    """Per-bot values the runners keep, read at scrape time."""
+def _counter(
+    name: str,
+    documentation: str,
+    by_bot: Mapping[str, float],
+    per_bot: bool,
+    total: RunningTotal,
+) -> CounterMetricFamily:
+    """A count read by bot: one series per bot, or their running total."""
+    if not per_bot:
+        return CounterMetricFamily(name, documentation, value=total.total(by_bot))
+    family = CounterMetricFamily(name, documentation, labels=["bot"])
+    for bot, count in sorted(by_bot.items()):
+        family.add_metric([bot], count)
+    return family
 
-    def __init__(self, platform: PlatformView) -> None:
-        self._platform = platform
+
+class _RunnerCollector(Collector):
+    """Values the runners keep, read at scrape time."""
+
+    COUNTERS = (
+        ("received", "botyard_updates_received", "Updates accepted for handling."),
+        ("handled", "botyard_updates_handled", "Updates handled to the end."),
+        (
+            "errors",
+            "botyard_handler_errors",
+            "Updates whose handler raised (logged and confirmed).",
+        ),
+        (
+            "retries",
+            "botyard_update_retries",
+            "Updates handled again, or their FSM writes stored again, after MongoDB "
+            "or Telegram was unreachable.",
+        ),
+        (
+            "given_up",
+            "botyard_updates_given_up",
+            "Updates abandoned after update_retries or handling_timeout "
+            "(each logged with its id, then confirmed).",
+        ),
+        (
+            "malformed",
+            "botyard_malformed_updates",
+            "Updates that do not parse as an aiogram Update (logged by id, skipped, confirmed).",
+        ),
+        (
+            "journaled",
+            "botyard_updates_journaled",
+            "Polled updates journaled in MongoDB so polling could go on past them while they "
+            "waited.",
+        ),
+    )
+
+    def __init__(self, metrics: PlatformMetrics) -> None:
+        self._metrics = metrics
+        self._totals = {field: RunningTotal() for field, _, _ in self.COUNTERS}
 
     def collect(self) -> Iterator[Metric]:
-        families = {
-            "received": CounterMetricFamily(
-                "botyard_updates_received", "Updates accepted for handling.", labels=["bot"]
-            ),
-            "handled": CounterMetricFamily(
-                "botyard_updates_handled", "Updates handled to the end.", labels=["bot"]
-            ),
-            "errors": CounterMetricFamily(
-                "botyard_handler_errors",
-                "Updates whose handler raised (logged and confirmed).",
-                labels=["bot"],
-            ),
-            "retries": CounterMetricFamily(
-                "botyard_update_retries",
-                "Updates handled again, or their FSM writes stored again, after MongoDB "
-                "or Telegram was unreachable.",
-                labels=["bot"],
-            ),
-            "given_up": CounterMetricFamily(
-                "botyard_updates_given_up",
-                "Updates abandoned after update_retries or handling_timeout "
-                "(each logged with its id, then confirmed).",
-                labels=["bot"],
-            ),
-            "malformed": CounterMetricFamily(
-                "botyard_malformed_updates",
-                "Updates that do not parse as an aiogram Update (logged by id, skipped, "
-                "confirmed).",
-                labels=["bot"],
-            ),
-            "journaled": CounterMetricFamily(
-                "botyard_updates_journaled",
-                "Polled updates journaled in MongoDB so polling could go on past them "
-                "while they waited.",
-                labels=["bot"],
-            ),
-        }
+        per_bot = self._metrics.per_bot
+        runners = self._metrics.platform.runners
+        for field, name, text in self.COUNTERS:
+            by_bot = {bot: getattr(runner.counters, field) for bot, runner in runners.items()}
+            yield _counter(name, text, by_bot, per_bot, self._totals[field])
+        labels = ["bot"] if per_bot else []
         in_flight = GaugeMetricFamily(
-            "botyard_updates_in_flight", "Updates queued or being handled.", labels=["bot"]
+            "botyard_updates_in_flight", "Updates queued or being handled.", labels=labels
         )
         status = GaugeMetricFamily(
-            "botyard_bot_status", "1 for the bot's current status.", labels=["bot", "status"]
+            "botyard_bot_status",
+            "1 for the bot's current status (per bot); bots in each status (platform-wide).",
+            labels=[*labels, "status"],
         )
-        for name, runner in sorted(self._platform.runners.items()):
-            counters = runner.counters
-            for field, family in families.items():
-                family.add_metric([name], getattr(counters, field))
-            in_flight.add_metric([name], runner.executor.pending)
+        if per_bot:
+            for bot, runner in sorted(runners.items()):
+                in_flight.add_metric([bot], runner.executor.pending)
+                for value in BotStatus:
+                    status.add_metric([bot, value.value], 1.0 if runner.status == value else 0.0)
+        else:
+            in_flight.add_metric([], sum(runner.executor.pending for runner in runners.values()))
+            statuses = Counter_(runner.status for runner in runners.values())
             for value in BotStatus:
-                status.add_metric([name, value.value], 1.0 if runner.status == value else 0.0)
-        yield from families.values()
+                status.add_metric([value.value], statuses[value])
         yield in_flight
         yield status
 
@@ -292,20 +364,41 @@ class _OutboundCollector(Collector):
         ),
     )
 
-    def __init__(self, platform: PlatformView) -> None:
-        self._platform = platform
+    def __init__(self, metrics: PlatformMetrics) -> None:
+        self._metrics = metrics
+        self._totals = {field: RunningTotal() for field, _, _ in self.FAMILIES}
 
     def collect(self) -> Iterator[Metric]:
-        families = [
-            (field, CounterMetricFamily(name, text, labels=["bot"]))
-            for field, name, text in self.FAMILIES
-        ]
-        outbound: Mapping[str, OutboundStats] = self._platform.outbound
-        for bot, stats in sorted(outbound.items()):
-            for field, family in families:
-                family.add_metric([bot], getattr(stats, field))
-        for _, family in families:
-            yield family
+        per_bot = self._metrics.per_bot
+        outbound: Mapping[str, OutboundStats] = self._metrics.platform.outbound
+        for field, name, text in self.FAMILIES:
+            by_bot = {bot: getattr(stats, field) for bot, stats in outbound.items()}
+            yield _counter(name, text, by_bot, per_bot, self._totals[field])
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class _RecordedCollector(Collector):
+    """The series recorded as things happen (latency, webhooks, cleanup, Bot API calls)."""
+
+    def __init__(self, metrics: PlatformMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        per_bot = metrics.per_bot
+        for recorded in (
+            metrics.handling_seconds,
+            metrics.webhook_requests,
+            metrics.cleanup_runs,
+            metrics.cleanup_removed,
+            metrics.cleanup_failures,
+            metrics.loop_blocked,
+            metrics.api_call_seconds,
+            metrics.api_call_errors,
+        ):
+            yield recorded.family(per_bot)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -332,13 +425,22 @@ class _SampledCollector(Collector):
             "Commands MongoDB failed, plus failed server heartbeats (MongoDB unreachable).",
             value=metrics.round_trips.failures + metrics.heartbeats.failures,
         )
+        per_bot = metrics.per_bot
         records = GaugeMetricFamily(
             "botyard_fsm_records",
-            f"FSM records per bot and state, sampled every {metrics.fsm_sample_interval:.0f}s.",
-            labels=["bot", "state"],
+            "FSM records per state (and per bot when per_bot), sampled every "
+            f"{metrics.fsm_sample_interval:.0f}s.",
+            labels=["bot", "state"] if per_bot else ["state"],
         )
-        for (bot, state), count in sorted(metrics.fsm_records.items()):
-            records.add_metric([bot, state], count)
+        if per_bot:
+            for (bot, state), count in sorted(metrics.fsm_records.items()):
+                records.add_metric([bot, state], count)
+        else:
+            by_state: Counter_[str] = Counter_()
+            for (_, state), count in metrics.fsm_records.items():
+                by_state[state] += count
+            for state, count in sorted(by_state.items()):
+                records.add_metric([state], count)
         yield records
         if metrics.fsm_sampled_at is not None:
             yield GaugeMetricFamily(

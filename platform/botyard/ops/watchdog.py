@@ -159,7 +159,7 @@ class LoopWatchdog:
                 return
             seconds, culprit = held
             if culprit is not None and seconds > self._threshold:
-                self._metrics.loop_blocked.labels(bot=culprit.bot, handler=culprit.handler).inc()
+                self._metrics.loop_blocked.inc(culprit.bot, culprit.handler)
                 logger.warning(
                     "event loop blocked for %.2fs by %s; every bot in this process waited",
                     seconds,

@@ -44,7 +44,7 @@ def diff_registries(old: Registry, new: Registry) -> RegistryDiff:
             unchanged.append(name)
     sections = tuple(
         section
-        for section in ("storage", "cleanup", "webhook", "ops", "cluster")
+        for section in ("storage", "cleanup", "webhook", "ops", "cluster", "metrics")
         if getattr(old, section) != getattr(new, section)
     )
     return RegistryDiff(

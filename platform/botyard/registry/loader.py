@@ -114,7 +114,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], Lines]:
         raise RegistryError(
             [
                 f"{source}:1: the top level must be a mapping of sections (storage, defaults, "
-                f"cleanup, webhook, ops, cluster, bots), not {kind_of(data)}"
+                f"cleanup, webhook, ops, cluster, metrics, bots), not {kind_of(data)}"
             ]
         )
     return data, lines

@@ -35,6 +35,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PlainValidator,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_STORAGE_TIMEOUT",
+    "PER_BOT_METRICS_UP_TO",
     "BotConfig",
     "BotNotFound",
     "CleanupConfig",
@@ -61,6 +63,7 @@ __all__ = [
     "Defaults",
     "FSMStrategyName",
     "FloodLimitsConfig",
+    "MetricsConfig",
     "OpsConfig",
     "Registry",
     "RegistryDocument",
@@ -161,6 +164,14 @@ def _parse_strategy(value: object) -> FSMStrategyName:
         raise ValueError(
             f"unknown fsm_strategy {value!r} (use {', '.join(_STRATEGY_NAMES)})"
         ) from None
+
+
+def _parse_per_bot(value: object) -> Literal["auto"] | bool:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"should be auto, true or false, not {value!r}")
 
 
 def _check_schedule(value: str) -> str:
@@ -289,6 +300,11 @@ Strategy = Annotated[
     BeforeValidator(_parse_strategy),
     PlainSerializer(lambda strategy: strategy.value, return_type=str),
     WithJsonSchema({"type": "string", "enum": _STRATEGY_NAMES}),
+]
+PerBot = Annotated[
+    Literal["auto"] | bool,
+    PlainValidator(_parse_per_bot),
+    WithJsonSchema({"enum": ["auto", True, False]}),
 ]
 Schedule = Annotated[
     str,
@@ -714,6 +730,29 @@ class ClusterConfig(_Section):
         return self.failover_time - 2 * self.heartbeat_interval
 
 
+#: ``metrics.per_bot: auto`` labels series by bot up to this many enabled bots.
+PER_BOT_METRICS_UP_TO = 500
+
+
+class MetricsConfig(_Section):
+    """What ``/metrics`` exports."""
+
+    per_bot: PerBot = Field(
+        default="auto",
+        description=(
+            "Label series by bot (true), export only platform-wide sums (false), or auto: "
+            f"by bot up to {PER_BOT_METRICS_UP_TO} enabled bots, platform-wide beyond. "
+            "Per bot costs 16 series per idle bot and 15 more per bot that handled an update."
+        ),
+    )
+
+    def labels_bots(self, enabled_bots: int) -> bool:
+        """Whether series carry a ``bot`` label with ``enabled_bots`` bots running."""
+        if self.per_bot == "auto":
+            return enabled_bots <= PER_BOT_METRICS_UP_TO
+        return self.per_bot
+
+
 class BotConfig(_Section):
     """One bot, with its effective settings (defaults already applied)."""
 
@@ -927,6 +966,10 @@ class RegistryDocument(_Section):
             "every bot."
         ),
     )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig,
+        description="What /metrics exports: series by bot or platform-wide sums.",
+    )
     bots: tuple[BotConfig, ...] = Field(
         min_length=1,
         description="The bots this process runs; at least one.",
@@ -944,7 +987,7 @@ class RegistryDocument(_Section):
             return data
         data = {
             key: {}
-            if value is None and key in ("storage", "defaults", "cleanup", "cluster")
+            if value is None and key in ("storage", "defaults", "cleanup", "cluster", "metrics")
             else value
             for key, value in data.items()
         }

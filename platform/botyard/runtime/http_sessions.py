@@ -22,7 +22,7 @@ from aiogram.methods.base import TelegramType
 from aiogram.types import Update
 from pydantic import ValidationError
 
-from botyard.runtime.outbound import Outbound
+from botyard.runtime.outbound import CallMeter, Outbound
 
 #: Bots per shared session; each gets two connections (its long poll plus a reply).
 BOTS_PER_SESSION = 500
@@ -154,11 +154,13 @@ class _Shared:
 class SessionPool:
     """Hands out shared :class:`AiohttpSession` objects, one seat per bot name."""
 
-    def __init__(self, bots_per_session: int = BOTS_PER_SESSION) -> None:
+    def __init__(
+        self, bots_per_session: int = BOTS_PER_SESSION, *, meter: CallMeter | None = None
+    ) -> None:
         self._bots_per_session = bots_per_session
         self._groups: dict[str | None, list[_Shared]] = {}
         self._seats: dict[str, _Shared] = {}
-        self.outbound = Outbound()
+        self.outbound = Outbound(meter)
 
     def acquire(self, bot_name: str, api_server: str | None) -> AiohttpSession:
         """A session for ``bot_name`` talking to ``api_server`` (``None``: Telegram)."""

@@ -36,7 +36,8 @@ import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from aiogram import Bot
 from aiogram.client.session.middlewares.base import (
@@ -55,7 +56,14 @@ from aiogram.methods.base import TelegramType
 
 from botyard.registry.models import BotConfig, rate_per_second
 
-__all__ = ["BotOutbound", "FloodControl", "Outbound", "OutboundPolicy", "OutboundStats"]
+__all__ = [
+    "BotOutbound",
+    "CallMeter",
+    "FloodControl",
+    "Outbound",
+    "OutboundPolicy",
+    "OutboundStats",
+]
 
 logger = logging.getLogger("botyard.outbound")
 
@@ -323,11 +331,24 @@ class BotOutbound:
         return error
 
 
-class Outbound(BaseRequestMiddleware):
-    """The request middleware of the shared sessions: every registered bot's outbound calls."""
+class CallMeter(Protocol):
+    """Told of every attempt of every Bot API call (the metrics)."""
 
-    def __init__(self) -> None:
+    def api_call_finished(self, api_method: str, seconds: float) -> None: ...
+
+    def api_call_failed(self, api_method: str, error: TelegramAPIError) -> None: ...
+
+
+class Outbound(BaseRequestMiddleware):
+    """The request middleware of the shared sessions: every registered bot's outbound calls.
+
+    Every attempt of every call, of any bot, is timed and its failure told to
+    ``meter`` when there is one.
+    """
+
+    def __init__(self, meter: CallMeter | None = None) -> None:
         self._bots: dict[str, BotOutbound] = {}
+        self._meter = meter
 
     def register(self, bot: Bot, name: str, policy: OutboundPolicy) -> BotOutbound:
         """Apply ``policy`` to ``bot``'s calls from now on (replacing an earlier one)."""
@@ -348,7 +369,26 @@ class Outbound(BaseRequestMiddleware):
         bot: Bot,
         method: TelegramMethod[TelegramType],
     ) -> Response[TelegramType]:
+        if self._meter is not None:
+            make_request = partial(self._metered, self._meter, make_request)
         outbound = self._bots.get(bot.token)
         if outbound is None or isinstance(method, GetUpdates):
             return await make_request(bot, method)
         return await outbound.call(make_request, bot, method)
+
+    @staticmethod
+    async def _metered(
+        meter: CallMeter,
+        make_request: NextRequestMiddlewareType[TelegramType],
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+    ) -> Response[TelegramType]:
+        started = time.monotonic()
+        try:
+            response = await make_request(bot, method)
+        except TelegramAPIError as error:
+            meter.api_call_finished(method.__api_method__, time.monotonic() - started)
+            meter.api_call_failed(method.__api_method__, error)
+            raise
+        meter.api_call_finished(method.__api_method__, time.monotonic() - started)
+        return response

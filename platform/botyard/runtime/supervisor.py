@@ -84,7 +84,8 @@ class Supervisor:
         self._redactor = redactor
         self._loader = loader
         self._bot_factory = bot_factory or _make_bot
-        self._sessions = SessionPool()
+        self.metrics = PlatformMetrics(self, fsm_sample_interval=fsm_sample_interval)
+        self._sessions = SessionPool(meter=self.metrics)
         self._routers = RouterResolver(registry.base_dir)
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
@@ -95,7 +96,6 @@ class Supervisor:
         self.client: AsyncMongoClient[dict[str, Any]] | None = None
         self.database: AsyncDatabase[dict[str, Any]] | None = None
         self.cleanup: CleanupScheduler | None = None
-        self.metrics = PlatformMetrics(self, fsm_sample_interval=fsm_sample_interval)
         #: Seconds between webhook maintenance rounds (orphans, rotated secrets).
         self.heartbeat_interval = heartbeat_interval
         #: With a ``cluster`` section: this process as one replica of several.
