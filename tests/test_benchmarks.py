@@ -147,9 +147,9 @@ def test_metrics_size_measures_both_modes(mongo_uri: str, tmp_path: Path) -> Non
     assert finished.returncode == 0, finished.stdout + finished.stderr
     per_bot, platform = json.loads(output.read_text())
     assert (per_bot["bots"], per_bot["per_bot"], platform["per_bot"]) == (3, True, False)
-    # 16 series per idle bot, 15 more per bot with a latency histogram (a blocked loop
+    # 19 series per idle bot, 15 more per bot with a latency histogram (a blocked loop
     # may add one more, labelled with no bot)
-    assert per_bot["series_with_bot_label"] >= 3 * 16 + 2 * 15
+    assert per_bot["series_with_bot_label"] >= 3 * 19 + 2 * 15
     assert platform["series_with_bot_label"] == 0
     assert platform["bytes"] < per_bot["bytes"]
     assert "| 3 | 2 | off |" in finished.stdout

@@ -742,7 +742,7 @@ class MetricsConfig(_Section):
         description=(
             "Label series by bot (true), export only platform-wide sums (false), or auto: "
             f"by bot up to {PER_BOT_METRICS_UP_TO} enabled bots, platform-wide beyond. "
-            "Per bot costs 16 series per idle bot and 15 more per bot that handled an update."
+            "Per bot costs 19 series per idle bot and 15 more per bot that handled an update."
         ),
     )
 
