@@ -138,19 +138,48 @@ class Replica:
         self._wake.set()
 
     async def run(self) -> None:
-        """Heartbeat and rebalance until :meth:`close` or cancelled."""
+        """Heartbeat and rebalance until :meth:`close` or cancelled.
+
+        The heartbeat never waits for a rebalance (taking thousands of claims can
+        take longer than the fence time): rebalancing runs in a task of its own,
+        after each heartbeat, on the server time that heartbeat returned.
+        """
         interval = self.config.heartbeat_interval
+        due: asyncio.Queue[datetime] = asyncio.Queue(maxsize=1)
+        rebalancer = asyncio.create_task(self._rebalance_when_due(due), name="botyard-rebalance")
+        try:
+            while not self._closed:
+                started = self._clock()
+                now = await self._beat()
+                if now is not None and due.empty():
+                    due.put_nowait(now)
+                delay = max(0.0, interval - (self._clock() - started))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                self._wake.clear()
+        finally:
+            rebalancer.cancel()
+            await asyncio.gather(rebalancer, return_exceptions=True)
+
+    async def _rebalance_when_due(self, due: asyncio.Queue[datetime]) -> None:
         while not self._closed:
-            started = self._clock()
-            await self.tick()
-            delay = max(0.0, interval - (self._clock() - started))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
-            self._wake.clear()
+            await self._rebalance_logged(await due.get())
 
     async def tick(self) -> None:
-        """One heartbeat and what follows it; MongoDB errors are logged, never raised."""
+        """One heartbeat and the rebalancing after it; MongoDB errors are logged, not raised."""
+        now = await self._beat()
+        if now is not None:
+            await self._rebalance_logged(now)
+
+    async def _rebalance_logged(self, now: datetime) -> None:
+        try:
+            await self._rebalance(now)
+        except PyMongoError as error:
+            logger.warning("cluster: rebalancing failed, retried next heartbeat: %s", error)
+
+    async def _beat(self) -> datetime | None:
+        """Fence if the claim lapsed, write the heartbeat; the server's time, or ``None``."""
         await self._fence_if_lapsed()
         sent = self._clock()
         try:
@@ -166,7 +195,7 @@ class Replica:
                     max(0.0, self.remaining()),
                 )
             self._unreachable = True
-            return
+            return None
         if self._unreachable:
             logger.info("cluster: replica %s reaches MongoDB again", self.id)
             self._unreachable = False
@@ -175,10 +204,7 @@ class Replica:
         await self._fence_if_lapsed()
         self._deadline = sent + self.config.fence
         self._heartbeats += 1
-        try:
-            await self._rebalance(now)
-        except PyMongoError as error:
-            logger.warning("cluster: rebalancing failed, retried next heartbeat: %s", error)
+        return now
 
     async def _rebalance(self, now: datetime) -> None:
         members = await self.membership.members()
@@ -206,7 +232,10 @@ class Replica:
             self._hand_over(leaving)
         wanted = share - running - self._handing_over
         if wanted:
+            fences = self.handovers["fenced"]
             taken = await self._take(wanted, now)
+            if self.handovers["fenced"] != fences or self.remaining() <= 0:
+                return  # fenced meanwhile: the claims are retaken after the next heartbeat
             if taken:
                 self.handovers["taken"] += len(taken)
                 await self._host.start_bots(sorted(taken))
