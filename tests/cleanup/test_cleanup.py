@@ -47,7 +47,7 @@ from botyard.registry.loader import load_registry
 from botyard.registry.models import BotConfig, CleanupConfig, RegistryError
 from botyard.runtime.supervisor import Supervisor
 from botyard.storage import COLLECTION_NAME, BeanieStorage, prepare_database, update_scope
-from botyard.storage.records import realign_filter, stale_filter
+from botyard.storage.records import FSMRecords, realign_filter, stale_filter
 
 from e2e import REPO
 
@@ -471,6 +471,31 @@ async def test_sweep_is_indexed_batched_and_loads_no_record(
         cursor = collection.find(query)
         plan = (await (cursor.hint(hint) if hint else cursor).explain())["queryPlanner"]
         assert "COLLSCAN" not in str(plan["winningPlan"]), query
+
+
+async def test_purging_one_state_pages_through_the_state_index_by_id(
+    database: AsyncDatabase[Document], commands: list[Document], clock: Clock
+) -> None:
+    """Records of the state that stay (not idle long enough) are read once, not per batch."""
+    collection = database[COLLECTION_NAME]
+    await collection.insert_many(
+        [record("quiz", chat, now=clock.now, idle=HOUR, ttl=None) for chat in range(5)]
+        + [record("quiz", chat, now=clock.now, idle=2 * DAY, ttl=None) for chat in range(5, 30)]
+        + [record("quiz", 99, now=clock.now, idle=2 * DAY, ttl=None, state="Quiz:done")]
+    )
+    commands.clear()
+    deleted = await FSMRecords(database).delete_selected(
+        "quiz", 10, state="Quiz:q1", idle_before=clock.now - DAY
+    )
+    assert deleted == 25
+    finds = [command for command in commands if command["name"] == "find"]
+    assert await chats(database, "quiz") == [0, 1, 2, 3, 4, 99]
+    assert len(finds) == 3, "10, 10 and 5: each page after the last"
+    for find in finds:
+        assert dict(find["hint"]) == {"namespace": 1, "state": 1, "_id": 1}
+        assert dict(find["sort"]) == {"_id": 1}
+    assert "_id" not in finds[0]["filter"]
+    assert finds[1]["filter"]["_id"]["$gt"] < finds[2]["filter"]["_id"]["$gt"]
 
 
 async def test_two_sweeps_at_once_remove_every_record_once(

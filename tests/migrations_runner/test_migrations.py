@@ -43,7 +43,7 @@ BACKSTOP = "20261125120000_fsm_backstop_after_sweep.py"
 REPO_MIGRATIONS = [path.name for path in migration_files(MIGRATIONS)]
 N = len(REPO_MIGRATIONS)
 #: The indexes of fsm_records once every repository migration is applied.
-FSM_INDEXES = {"_id_", "fsm_key", "fsm_purge", "fsm_ns_purge", "fsm_ns_updated"}
+FSM_INDEXES = {"_id_", "fsm_key", "fsm_purge", "fsm_ns_purge", "fsm_ns_updated", "fsm_ns_state"}
 BOTS = "bots:\n  - name: questionnaire\n    routers: [bots.questionnaire:router]\n"
 
 #: A data migration that inserts with the session, then fails half-way.

@@ -61,6 +61,12 @@ class FSMRecord(Document):
             IndexModel(
                 [("namespace", ASCENDING), ("updated_at", ASCENDING)], name="fsm_ns_updated"
             ),
+            # Counts per state from the index alone (the metrics' sample), and purges
+            # of one state paged by _id.
+            IndexModel(
+                [("namespace", ASCENDING), ("state", ASCENDING), ("_id", ASCENDING)],
+                name="fsm_ns_state",
+            ),
         ]
 
 

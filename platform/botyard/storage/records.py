@@ -3,8 +3,8 @@
 The cleanup, the metrics, ``botyard states``, the sandbox and the importers ask
 :class:`FSMRecords` for what they need; none of them knows the collection, its
 fields or its indexes. Every query here goes through an index:
-``(namespace, updated_at)``, ``(namespace, purge_at)``, the unique key index,
-or ``_id``.
+``(namespace, updated_at)``, ``(namespace, purge_at)``,
+``(namespace, state, _id)``, the unique key index, or ``_id``.
 
 Work on many records is done in batches: fetch only the ``_id`` of up to
 ``batch_size`` matching records (a page), then delete or update exactly those,
@@ -40,6 +40,7 @@ __all__ = [
     "ImportedRecord",
     "StateCount",
     "StoredRecord",
+    "count_per_state_pipeline",
     "identity",
     "realign_filter",
     "stale_filter",
@@ -53,6 +54,9 @@ _CONTENTS: Document = {**dict.fromkeys(KEY_FIELDS, 1), "bot_id": 1, "state": 1, 
 _SHOWN: Document = {"_id": 0, "state": 1, "data": 1, "updated_at": 1, "expires_at": 1}
 _BY_ID = [("_id", 1)]
 _BY_PURGE = [("namespace", 1), ("purge_at", 1)]
+#: The index MongoDB counts records per state from, without reading one.
+STATE_INDEX = "fsm_ns_state"
+_BY_STATE = [("namespace", 1), ("state", 1), ("_id", 1)]
 _ANY_DATE = datetime.min.replace(tzinfo=UTC)
 _DUPLICATE_KEY = 11000
 
@@ -148,6 +152,18 @@ def _after_activity(delay: timedelta) -> Document:
     return {"$add": ["$updated_at", int(delay.total_seconds() * 1000)]}
 
 
+def count_per_state_pipeline(namespaces: Iterable[str]) -> list[Document]:
+    """The aggregation of :meth:`FSMRecords.count_per_state`, run with ``hint=STATE_INDEX``.
+
+    It needs nothing but the index's ``namespace`` and ``state``, so MongoDB
+    answers it from the index alone (a covered plan: no record is read).
+    """
+    return [
+        {"$match": {"namespace": {"$in": sorted(namespaces)}}},
+        {"$group": {"_id": {"namespace": "$namespace", "state": "$state"}, "n": {"$sum": 1}}},
+    ]
+
+
 def _selection(namespace: str, state: str | None, idle_before: datetime | None) -> Document:
     query: Document = {"namespace": namespace}
     if state is not None:
@@ -194,6 +210,16 @@ class FSMRecords:
             )
             async for group in await self.collection.aggregate(pipeline)
         ]
+
+    async def count_per_state(self, namespaces: Iterable[str]) -> dict[tuple[str, str | None], int]:
+        """Records per ``(namespace, state)``, counted from the ``(namespace, state, _id)``
+        index in one round trip: one index key per record, and no record read."""
+        counts: dict[tuple[str, str | None], int] = {}
+        pipeline = count_per_state_pipeline(namespaces)
+        async for group in await self.collection.aggregate(pipeline, hint=STATE_INDEX):
+            key = (group["_id"]["namespace"], group["_id"].get("state"))
+            counts[key] = counts.get(key, 0) + group["n"]
+        return counts
 
     async def count_stale(self, namespace: str, state_ttl: timedelta | None, now: datetime) -> int:
         """Records of ``namespace`` idle for ``state_ttl`` at ``now`` (none for never)."""
@@ -256,9 +282,15 @@ class FSMRecords:
         idle_before: datetime | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
-        """Delete what :meth:`count_selected` counts; ``on_batch`` hears each batch's count."""
+        """Delete what :meth:`count_selected` counts; ``on_batch`` hears each batch's count.
+
+        One state's records are paged through ``(namespace, state, _id)`` by
+        ``_id``, each batch after the last: records of the state that are kept
+        (not idle long enough) are read once, not once per batch.
+        """
         query = _selection(namespace, state, idle_before)
-        return await self._delete_in_batches(query, batch_size, on_batch=on_batch)
+        by_id = _BY_STATE if state is not None else None
+        return await self._delete_in_batches(query, batch_size, on_batch=on_batch, by_id=by_id)
 
     async def realign(
         self,
@@ -291,6 +323,7 @@ class FSMRecords:
         projection: Mapping[str, Any] = _ID_ONLY,
         before_delete: Callable[[list[Document]], Awaitable[None]] | None = None,
         on_batch: Callable[[int], None] | None = None,
+        by_id: list[tuple[str, int]] | None = None,
     ) -> int:
         async def delete(batch: list[Document]) -> int:
             if before_delete is not None:
@@ -300,7 +333,9 @@ class FSMRecords:
                 on_batch(result.deleted_count)
             return result.deleted_count
 
-        return await self._in_batches(query, batch_size, delete, projection=projection)
+        return await self._in_batches(
+            query, batch_size, delete, projection=projection, hint=by_id, by_id=by_id is not None
+        )
 
     async def _in_batches(
         self,
@@ -310,17 +345,21 @@ class FSMRecords:
         *,
         projection: Mapping[str, Any] = _ID_ONLY,
         hint: list[tuple[str, int]] | None = None,
+        by_id: bool = False,
     ) -> int:
         """Fetch a page of ``batch_size`` matches, ``apply`` to it, repeat until none are left.
 
         ``apply`` must make the records stop matching (delete or fix them);
-        otherwise the next fetch would return them again.
+        otherwise the next fetch would return them again. With ``by_id`` each
+        page starts after the last ``_id`` of the previous one, in ``_id`` order.
         """
         done = 0
+        last: Any = None
         while True:
-            cursor = self.collection.find(
-                query, projection, limit=batch_size, batch_size=batch_size
-            )
+            page = query if last is None else {**query, "_id": {"$gt": last}}
+            cursor = self.collection.find(page, projection, limit=batch_size, batch_size=batch_size)
+            if by_id:
+                cursor = cursor.sort("_id", 1)
             if hint is not None:
                 cursor = cursor.hint(hint)
             batch = await cursor.to_list()
@@ -329,6 +368,8 @@ class FSMRecords:
             done += await apply(batch)
             if len(batch) < batch_size:
                 return done
+            if by_id:
+                last = batch[-1]["_id"]
 
     # importing
 
