@@ -7,7 +7,7 @@
 
 FROM python:3.11.14-slim-bookworm AS builder
 WORKDIR /src
-COPY requirements.lock pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md LICENSE ./
 COPY platform ./platform
 # Every dependency at its locked version, each download checked against the lock's
 # hashes (./scripts/lock regenerates requirements.lock); then botyard itself.

@@ -51,16 +51,22 @@ def check_token(value: str) -> str:
 
 
 def _token_hint(token: str) -> str:
+    """Everything wrong with the token's shape, without any of its characters."""
     if not token:
         return ""
     bot_id, colon, secret = token.partition(":")
     if not colon:
         return ", no ':'"
+    hints = []
     if not bot_id.isdigit():
-        return ", the part before ':' is not all digits"
+        hints.append("the part before ':' is not all digits")
+    elif not 5 <= len(bot_id) <= 20:
+        hints.append(f"the bot id before ':' has {len(bot_id)} digits, expected 5 to 20")
     if not re.fullmatch(r"[A-Za-z0-9_-]*", secret):
-        return ", the secret contains characters other than A-Z a-z 0-9 _ -"
-    return f", the secret after ':' has {len(secret)} characters, expected 30 to 64"
+        hints.append("the secret contains characters other than A-Z a-z 0-9 _ -")
+    elif not 30 <= len(secret) <= 64:
+        hints.append(f"the secret after ':' has {len(secret)} characters, expected 30 to 64")
+    return "".join(f", {hint}" for hint in hints)
 
 
 def mask_token(token: str) -> str:

@@ -206,7 +206,8 @@ def test_example_passes_check_with_every_router_and_hook_imported(tmp_path: Path
     write_bots(tmp_path, questionnaire=QUESTIONNAIRE_MODULE, shop=SHOP_MODULE)
     path = write(tmp_path, EXAMPLE)
     assert check_registry(path, environ=EXAMPLE_ENV) == (
-        f"{path}: OK: 3 bot(s), 2 enabled (questionnaire, shop); 3 router(s) and 1 hook(s) imported"
+        f"{path}: OK: 3 bot(s), 2 enabled (questionnaire, shop); 3 router(s) and 1 hook(s) imported",
+        (),
     )
 
 
@@ -321,7 +322,7 @@ def test_missing_variable_is_named_with_file_line_bot_and_field(tmp_path: Path) 
     message = problems_of(path, env={})
     assert message == (
         f"{path}:3: bots[0] (shop).token: environment variable SHOP_TOKEN is not set "
-        "(export it, add it to .env next to botyard.yaml, or write ${SHOP_TOKEN:-default})"
+        "(export it with the bot's token, or set it in .env next to botyard.yaml)"
     )
 
 
@@ -431,6 +432,111 @@ def test_missing_tokens_tolerated_for_the_sandbox(tmp_path: Path) -> None:
     assert filled.bot("other").token == SecretStr(TOKEN_B)
     with pytest.raises(KeyError, match="nobody"):
         registry.with_tokens({"nobody": TOKEN_A})
+
+
+@pytest.mark.parametrize("reference", ["${A_TOKEN}", "${A_TOKEN:-}", "'${A_TOKEN} '"])
+def test_an_empty_token_variable_is_reported_like_an_unset_one(
+    tmp_path: Path, reference: str
+) -> None:
+    path = write(tmp_path, one_bot(token=reference))
+    assert problems_of(path, env={**ENV, "A_TOKEN": ""}) == (
+        f"{path}:3: bots[0] (shop).token: environment variable A_TOKEN is empty "
+        "(export it with the bot's token, or set it in .env next to botyard.yaml)"
+    )
+
+
+def test_where_tokens_are_optional_any_unusable_token_loads_as_none_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    short_id = "123:" + "A" * 34
+    path = write(
+        tmp_path,
+        one_bot(token="${EMPTY}", name="empty")
+        + "  - name: unset\n    token: ${UNSET}\n    routers: [bots.shop:router]\n"
+        + "  - name: bad\n    token: ${BAD}\n    routers: [bots.shop:router]\n"
+        + "  - name: none\n    routers: [bots.shop:router]\n"
+        + "  - name: good\n    token: ${A_TOKEN}\n    routers: [bots.shop:router]\n",
+    )
+    env = {"EMPTY": "", "BAD": short_id, "A_TOKEN": TOKEN_A}
+    registry = load_registry(path, require_tokens=False, environ=env)
+    assert [bot.token for bot in registry.bots] == [None, None, None, None, SecretStr(TOKEN_A)]
+    how = "(export it with the bot's token, or set it in .env next to botyard.yaml)"
+    assert registry.token_problems == {
+        "empty": f"{path}:3: bots[0] (empty).token: environment variable EMPTY is empty {how}",
+        "unset": f"{path}:6: bots[1] (unset).token: environment variable UNSET is not set {how}",
+        "bad": f"{path}:9: bots[2] (bad).token: malformed token (expected '<digits>:<secret>', "
+        "got 38 characters, the bot id before ':' has 3 digits, expected 5 to 20)",
+        "none": f"{path}:11: bots[3] (none).token: no token: write token: ${{NONE_TOKEN}} "
+        "and set NONE_TOKEN",
+    }
+    assert short_id not in repr(registry.token_problems)
+    required = problems_of(path, env=env)
+    assert required.splitlines()[1:] == list(registry.token_problems.values())
+    filled = registry.with_tokens({"empty": TOKEN_B})
+    assert list(filled.token_problems) == ["unset", "bad", "none"]
+
+
+@pytest.mark.parametrize(
+    ("token", "hint"),
+    [
+        ("123:" + "A" * 34, "the bot id before ':' has 3 digits, expected 5 to 20)"),
+        ("1" * 21 + ":" + "A" * 34, "the bot id before ':' has 21 digits, expected 5 to 20)"),
+        (
+            "123:" + "A" * 10,
+            "the bot id before ':' has 3 digits, expected 5 to 20, "
+            "the secret after ':' has 10 characters, expected 30 to 64)",
+        ),
+    ],
+)
+def test_a_bot_id_of_the_wrong_length_is_the_hint(tmp_path: Path, token: str, hint: str) -> None:
+    path = write(tmp_path, one_bot(token="${T}"))
+    message = problems_of(path, env={"T": token})
+    assert message.endswith(hint)
+    assert token not in message
+
+
+def test_problems_across_bots_come_in_the_same_pass_as_field_errors(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        bots:
+          - name: shop
+            token: ${A_TOKEN}
+            routers: [bots.shop:router]
+            state_ttl: 5q
+          - name: shop
+            token: ${A_TOKEN}
+            routers: [bots.shop:router]
+            mode: webhook
+          - name: Bad Name
+            namespace: shop2
+            token: ${B_TOKEN}
+            routers: [bots.shop:router]
+            mode: sometimes
+          - name: shop2
+            token: nonsense
+            routers: [not a spec]
+        """,
+    )
+    assert problems_of(path).splitlines() == [
+        f"{path}: 9 problems",
+        f"{path}:5: bots[0] (shop).state_ttl: invalid duration '5q' (use 30s, 15m, 12h, 7d "
+        "or never)",
+        f"{path}:6: bots[1] (shop).name: duplicate bot name (also bots[0])",
+        f"{path}:7: bots[1] (shop).token: same token as bot 'shop' (bots[0]); each bot needs "
+        "its own token",
+        f"{path}:9: bots[1] (shop).mode: mode is webhook but the file has no webhook section "
+        "(add webhook: with base_url, or use mode: polling)",
+        f"{path}:10: bots[2] (Bad Name).name: invalid name 'Bad Name': use 1 to 64 characters "
+        "from a-z, 0-9, '_' and '-'",
+        f"{path}:14: bots[2] (Bad Name).mode: should be 'polling' or 'webhook' (got 'sometimes')",
+        f"{path}:15: bots[3] (shop2).namespace: storage namespace 'shop2' is also used by bot "
+        "'Bad Name' (bots[2]); bots sharing a namespace overwrite each other's state",
+        f"{path}:16: bots[3] (shop2).token: malformed token (expected '<digits>:<secret>', "
+        "got 8 characters, no ':')",
+        f"{path}:17: bots[3] (shop2).routers[0]: invalid import path 'not a spec': write "
+        "'package.module:attribute', e.g. bots.questionnaire:router",
+    ], "shop2's namespace is taken by bots[2], whose namespace key is valid: reported too"
 
 
 def test_other_missing_variables_still_fail_without_tokens(tmp_path: Path) -> None:
@@ -666,8 +772,8 @@ def test_all_problems_are_listed_in_file_order(tmp_path: Path) -> None:
         "from a-z, 0-9, '_' and '-'",
         f"{path}:6: bots[0] (Shop Bot).routers[0]: invalid import path 'not a spec': write "
         "'package.module:attribute', e.g. bots.questionnaire:router",
-        f"{path}:8: bots[1] (ok).token: environment variable MISSING is not set (export it, "
-        "add it to .env next to botyard.yaml, or write ${MISSING:-default})",
+        f"{path}:8: bots[1] (ok).token: environment variable MISSING is not set (export it "
+        "with the bot's token, or set it in .env next to botyard.yaml)",
         f"{path}:10: bots[1] (ok).max_concurrent_updates: should be a valid integer, unable to "
         "parse string as an integer (got 'lots')",
         f"{path}:11: bots[1] (ok).enabled: should be a valid boolean, unable to interpret input "
@@ -823,7 +929,7 @@ def test_shared_router_of_a_disabled_bot_is_fine(tmp_path: Path) -> None:
         """,
         shop=QUESTIONNAIRE_MODULE,
     )
-    assert check_registry(path, environ=ENV).startswith(f"{path}: OK: 2 bot(s), 1 enabled")
+    assert check_registry(path, environ=ENV).summary.startswith(f"{path}: OK: 2 bot(s), 1 enabled")
 
 
 def test_factory_builds_a_new_router_for_each_bot(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import ValidationError
@@ -26,11 +26,14 @@ from botyard.registry.models import (
     Registry,
     RegistryDocument,
     RegistryError,
+    cross_field_problems,
     format_loc,
+    missing_token_message,
 )
 from botyard.registry.problems import Lines, Problems, kind_of, line_of
+from botyard.tokens import check_token
 
-__all__ = ["RegistryError", "check_registry", "load_registry"]
+__all__ = ["RegistryCheck", "RegistryError", "check_registry", "load_registry"]
 
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REFERENCE = re.compile(r"\$\$|\$\{(?P<body>[^}]*)\}|\$\{")
@@ -51,9 +54,10 @@ def load_registry(
     """Read, substitute and validate a registry file.
 
     ``environ`` defaults to ``os.environ``; a ``.env`` file beside the registry
-    supplies variables it lacks. With ``require_tokens=False`` a token whose
-    variable is unset (or a bot without a token) loads as ``None``, for the
-    sandbox, which makes up its own tokens.
+    supplies variables it lacks. With ``require_tokens=False``, for commands that
+    never call Telegram (and the sandbox, which makes up its own tokens), a token
+    that is missing, empty or malformed is no error: it loads as ``None``, and
+    ``Registry.token_problems`` says why, for the commands that warn or need it.
     """
     return _load(Path(path), require_tokens, os.environ if environ is None else environ)[0]
 
@@ -65,16 +69,52 @@ def _load(path: Path, require_tokens: bool, environ: Mapping[str, str]) -> tuple
     variables, dotenv_problems = _read_dotenv(path.parent / ".env")
     problems.extend_plain(dotenv_problems)
     data = _substitute(data, {**variables, **environ}, require_tokens, problems, path.name)
+    checked = data if require_tokens else _without_bad_tokens(data, problems)
     document = None
     try:
-        document = RegistryDocument.model_validate(data, context={"require_tokens": require_tokens})
+        document = RegistryDocument.model_validate(
+            checked, context={"require_tokens": require_tokens}
+        )
     except ValidationError as error:
         for detail in error.errors():
             problems.add_pydantic(detail)
+        # Field errors stop pydantic before the checks across bots: run them on the
+        # fields that are valid, so that one pass reports everything.
+        problems.extend(cross_field_problems(checked))
     problems.raise_if_any(data)
     assert document is not None  # a failed validation always leaves a problem
     fields = {name: getattr(document, name) for name in RegistryDocument.model_fields}
-    return Registry.model_construct(path=path.absolute(), **fields), lines
+    registry = Registry.model_construct(
+        path=path.absolute(), token_problems=problems.token_problems(data), **fields
+    )
+    return registry, lines
+
+
+def _without_bad_tokens(data: dict[str, Any], problems: Problems) -> dict[str, Any]:
+    """``data`` with every missing, empty or malformed token set to ``None``, each noted
+    as a token problem: for the commands that do not need tokens."""
+    bots = data.get("bots")
+    if not isinstance(bots, list):
+        return data
+    cleaned: list[Any] = []
+    for index, bot in enumerate(bots):
+        if not isinstance(bot, dict):
+            cleaned.append(bot)
+            continue
+        loc: Loc = ("bots", index, "token")
+        token = bot.get("token")
+        if token is None or (isinstance(token, str) and not token.strip()):
+            if not problems.has_token_problem(loc):
+                problems.token_problem(loc, missing_token_message(bot.get("name")))
+            token = None
+        else:
+            try:
+                check_token(str(token))
+            except ValueError as error:
+                problems.token_problem(loc, str(error))
+                token = None
+        cleaned.append({**bot, "token": token})
+    return {**data, "bots": cleaned}
 
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], Lines]:
@@ -296,6 +336,7 @@ def _substitute(
 
     def substitute_string(text: str, loc: Loc) -> str | None:
         missing: list[str] = []
+        empty: list[str] = []
 
         def replace(match: re.Match[str]) -> str:
             if match.group(0) == "$$":
@@ -317,6 +358,12 @@ def _substitute(
             value = variables.get(name)
             # As in Docker Compose: with ':' an empty value counts as unset.
             unset = value is None or (operator.startswith(":") and not value)
+            blank_default = operator.endswith("-") and not argument.strip()
+            optional_required = operator.endswith("?") and not require_tokens
+            if _is_token(loc) and unset and (blank_default or optional_required):
+                # Nothing in the token: token_from_variables names the variable.
+                (missing if value is None else empty).append(name)
+                return ""
             if operator.endswith("-") and unset:
                 return argument
             if operator.endswith("+"):
@@ -331,13 +378,15 @@ def _substitute(
             if value is None:
                 missing.append(name)
                 return ""
+            if not value.strip():
+                empty.append(name)
             return value
 
         result = _REFERENCE.sub(replace, text)
+        if _is_token(loc):
+            return token_from_variables(result, loc, missing, empty)
         if not missing:
             return result
-        if _is_token(loc) and not require_tokens:
-            return None
         fallback = "" if loc == ("storage", "uri") else "default"
         for name in missing:
             problems.add(
@@ -346,6 +395,24 @@ def _substitute(
                 f"{file_name}, or write ${{{name}:-{fallback}}})",
             )
         return result
+
+    def token_from_variables(
+        result: str, loc: Loc, missing: list[str], empty: list[str]
+    ) -> str | None:
+        """A token made of unset or empty variables is reported naming them, never as
+        a malformed token of 0 characters; ``None`` where tokens are not required."""
+        if result.strip() or not (missing or empty):
+            return result
+        how = f"export it with the bot's token, or set it in .env next to {file_name}"
+        message = "; ".join(
+            [f"environment variable {name} is not set ({how})" for name in missing]
+            + [f"environment variable {name} is empty ({how})" for name in empty]
+        )
+        if require_tokens:
+            problems.add(loc, message)
+            return result
+        problems.token_problem(loc, message)
+        return None
 
     return visit(data, ())
 
@@ -357,19 +424,29 @@ def _is_token(loc: Loc) -> bool:
 # --- botyard check ----------------------------------------------------------------
 
 
+class RegistryCheck(NamedTuple):
+    """What :func:`check_registry` found in a valid registry."""
+
+    #: One line: how many bots, routers and hooks.
+    summary: str
+    #: Token problems, where tokens were not required: one line each, in file order.
+    warnings: tuple[str, ...]
+
+
 def check_registry(
     path: str | os.PathLike[str],
     *,
     require_tokens: bool = True,
     environ: Mapping[str, str] | None = None,
-) -> str:
-    """Check that a registry is ready to run; return a one-line summary.
+) -> RegistryCheck:
+    """Check that a registry is ready to run; return a one-line summary and warnings.
 
     Loads and validates the file, then imports every router and hook (of
     disabled bots too, so they still work when enabled), and checks that no
     Router object is shared by two enabled bots. Raises :class:`RegistryError`
-    listing every problem. Talks to no network; it does run the top level of
-    the bots' modules, as starting them would.
+    listing every problem. With ``require_tokens=False`` a missing, empty or
+    malformed token is a warning instead. Talks to no network; it does run the
+    top level of the bots' modules, as starting them would.
     """
     registry, lines = _load(Path(path), require_tokens, os.environ if environ is None else environ)
     # Only now: parsing a registry never imports aiogram, which the routers need.
@@ -406,8 +483,9 @@ def check_registry(
     enabled = len(registry.enabled_bots)
     routers_count = sum(len(bot.routers) for bot in registry.bots)
     hooks = sum(1 for bot in registry.bots if bot.on_state_expired)
-    return (
+    summary = (
         f"{source}: OK: {len(registry.bots)} bot(s), {enabled} enabled "
         f"({', '.join(bot.name for bot in registry.enabled_bots) or 'none'}); "
         f"{routers_count} router(s) and {hooks} hook(s) imported"
     )
+    return RegistryCheck(summary, tuple(registry.token_problems.values()))

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from apscheduler.triggers.cron import CronTrigger
@@ -70,7 +70,9 @@ __all__ = [
     "RegistryError",
     "StorageConfig",
     "WebhookConfig",
+    "cross_field_problems",
     "format_loc",
+    "missing_token_message",
     "split_listen",
 ]
 
@@ -892,11 +894,9 @@ class BotConfig(_Section):
     @field_validator("token", mode="before")
     @classmethod
     def _check_token(cls, value: object, info: ValidationInfo) -> object:
-        if value is None:
+        if value is None or (isinstance(value, str) and not value.strip()):
             if (info.context or {}).get("require_tokens", True):
-                name = info.data.get("name")
-                variable = f"{name.upper().replace('-', '_')}_TOKEN" if name else "BOT_TOKEN"
-                raise ValueError(f"no token: write token: ${{{variable}}} and set {variable}")
+                raise ValueError(missing_token_message(info.data.get("name")))
             return None
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
@@ -917,6 +917,12 @@ class BotConfig(_Section):
     def masked_token(self) -> str:
         """The token as logs may show it: ``"123456789:***"``."""
         return mask_token(self.token.get_secret_value()) if self.token else "(no token)"
+
+
+def missing_token_message(name: object) -> str:
+    """What to write for a bot without a token, with a variable named after the bot."""
+    variable = f"{name.upper().replace('-', '_')}_TOKEN" if isinstance(name, str) else "BOT_TOKEN"
+    return f"no token: write token: ${{{variable}}} and set {variable}"
 
 
 # --- the whole file ----------------------------------------------------------------
@@ -1031,43 +1037,101 @@ def _inherit(inherited: dict[str, Any], bot: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+class _BotKeys(NamedTuple):
+    """The keys of one bot that other bots' keys must not repeat; ``None`` where invalid."""
+
+    name: str | None
+    namespace: str | None
+    token: str | None
+    mode: str | None
+    #: The name as written, valid or not, for messages.
+    label: object = None
+
+
 def _conflicts(document: RegistryDocument) -> list[tuple[Loc, str]]:
     """Problems that involve more than one key: duplicates, missing sections."""
+    bots = [
+        _BotKeys(
+            bot.name,
+            bot.namespace,
+            bot.token.get_secret_value() if bot.token is not None else None,
+            bot.mode,
+            bot.name,
+        )
+        for bot in document.bots
+    ]
+    return _conflicts_among(bots, has_webhook=document.webhook is not None)
+
+
+def cross_field_problems(data: Any) -> list[tuple[Loc, str]]:
+    """The checks across bots of :class:`RegistryDocument`, on the file's data before
+    validation: every key involved that is valid on its own takes part, so these
+    problems are found in the same pass as the errors of other keys."""
+    bots = data.get("bots") if isinstance(data, dict) else None
+    if not isinstance(bots, list | tuple):
+        return []
+    return _conflicts_among(
+        [_raw_keys(bot) for bot in bots], has_webhook=data.get("webhook") is not None
+    )
+
+
+def _raw_keys(bot: object) -> _BotKeys:
+    if not isinstance(bot, dict):
+        return _BotKeys(None, None, None, None)
+
+    def valid_name(value: object) -> str | None:
+        return value if isinstance(value, str) and _NAME.fullmatch(value) else None
+
+    name = valid_name(bot.get("name"))
+    namespace = valid_name(bot.get("namespace") or name)
+    token = bot.get("token")
+    try:
+        secret = check_token(str(token)) if isinstance(token, str | int) else None
+    except ValueError:
+        secret = None
+    mode = bot.get("mode", "polling")
+    return _BotKeys(
+        name, namespace, secret, mode if mode in ("polling", "webhook") else None, bot.get("name")
+    )
+
+
+def _conflicts_among(bots: Sequence[_BotKeys], *, has_webhook: bool) -> list[tuple[Loc, str]]:
     problems: list[tuple[Loc, str]] = []
     names: dict[str, int] = {}
     tokens: dict[str, int] = {}
     namespaces: dict[str, int] = {}
-    for index, bot in enumerate(document.bots):
+    for index, bot in enumerate(bots):
         where: Loc = ("bots", index)
-        if bot.name in names:
+        if bot.name is not None and bot.name in names:
             first = names[bot.name]
             problems.append(((*where, "name"), f"duplicate bot name (also bots[{first}])"))
         else:
-            names[bot.name] = index
-            if bot.namespace in namespaces:
+            if bot.name is not None:
+                names[bot.name] = index
+            if bot.namespace is not None and bot.namespace in namespaces:
                 first = namespaces[bot.namespace]
                 problems.append(
                     (
                         (*where, "namespace"),
                         f"storage namespace {bot.namespace!r} is also used by bot "
-                        f"{document.bots[first].name!r} (bots[{first}]); bots sharing a "
+                        f"{bots[first].label!r} (bots[{first}]); bots sharing a "
                         "namespace overwrite each other's state",
                     )
                 )
-            namespaces.setdefault(bot.namespace, index)
+            if bot.namespace is not None:
+                namespaces.setdefault(bot.namespace, index)
         if bot.token is not None:
-            secret = bot.token.get_secret_value()
-            if secret in tokens:
-                first = tokens[secret]
+            if bot.token in tokens:
+                first = tokens[bot.token]
                 problems.append(
                     (
                         (*where, "token"),
-                        f"same token as bot {document.bots[first].name!r} (bots[{first}]); "
+                        f"same token as bot {bots[first].label!r} (bots[{first}]); "
                         "each bot needs its own token",
                     )
                 )
-            tokens.setdefault(secret, index)
-        if bot.mode == "webhook" and document.webhook is None:
+            tokens.setdefault(bot.token, index)
+        if bot.mode == "webhook" and not has_webhook:
             problems.append(
                 (
                     (*where, "mode"),
@@ -1082,6 +1146,14 @@ class Registry(RegistryDocument):
     """A validated registry file and where it was read from."""
 
     path: Path = Field(description="The registry file; relative imports start from its folder.")
+    token_problems: Mapping[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Why a bot has no token, by bot name, when it was loaded with tokens optional: "
+            "the variable is unset or empty, or the token is malformed. One line each, "
+            "with file, line, bot and key, never the token."
+        ),
+    )
 
     @property
     def base_dir(self) -> Path:
@@ -1114,7 +1186,10 @@ class Registry(RegistryDocument):
             else bot
             for bot in self.bots
         )
-        return type(self).model_validate({**dict(self), "bots": bots})
+        problems = {name: text for name, text in self.token_problems.items() if name not in tokens}
+        return type(self).model_validate(
+            {**dict(self), "bots": bots, "token_problems": problems}
+        )
 
     def _names(self) -> str:
         return ", ".join(bot.name for bot in self.bots)

@@ -37,11 +37,33 @@ class Problems:
         self.lines = lines
         self._found: list[tuple[Loc | None, str]] = []
         self._covered: list[Loc] = []
+        #: Why a token loaded as ``None`` where tokens are optional, by ``("bots", i, "token")``.
+        self._tokens: dict[Loc, str] = {}
 
     def add(self, loc: Loc, message: str) -> None:
         """A problem at ``loc``; later validation errors at or below it are not repeated."""
         self._covered.append(loc)
         self._found.append((loc, message))
+
+    def extend(self, found: Sequence[tuple[Loc, str]]) -> None:
+        self._found.extend(found)
+
+    def token_problem(self, loc: Loc, message: str) -> None:
+        """Why the token at ``loc`` is unusable, where that is no error (see ``token_problems``)."""
+        self._tokens[loc] = message
+
+    def has_token_problem(self, loc: Loc) -> bool:
+        return loc in self._tokens
+
+    def token_problems(self, data: Any) -> dict[str, str]:
+        """Each token problem as a ``file:line: bots[i] (name).token: ...`` line, by bot name."""
+        redact = TokenRedactor(_raw_tokens(data))
+        found: dict[str, str] = {}
+        for loc, message in self._tokens.items():
+            bot = _child(_child(data, "bots"), loc[1])
+            name = bot.get("name") if isinstance(bot, dict) else None
+            found[str(name)] = redact(self._render(loc, message, data)[1])
+        return found
 
     def extend_plain(self, messages: Sequence[str]) -> None:
         """Problems that already say where they are (the ``.env`` file)."""
@@ -49,8 +71,7 @@ class Problems:
 
     def add_pydantic(self, detail: ErrorDetails) -> None:
         if detail["type"] == "registry_conflicts":
-            self._found.extend(detail.get("ctx", {})["problems"])
-            return
+            return  # the loader runs the same checks on the keys that are valid
         loc = tuple(detail["loc"])
         if detail["type"] == "too_short" and detail.get("input"):
             return  # "too short after validation": the failing items say why
