@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from botyard import __version__
 from botyard.cli import COMMANDS, main
 
-from e2e import REPO
+from e2e import REPO, copy_example_bots
 
 
 def test_version() -> None:
@@ -63,6 +64,41 @@ def test_check_accepts_the_example_registry(monkeypatch: Any) -> None:
     assert result.exit_code == 0, result.output
     assert "OK: 3 bot(s)" in result.output
     assert "x" * 33 not in result.output
+
+
+def test_check_warns_about_tokens_that_are_unset_empty_or_malformed(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """After `cp .env.example .env` every token is empty: the other checks still run."""
+    copy_example_bots(tmp_path)
+    shutil.copy(REPO / "botyard.yaml", tmp_path)
+    env_file = (REPO / ".env.example").read_text()
+    (tmp_path / ".env").write_text(env_file.replace("ECHO_TOKEN=\n", "ECHO_TOKEN=123:AA\n"))
+    for name in ("REGISTRATION", "QUESTIONNAIRE", "ECHO"):
+        monkeypatch.delenv(f"{name}_TOKEN", raising=False)
+    result = CliRunner().invoke(main, ["check", str(tmp_path / "botyard.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "OK: 3 bot(s), 3 enabled" in result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert [re.sub(r"^warning: \S+:\d+: ", "", line) for line in warnings] == [
+        "bots[0] (registration).token: environment variable REGISTRATION_TOKEN is empty "
+        "(export it with the bot's token, or set it in .env next to botyard.yaml); "
+        "botyard run needs this token",
+        "bots[1] (questionnaire).token: environment variable QUESTIONNAIRE_TOKEN is empty "
+        "(export it with the bot's token, or set it in .env next to botyard.yaml); "
+        "botyard run needs this token",
+        "bots[2] (echo).token: malformed token (expected '<digits>:<secret>', got 6 characters, "
+        "the bot id before ':' has 3 digits, expected 5 to 20, the secret after ':' has 2 "
+        "characters, expected 30 to 64); botyard run needs this token",
+    ]
+
+    (tmp_path / "botyard.yaml").write_text(
+        (REPO / "botyard.yaml").read_text().replace("bots.echo:router", "bots.nope:router")
+    )
+    broken = CliRunner().invoke(main, ["check", str(tmp_path / "botyard.yaml")])
+    assert broken.exit_code == 1
+    assert "cannot import bots.nope" in broken.output
+    assert ".token: " not in broken.output.partition("error: invalid registry")[2]
 
 
 def test_check_of_a_missing_file_says_so(tmp_path: Path) -> None:
