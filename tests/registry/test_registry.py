@@ -206,7 +206,8 @@ def test_example_passes_check_with_every_router_and_hook_imported(tmp_path: Path
     write_bots(tmp_path, questionnaire=QUESTIONNAIRE_MODULE, shop=SHOP_MODULE)
     path = write(tmp_path, EXAMPLE)
     assert check_registry(path, environ=EXAMPLE_ENV) == (
-        f"{path}: OK: 3 bot(s), 2 enabled (questionnaire, shop); 3 router(s) and 1 hook(s) imported",
+        f"{path}: OK: 3 bot(s), 2 enabled (questionnaire, shop); "
+        "3 router(s) and 1 hook(s) imported",
         (),
     )
 

@@ -1187,9 +1187,7 @@ class Registry(RegistryDocument):
             for bot in self.bots
         )
         problems = {name: text for name, text in self.token_problems.items() if name not in tokens}
-        return type(self).model_validate(
-            {**dict(self), "bots": bots, "token_problems": problems}
-        )
+        return type(self).model_validate({**dict(self), "bots": bots, "token_problems": problems})
 
     def _names(self) -> str:
         return ", ".join(bot.name for bot in self.bots)
