@@ -59,17 +59,39 @@ def router() -> Router:
 '''
 
 
-def example_registry(directory: Path, database: str) -> Path:
-    """The repository's ``botyard.yaml`` and ``bots/`` in ``directory``, plus the counter bot.
+FAILING_BOT = '''
+"""Answers, then raises: a handler failure the sandbox must show in the chat."""
+from aiogram import Router
+from aiogram.types import Message
+
+
+def router() -> Router:
+    failing = Router()
+
+    @failing.message()
+    async def answer_then_fail(message: Message) -> None:
+        await message.answer(f"about to fail on {message.text}")
+        raise ZeroDivisionError(f"cannot divide {message.text} by zero")
+
+    return failing
+'''
+
+
+def example_registry(directory: Path, database: str, *, failing: bool = False) -> Path:
+    """The repository's ``botyard.yaml`` and ``bots/`` in ``directory``, plus the counter bot
+    (and, with ``failing``, a bot whose handler raises).
 
     Only the database name changes, so tests never share records.
     """
     copy_example_bots(directory)
     (directory / "sandbox_counter.py").write_text(COUNTER_BOT)
+    (directory / "sandbox_failing.py").write_text(FAILING_BOT)
     text = (REPO / "botyard.yaml").read_text()
     text, replaced = re.subn(r"(?m)^  database: botyard$", f"  database: {database}", text)
     assert replaced == 1, "botyard.yaml no longer names its database as the tests expect"
     text += "  - name: counter\n    routers: [sandbox_counter:router]\n"
+    if failing:
+        text += "  - name: failing\n    routers: [sandbox_failing:router]\n"
     path = directory / "botyard.yaml"
     path.write_text(text)
     return path

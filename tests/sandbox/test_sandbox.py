@@ -22,11 +22,18 @@ from pymongo import AsyncMongoClient
 
 from botyard.database.embedded import free_port
 from botyard.sandbox import Sandbox
+from botyard.sandbox.transcripts import TRANSCRIPTS
 from botyard.storage import COLLECTION_NAME
 from botyard.tokens import redact
 
 from e2e import QUESTIONS, THANKS, BotyardProcess, copy_example_bots
-from sandbox_helpers import COUNTER_BOT, example_registry, sandbox_process, wait_until
+from sandbox_helpers import (
+    COUNTER_BOT,
+    FAILING_BOT,
+    example_registry,
+    sandbox_process,
+    wait_until,
+)
 
 #: Looks like a real token; the sandbox must never send it anywhere.
 FILE_TOKEN = "123456789:AAHfakefakefakefakefakefakefakefake1"
@@ -421,6 +428,13 @@ async def test_a_revoked_bot_shows_unauthorized_while_the_others_answer(
     }
     chat = await client.say("questionnaire", 1003, "/start")
     assert chat["messages"][-1]["text"] == QUESTIONS[0]
+    status, answer = await client.request(
+        "POST", "/api/bots/echo/users/1001/messages", {"text": "anyone there?"}
+    )
+    assert status == 409
+    assert "echo's token was revoked" in answer["error"]
+    chat = await client.call("GET", "/api/bots/echo/users/1001/chat")
+    assert "echo's token was revoked" in chat["problem"]
 
 
 async def test_editing_the_registry_changes_the_bot_list(
@@ -454,6 +468,150 @@ async def test_editing_the_registry_changes_the_bot_list(
     assert list(await client.bots()) == ["questionnaire", "echo", "dormant", "parrot"]
     chat = await client.say("parrot", 1001, "still here")
     assert chat["messages"][-1]["text"] == "still here"
+    rejected = await client.call("GET", "/api/bots")
+    assert "botyard.yaml" in rejected["reload_rejected"]
+    assert "not valid YAML" in rejected["reload_rejected"]
+
+    broken = "  - name: broken\n    routers: [bots.missing:router]\n"
+    (tmp_path / "botyard.yaml").write_text(text + broken)
+    bots = await eventually(client.bots, lambda b: "broken" in b)
+    assert bots["broken"]["status"] == "not_running"
+    assert "could not start: " in bots["broken"]["detail"]
+    assert "cannot import bots.missing" in bots["broken"]["detail"]
+    assert (await client.call("GET", "/api/bots"))["reload_rejected"] is None
+    chat = await client.call("GET", "/api/bots/broken/users/1001/chat")
+    assert "broken could not start: " in chat["problem"]
+    status, answer = await client.request(
+        "POST", "/api/bots/broken/users/1001/messages", {"text": "hi"}
+    )
+    assert status == 409
+    assert "cannot import bots.missing" in answer["error"]
+
+
+FAILING = "  - name: failing\n    routers: [sandbox_failing:router]\n"
+
+
+def write_registry(folder: Path, mongo_uri: str, database: str, extra_bots: str = "") -> Path:
+    copy_example_bots(folder)
+    (folder / "sandbox_counter.py").write_text(COUNTER_BOT)
+    (folder / "sandbox_failing.py").write_text(FAILING_BOT)
+    path = folder / "botyard.yaml"
+    path.write_text(registry_text(mongo_uri, database, extra_bots))
+    return path
+
+
+async def running_bots(client: Client, *names: str) -> dict[str, dict[str, Any]]:
+    return await eventually(  # type: ignore[no-any-return]
+        client.bots, lambda bots: all(bots[n]["status"] == "running" for n in names)
+    )
+
+
+async def test_a_failing_handler_is_shown_in_the_chat_and_a_reset_is_marked(
+    tmp_path: Path, mongo_uri: str, database_name: str
+) -> None:
+    registry = write_registry(tmp_path, mongo_uri, database_name, FAILING)
+    async with (
+        Sandbox(registry, port=0) as running,
+        aiohttp.ClientSession() as session,
+    ):
+        client = Client(session, running.url)
+        await running_bots(client, "failing", "questionnaire")
+        await client.say("failing", 1002, "7")
+        chat = await eventually(
+            lambda: client.call("GET", "/api/bots/failing/users/1002/chat"),
+            lambda c: len(c["messages"]) == 3,
+        )
+        user, reply, failure = chat["messages"]
+        assert (user["from"], reply["text"]) == ("user", "about to fail on 7")
+        assert failure == {
+            **failure,
+            "from": "sandbox",
+            "kind": "failure",
+            "text": "the handler failed: ZeroDivisionError: cannot divide 7 by zero",
+        }
+        assert "Traceback (most recent call last)" in failure["details"]
+        assert (
+            'raise ZeroDivisionError(f"cannot divide {message.text} by zero")'
+            in (failure["details"])
+        )
+        assert (await client.bots())["failing"]["errors"] == 1
+        other = await client.call("GET", "/api/bots/failing/users/1001/chat")
+        assert other["messages"] == [], "only the chat where it happened"
+
+        await client.say("questionnaire", 1001, "/start")
+        await client.call("POST", "/api/bots/questionnaire/users/1001/reset")
+        chat = await client.say("questionnaire", 1001, "/start")
+        assert [(m["from"], m.get("kind"), m["text"]) for m in chat["messages"]] == [
+            ("user", None, "/start"),
+            ("bot", None, QUESTIONS[0]),
+            (
+                "sandbox",
+                "reset",
+                "FSM state and data reset: the bot starts this conversation afresh",
+            ),
+            ("user", None, "/start"),
+            ("bot", None, QUESTIONS[0]),
+        ]
+
+
+async def test_the_transcripts_and_added_users_survive_a_restart(
+    tmp_path: Path, mongo_uri: str, database_name: str
+) -> None:
+    registry = write_registry(tmp_path, mongo_uri, database_name)
+    async with Sandbox(registry, port=0) as first, aiohttp.ClientSession() as session:
+        client = Client(session, first.url)
+        await running_bots(client, "questionnaire", "counter")
+        dave = await client.call("POST", "/api/users", {"first_name": "Dave"})
+        await client.say("questionnaire", dave["id"], "/start")
+        await client.say("questionnaire", dave["id"], "red")
+        await client.say("counter", 1001, "/start")
+        before = await client.call("GET", f"/api/bots/questionnaire/users/{dave['id']}/chat")
+        await eventually(  # saved as it changes
+            lambda: first.database[TRANSCRIPTS].count_documents({}),  # type: ignore[index]
+            lambda count: count == 2,
+        )
+    async with Sandbox(registry, port=0) as second, aiohttp.ClientSession() as session:
+        client = Client(session, second.url)
+        await running_bots(client, "questionnaire", "counter")
+        users = await eventually(
+            lambda: client.call("GET", "/api/users"), lambda u: len(u["users"]) == 4
+        )
+        assert users["users"][-1] == dave
+        chat = await client.call("GET", f"/api/bots/questionnaire/users/{dave['id']}/chat")
+        assert [(m["from"], m["text"]) for m in chat["messages"]] == [
+            ("user", "/start"),
+            ("bot", QUESTIONS[0]),
+            ("user", "red"),
+            ("bot", QUESTIONS[1]),
+        ]
+        assert all(m["earlier"] and m["message_id"] is None for m in chat["messages"])
+        assert chat["fsm"]["state"] == before["fsm"]["state"] == "Questionnaire:q2"
+        chat = await client.say("questionnaire", dave["id"], "cat")
+        assert [m["text"] for m in chat["messages"][-2:]] == ["cat", QUESTIONS[2]]
+        assert chat["messages"][-1]["message_id"] == 2, "this run's emulator numbers anew"
+        counter = await client.call("GET", "/api/bots/counter/users/1001/chat")
+        assert counter["messages"][-1]["buttons"] == [[{"text": "+1"}, {"text": "Done"}]], (
+            "an earlier run's buttons cannot be pressed"
+        )
+
+
+async def test_while_stopping_the_page_keeps_the_last_values(
+    sandbox: tuple[Sandbox, Client],
+) -> None:
+    running, client = sandbox
+    await client.say("questionnaire", 1001, "/start")
+    shown = await client.bots()
+    chat = await client.call("GET", "/api/bots/questionnaire/users/1001/chat")
+    running.request_stop()
+    stopping = await client.call("GET", "/api/bots")
+    assert stopping["storage"] == "stopping"
+    assert {bot["name"]: bot["status"] for bot in stopping["bots"]} == dict.fromkeys(
+        shown, "stopping"
+    )
+    assert [bot["handled"] for bot in stopping["bots"]] == [b["handled"] for b in shown.values()]
+    during = await client.call("GET", "/api/bots/questionnaire/users/1001/chat")
+    assert during["fsm"] == chat["fsm"]
+    assert during["fsm"]["state"] == "Questionnaire:q1"
 
 
 # --- the command line ----------------------------------------------------------------

@@ -611,6 +611,7 @@ class BotRunner:
                         "update confirmed",
                         self.name,
                         update.update_id,
+                        extra={"event": "handler_failed", "bot_name": self.name, "update": update},
                     )
                     await self._store(update, scope)
                     return True
@@ -701,7 +702,11 @@ class BotRunner:
     def _give_up(self, update: Update, reason: str) -> None:
         self.counters.given_up += 1
         logger.error(
-            "bot=%s update=%s given up: %s; update confirmed", self.name, update.update_id, reason
+            "bot=%s update=%s given up: %s; update confirmed",
+            self.name,
+            update.update_id,
+            reason,
+            extra={"event": "update_given_up", "bot_name": self.name, "update": update},
         )
 
 

@@ -6,6 +6,10 @@ event loop's signal handlers) and decides which runners exist. Metrics,
 readiness, cleanup and webhooks read it through one read-only
 :class:`~botyard.runtime.view.PlatformView` (the supervisor itself), never
 changing it.
+
+Log records of what happens to bots carry ``extra`` fields for programs that
+watch the log (the sandbox's page): ``event`` (``cannot_start``, ``handler_failed``,
+``reload_rejected``), ``bot``, and ``update``.
 """
 
 from __future__ import annotations
@@ -325,7 +329,12 @@ class Supervisor:
             try:
                 runner = self._make_runner(config, routers[config.name])
             except Exception as error:  # a bot that cannot be built must not stop the others
-                logger.error("bot=%s cannot start: %s", config.name, error)
+                logger.error(
+                    "bot=%s cannot start: %s",
+                    config.name,
+                    error,
+                    extra={"event": "cannot_start", "bot": config.name},
+                )
                 self._routers.release(config.name)
                 continue
             self.runners[config.name] = runner
@@ -405,7 +414,11 @@ class Supervisor:
             try:
                 new = await asyncio.to_thread(self._loader, self.registry.path)
             except RegistryError as error:
-                logger.error("reload rejected, the running registry stays:\n%s", error)
+                logger.error(
+                    "reload rejected, the running registry stays:\n%s",
+                    error,
+                    extra={"event": "reload_rejected"},
+                )
                 return False
             # Comparing two large registries takes long: not on the loop every bot shares.
             diff = await asyncio.to_thread(diff_registries, self.registry, new)
@@ -434,7 +447,12 @@ class Supervisor:
                 try:
                     routers[bot.name] = self._routers.resolve(bot)
                 except RegistryError as error:  # this bot stays down; the others go on
-                    logger.error("bot=%s cannot start:\n%s", bot.name, error)
+                    logger.error(
+                        "bot=%s cannot start:\n%s",
+                        bot.name,
+                        error,
+                        extra={"event": "cannot_start", "bot": bot.name},
+                    )
             if self.cluster is None:
                 to_start = [bot for bot in new.enabled_bots if bot.name in routers]
                 await self._start_bots(to_start, routers)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from botyard.emulator import Subscription
+from botyard.emulator import EmulatorEvent, Subscription
 from botyard.sandbox.views import JSON, MAX_WAIT, PageError
 
 if TYPE_CHECKING:
@@ -61,7 +61,9 @@ def build_app(sandbox: Sandbox) -> web.Application:
 
     async def add_user(request: web.Request) -> web.Response:
         body = await _body(request)
-        return _json(sandbox.add_user(body.get("first_name")).as_json(), status=201)
+        user = sandbox.add_user(body.get("first_name"))
+        await sandbox.save_user(user)
+        return _json(user.as_json(), status=201)
 
     async def chat(request: web.Request) -> web.Response:
         after = _optional_int(request.query, "after")
@@ -197,7 +199,7 @@ async def _stream(sandbox: Sandbox, request: web.Request) -> web.StreamResponse:
                 except ConnectionError:
                     break
                 last_write = loop.time()
-            await _next_event(subscription)
+            await next_event(subscription)
     return response
 
 
@@ -205,8 +207,9 @@ def _gone(request: web.Request) -> bool:
     return request.transport is None or request.transport.is_closing()
 
 
-async def _next_event(subscription: Subscription) -> None:
-    """Return on the emulator's next event, or after :data:`REFRESH` seconds."""
+async def next_event(subscription: Subscription) -> EmulatorEvent | None:
+    """The emulator's next event, or ``None`` after :data:`REFRESH` seconds without one."""
     with contextlib.suppress(TimeoutError, StopAsyncIteration):
         async with asyncio.timeout(REFRESH):
-            await subscription.get()
+            return await subscription.get()
+    return None

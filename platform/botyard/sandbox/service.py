@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from aiogram.fsm.context import FSMContext
 from aiohttp import web
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from botyard.emulator import BotAPIEmulator, ControlError, EmulatedBot, SimulatedUser
+from botyard.emulator import BotAPIEmulator, ControlError, EmulatedBot, SimulatedUser, Subscription
 from botyard.errors import BotyardError
 from botyard.logs import TokenRedactingFilter
 from botyard.registry.models import BotConfig
 from botyard.runtime.supervisor import Supervisor
 from botyard.sandbox.emulated import EmulatedRegistryLoader, emulated_bot_factory, register
-from botyard.sandbox.routes import build_app
+from botyard.sandbox.problems import HandlerFailure, ProblemLog
+from botyard.sandbox.routes import build_app, next_event
+from botyard.sandbox.transcripts import ChatKey, Note, Transcripts
 from botyard.sandbox.views import (
     JSON,
     MAX_WAIT,
@@ -45,6 +49,8 @@ DEFAULT_USERS = ((1001, "Alice"), (1002, "Bob"), (1003, "Carol"))
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: How often a chat read waiting for a reply checks whether the bot finished handling it.
 SETTLE_POLL = 0.02
+
+logger = logging.getLogger("botyard.sandbox")
 
 
 class SandboxError(BotyardError, RuntimeError):
@@ -78,6 +84,16 @@ class Sandbox:
         self._presses: dict[tuple[str, int], str] = {}
         self._web: web.AppRunner | None = None
         self._task: asyncio.Task[int] | None = None
+        self.transcripts = Transcripts()
+        self.problems = ProblemLog(self._handler_failed)
+        self._keeper: asyncio.Task[None] | None = None
+        #: Chats changed since their transcript was last saved.
+        self._unsaved: set[ChatKey] = set()
+        self._changed = asyncio.Event()
+        #: What the page showed last, shown again while the sandbox stops.
+        self._last_statuses: JSON | None = None
+        self._last_fsm: dict[ChatKey, JSON] = {}
+        self._registry_seen: object = None
 
     # lifecycle
 
@@ -116,7 +132,12 @@ class Sandbox:
             host, port = self._web.addresses[0][:2]
             self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
             self._handle_stop_signals()
+            self.problems.attach()
             self._task = asyncio.create_task(self.supervisor.run(), name="botyard-sandbox")
+            self._keeper = asyncio.create_task(
+                self._keep_transcripts(self.emulator.subscribe(maxsize=1000)),
+                name="botyard-sandbox-transcripts",
+            )
         except BaseException:
             await self._close()
             raise
@@ -150,6 +171,11 @@ class Sandbox:
             await self._close()
 
     async def _close(self) -> None:
+        self.problems.detach()
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+            self._keeper = None
         loop = asyncio.get_running_loop()
         for signum in STOP_SIGNALS:
             with contextlib.suppress(RuntimeError, ValueError):
@@ -215,6 +241,15 @@ class Sandbox:
         user = self._users[user_id] = self.emulator.user(user_id, first_name.strip())
         return user
 
+    async def save_user(self, user: SimulatedUser) -> None:
+        """Keep an added user for the next runs; the page goes on if the database cannot."""
+        if self.database is None:
+            return
+        try:
+            await self.transcripts.save_user(self.database, user.as_json())
+        except PyMongoError as error:
+            logger.warning("sandbox: cannot save user %s: %s", user.id, error)
+
     def emulated(self, config: BotConfig) -> EmulatedBot | None:
         """The emulator's bot for ``config``; ``None`` until the bot first started."""
         if config.token is None:
@@ -222,10 +257,25 @@ class Sandbox:
         token = config.token_value
         return next((bot for bot in self.emulator.bots if bot.token == token), None)
 
+    @property
+    def stopping(self) -> bool:
+        return self.supervisor is not None and self.supervisor.stopping
+
     async def statuses(self) -> JSON:
-        """The bot list: every bot in the registry, disabled ones too, in file order."""
+        """The bot list: every bot in the registry, disabled ones too, in file order.
+
+        While the sandbox stops, the last list shown, every bot ``stopping``: the
+        runners are going away and the database is closing, which says nothing
+        about the bots.
+        """
         assert self.supervisor is not None
+        if self.stopping and self._last_statuses is not None:
+            bots = [{**bot, "status": "stopping"} for bot in self._last_statuses["bots"]]
+            return {**self._last_statuses, "storage": "stopping", "bots": bots}
         registry = self.supervisor.registry
+        if registry is not self._registry_seen:  # a reload went through
+            self._registry_seen = registry
+            self.problems.reload_rejected = None
         storage, counts = "starting", None
         if self.database is not None:
             try:
@@ -233,16 +283,29 @@ class Sandbox:
                 storage = "ready"
             except PyMongoError as error:
                 storage = f"unreachable: {error}"
-        bots = [
-            bot_status(
-                config,
-                self.supervisor.runners.get(config.name),
-                self.emulated(config),
-                None if counts is None else counts.get(config.namespace, 0),
+        bots = []
+        for config in registry.bots:
+            runner = self.supervisor.runners.get(config.name)
+            if runner is not None:
+                self.problems.cannot_start.pop(config.name, None)
+            bots.append(
+                bot_status(
+                    config,
+                    runner,
+                    self.emulated(config),
+                    None if counts is None else counts.get(config.namespace, 0),
+                    self.problems.cannot_start.get(config.name),
+                )
             )
-            for config in registry.bots
-        ]
-        return {"registry": registry.path.name, "storage": storage, "bots": bots}
+        statuses = {
+            "registry": registry.path.name,
+            "storage": storage,
+            "reload_rejected": self.problems.reload_rejected,
+            "bots": bots,
+        }
+        if not self.stopping:
+            self._last_statuses = statuses
+        return statuses
 
     async def chat(
         self, bot_name: str, user_id: str | int, *, after: int | None = None, wait: float = 0.0
@@ -259,10 +322,28 @@ class Sandbox:
         return {
             "bot": config.name,
             "user": user.as_json(),
-            "messages": chat_messages(emulated, user.id),
+            "messages": self._entries(config.name, emulated, user.id),
             "fsm": await self.fsm(config, emulated, user),
             "callback_answer": self._callback_answer(config, emulated, user),
+            "problem": self._bot_problem(config),
         }
+
+    def _entries(self, bot_name: str, emulated: EmulatedBot | None, user_id: int) -> list[JSON]:
+        return self.transcripts.entries((bot_name, user_id), chat_messages(emulated, user_id))
+
+    def _bot_problem(self, config: BotConfig) -> str | None:
+        """Why the bot cannot answer, for the chat: it could not start, or its token is revoked."""
+        assert self.supervisor is not None
+        if config.name in self.supervisor.runners or not config.enabled:
+            emulated = self.emulated(config)
+            if emulated is not None and emulated.revoked:
+                return (
+                    f"{config.name}'s token was revoked: it receives nothing until the sandbox "
+                    "restarts with a new one"
+                )
+            return None
+        cannot = self.problems.cannot_start.get(config.name)
+        return f"{config.name} could not start: {cannot}" if cannot else None
 
     def _callback_answer(
         self, config: BotConfig, emulated: EmulatedBot | None, user: SimulatedUser
@@ -306,14 +387,23 @@ class Sandbox:
     async def fsm(
         self, config: BotConfig, emulated: EmulatedBot | None, user: SimulatedUser
     ) -> JSON:
-        """The user's FSM state and data in the bot's namespace, straight from MongoDB."""
+        """The user's FSM state and data in the bot's namespace, straight from MongoDB.
+
+        While the sandbox stops, the last record read (the database is closing).
+        """
+        chat = (config.name, user.id)
+        if self.stopping and chat in self._last_fsm:
+            return self._last_fsm[chat]
         if self.database is None:
             return {"state": None, "data": {}, "error": "the database is starting"}
         bot_id = emulated.id if emulated is not None else 0
         try:
-            return await fsm_record(self.database, config, storage_key(config, bot_id, user.id))
+            record = await fsm_record(self.database, config, storage_key(config, bot_id, user.id))
         except PyMongoError as error:
             return {"state": None, "data": {}, "error": f"cannot read the database: {error}"}
+        if not self.stopping:
+            self._last_fsm[chat] = record
+        return record
 
     # what the page does
 
@@ -325,7 +415,14 @@ class Sandbox:
             )
         emulated = self.emulated(config)
         if emulated is None:
-            raise PageError(409, f"bot {config.name!r} has not started: see the sandbox's log")
+            problem = self._bot_problem(config)
+            raise PageError(409, problem or f"bot {config.name!r} has not started")
+        if emulated.revoked:
+            raise PageError(
+                409,
+                f"{config.name}'s token was revoked, so Telegram would not deliver this to the "
+                "bot; restart the sandbox to give it a new token",
+            )
         return config, emulated
 
     def send(self, bot_name: str, user_id: str | int, text: object) -> JSON:
@@ -363,4 +460,103 @@ class Sandbox:
         storage = BeanieStorage(self.database, config.namespace, state_ttl=config.state_ttl)
         async with update_scope():  # one delete instead of two writes
             await FSMContext(storage, key).clear()
+        self._note(
+            config.name,
+            user.id,
+            Note("reset", "FSM state and data reset: the bot starts this conversation afresh"),
+        )
         return await self.fsm(config, emulated, user)
+
+    # what the sandbox says in the chats, and keeps
+
+    def _note(self, bot_name: str, user_id: int, note: Note) -> None:
+        emulated = self.emulated(self.bot(bot_name))
+        chat = emulated.chats.get(user_id) if emulated is not None else None
+        self.transcripts.note((bot_name, user_id), note, chat.last_message_id if chat else 0)
+        self._unsaved.add((bot_name, user_id))
+        self._changed.set()
+
+    def _handler_failed(self, failure: HandlerFailure) -> None:
+        """A handler raised: the chat where it happened says what, the traceback folded."""
+        user_id = failure.user_id
+        if user_id is None or user_id not in self._users:
+            return
+        with contextlib.suppress(PageError):  # the bot left the registry meanwhile
+            self._note(
+                failure.bot,
+                user_id,
+                Note("failure", f"the handler failed: {failure.summary}", failure.traceback),
+            )
+
+    async def _keep_transcripts(self, subscription: Subscription) -> None:
+        """Load earlier runs' transcripts and users, then save every chat that changes."""
+        with subscription:
+            database = await self._open_database()
+            try:
+                for user in await self.transcripts.load(database):
+                    if user["id"] not in self._users:
+                        self._users[user["id"]] = self.emulator.user(user["id"], user["first_name"])
+            except PyMongoError as error:
+                logger.warning("sandbox: cannot read earlier transcripts: %s", error)
+            while not subscription.closed:
+                for chat in self._take_unsaved():
+                    await self._save(database, chat)
+                waiting = asyncio.ensure_future(next_event(subscription))
+                changed = asyncio.ensure_future(self._changed.wait())
+                done, _ = await asyncio.wait({waiting, changed}, return_when="FIRST_COMPLETED")
+                for task in (waiting, changed):
+                    task.cancel()
+                self._changed.clear()
+                for event_done in done:
+                    if event_done is waiting and not waiting.cancelled():
+                        self._mark_changed(waiting.result())
+
+    async def _open_database(self) -> AsyncDatabase[JSON]:
+        assert self.supervisor is not None
+        await self.supervisor.started.wait()  # set once the bots started, the database before
+        assert self.database is not None
+        return self.database
+
+    def _take_unsaved(self) -> list[ChatKey]:
+        chats, self._unsaved = sorted(self._unsaved), set()
+        return chats
+
+    def _mark_changed(self, event: Any) -> None:
+        """Note the chat an emulator event changed, to save its transcript."""
+        if event is None or self.supervisor is None:
+            return
+        payload = event.payload.get("update", event.payload)
+        chat_id = _chat_of(payload)
+        name = next(
+            (
+                config.name
+                for config in self.supervisor.registry.bots
+                if (bot := self.emulated(config)) is not None and bot.id == event.bot_id
+            ),
+            None,
+        )
+        if name is not None and chat_id is not None:
+            self._unsaved.add((name, chat_id))
+
+    async def _save(self, database: AsyncDatabase[JSON], chat: ChatKey) -> None:
+        bot_name, user_id = chat
+        with contextlib.suppress(PageError):
+            emulated = self.emulated(self.bot(bot_name))
+            try:
+                await self.transcripts.save(
+                    database, chat, self._entries(bot_name, emulated, user_id)
+                )
+            except PyMongoError as error:
+                if not self.stopping:
+                    logger.warning("sandbox: cannot save the chat %s/%s: %s", *chat, error)
+
+
+def _chat_of(payload: JSON) -> int | None:
+    """The chat a message or an update belongs to."""
+    for key in ("message", "edited_message"):
+        if key in payload:
+            payload = payload[key]
+    if "callback_query" in payload:
+        return int(payload["callback_query"]["from"]["id"])
+    chat = payload.get("chat")
+    return int(chat["id"]) if isinstance(chat, dict) and "id" in chat else None

@@ -39,13 +39,18 @@ class PageError(BotyardError):
 
 
 def bot_status(
-    config: BotConfig, runner: BotRunner | None, emulated: EmulatedBot | None, records: int | None
+    config: BotConfig,
+    runner: BotRunner | None,
+    emulated: EmulatedBot | None,
+    records: int | None,
+    cannot_start: str | None = None,
 ) -> JSON:
     """One line of the bot list: status, counters and how many FSM records it keeps."""
     if not config.enabled:
         status, detail = "disabled", "enabled: false in the registry"
     elif runner is None:
-        status, detail = "not_running", "could not start: see the sandbox's log"
+        status = "not_running"
+        detail = f"could not start: {cannot_start or 'see the sandbox log'}"
     else:
         status, detail = runner.status.value, redact(runner.status_detail)
     counters = runner.counters if runner is not None else None

@@ -76,7 +76,8 @@ function openStream() {
   const stream = new EventSource(`/api/stream${query}`);
   page.stream = stream;
   stream.addEventListener("open", () => setConnection("live", true));
-  stream.addEventListener("error", () => setConnection("reconnecting…", false));
+  // What the page shows stays as it was: the last known values, until the sandbox is back.
+  stream.addEventListener("error", () => setConnection("sandbox not reachable: reconnecting…", false));
   stream.addEventListener("bots", (event) => renderBots(JSON.parse(event.data)));
   stream.addEventListener("chat", (event) => {
     show("problem", "");
@@ -97,8 +98,14 @@ function setConnection(text, live) {
 // -- the bot list -------------------------------------------------------------
 
 function renderBots(payload) {
+  const stopping = payload.storage === "stopping";
   $("registry").textContent = payload.registry
-    + (payload.storage === "ready" ? "" : ` · database ${payload.storage}`);
+    + (payload.storage === "ready" || stopping ? "" : ` · database ${payload.storage}`);
+  if (stopping) setConnection("stopping…", false);
+  else if (page.stream && page.stream.readyState === EventSource.OPEN) setConnection("live", true);
+  show("reload-problem", payload.reload_rejected
+    ? `Saving the registry was rejected; the bots run as before it. ${payload.reload_rejected}`
+    : "");
   const list = $("bots");
   const known = new Map([...list.children].map((item) => [item.dataset.bot, item]));
   const items = payload.bots.map((bot) => {
@@ -206,12 +213,13 @@ function renderChat(chat) {
     return;
   }
   setText($("chat-title"), `${chat.bot} · ${chat.user.first_name}`);
+  show("bot-problem", chat.problem || "");
   const atBottom = messages.scrollTop + messages.clientHeight >= messages.scrollHeight - 8;
   const known = new Map(
-    [...messages.querySelectorAll(".message")].map((item) => [item.dataset.messageId, item]),
+    [...messages.querySelectorAll(".message")].map((item) => [item.dataset.key, item]),
   );
   const items = chat.messages.map((message) => {
-    const item = known.get(String(message.message_id));
+    const item = known.get(message.key);
     const shape = JSON.stringify(message);
     if (item && item.shape === shape) return item;
     const fresh = renderMessage(message);
@@ -226,7 +234,7 @@ function renderChat(chat) {
   messages.dataset.chat = `${chat.bot}/${chat.user.id}`;
   if (atBottom || chat.messages.length > page.shownMessages) messages.scrollTop = messages.scrollHeight;
   page.shownMessages = chat.messages.length;
-  const lastBot = [...chat.messages].reverse().find((message) => message.from === "bot");
+  const lastBot = [...chat.messages].reverse().find((message) => message.from === "bot" && !message.earlier);
   renderReplyKeyboard(lastBot ? lastBot.keyboard : []);
   const answer = chat.callback_answer?.text;
   show("toast", answer ? `${chat.bot} answered the button: ${answer}` : "");
@@ -235,11 +243,25 @@ function renderChat(chat) {
 
 function renderMessage(message) {
   const item = element("li", {
-    class: `message from-${message.from}`,
-    "data-message-id": String(message.message_id),
+    class: `message from-${message.from}${message.kind ? ` note-${message.kind}` : ""}`
+      + (message.earlier ? " earlier" : ""),
+    "data-key": message.key,
     "data-from": message.from,
   });
+  if (message.message_id !== null) item.dataset.messageId = String(message.message_id);
+  if (message.kind) item.dataset.kind = message.kind;
   item.append(element("div", { class: "text", text: message.text }));
+  if (message.details) {
+    item.append(
+      element(
+        "details",
+        { class: "traceback" },
+        element("summary", { text: "traceback" }),
+        element("pre", { text: message.details }),
+      ),
+    );
+  }
+  if (message.from === "sandbox") return item;
   if (message.edited) {
     item.append(
       element("span", {
@@ -252,7 +274,9 @@ function renderMessage(message) {
   for (const row of message.buttons) {
     const line = element("div", { class: "buttons" });
     for (const button of row) {
-      if (button.callback_data !== undefined) {
+      if (message.earlier) {
+        line.append(element("span", { class: "inline muted", title: "sent before the sandbox restarted", text: button.text }));
+      } else if (button.callback_data !== undefined) {
         line.append(
           element("button", {
             type: "button",

@@ -1,0 +1,82 @@
+"""What went wrong, for the page: failed handlers, bots that cannot start, rejected reloads.
+
+The Supervisor and the runners report these in the log, with ``extra`` fields
+saying what happened (see :mod:`botyard.runtime.supervisor`); :class:`ProblemLog`
+is a logging handler that hands them to the sandbox, so the page shows them
+where they happened instead of only in the terminal. Every text is redacted of
+anything shaped like a token before it leaves here.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiogram.types import Update
+
+from botyard.tokens import redact
+
+#: Loggers whose records name bot events (the Supervisor's and the runners').
+LOGGERS = ("botyard.supervisor", "botyard.bot")
+
+
+@dataclass(frozen=True)
+class HandlerFailure:
+    """A handler raised while handling ``update``: what the chat shows."""
+
+    bot: str
+    update: Update
+    #: ``"ZeroDivisionError: division by zero"``.
+    summary: str
+    traceback: str
+
+    @property
+    def user_id(self) -> int | None:
+        """The simulated user whose action failed (their private chat's id)."""
+        for event in (self.update.message, self.update.edited_message):
+            if event is not None:
+                return event.chat.id
+        query = self.update.callback_query
+        return query.from_user.id if query is not None else None
+
+
+class ProblemLog(logging.Handler):
+    """Collects the bot events of the log; install with :meth:`attach`, remove with :meth:`detach`.
+
+    ``cannot_start`` holds each bot's last start failure (the sandbox drops it once
+    the bot runs); ``reload_rejected`` the errors of the last rejected reload.
+    """
+
+    def __init__(self, on_failure: Callable[[HandlerFailure], None]) -> None:
+        super().__init__(level=logging.ERROR)
+        self._on_failure = on_failure
+        self.cannot_start: dict[str, str] = {}
+        self.reload_rejected: str | None = None
+
+    def attach(self) -> None:
+        for name in LOGGERS:
+            logging.getLogger(name).addHandler(self)
+
+    def detach(self) -> None:
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "event", None)
+        if event == "handler_failed" and record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            self._on_failure(
+                HandlerFailure(
+                    bot=record.bot,  # type: ignore[attr-defined]  # set through ``extra``
+                    update=record.update,  # type: ignore[attr-defined]
+                    summary=redact(f"{type(error).__name__}: {error}"),
+                    traceback=redact("".join(traceback.format_exception(error))),
+                )
+            )
+        elif event == "cannot_start":
+            why = record.args[-1] if isinstance(record.args, tuple) else record.getMessage()
+            self.cannot_start[record.bot] = redact(str(why))  # type: ignore[attr-defined]
+        elif event == "reload_rejected":
+            self.reload_rejected = redact(record.getMessage())
