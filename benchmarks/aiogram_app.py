@@ -55,7 +55,10 @@ def load_router(spec: str) -> Router:
 
 async def serve(args: argparse.Namespace, tokens: list[str]) -> None:
     client: AsyncMongoClient[Any] = AsyncMongoClient(args.uri)
-    dispatcher = Dispatcher(storage=make_storage(args.storage, client, args.database))
+    # Handlers get the database, as botyard gives it (the questionnaire saves its answers there).
+    dispatcher = Dispatcher(
+        storage=make_storage(args.storage, client, args.database), database=client[args.database]
+    )
     dispatcher.include_router(load_router(args.router))
     api = TelegramAPIServer.from_base(args.api_server)
     bots = [Bot(token, session=AiohttpSession(api=api)) for token in tokens]

@@ -58,7 +58,9 @@ def _at_most(limit: float) -> Callable[[float | None], bool | None]:
 
 def roundtrip_rows(figure: dict[str, Any]) -> list[Row]:
     counts = figure["counts"]
-    targets = {"echo (no FSM use)": 1.0}
+    # Two for every step that changes state and data; the last step also inserts the
+    # completed answers, one round trip of the bot's own that every contender makes.
+    targets = {"echo (no FSM use)": 1.0, "last step": 3.0, "whole questionnaire, per update": 2.25}
     rows = []
     for step in figure["steps"]:
         values = {name: counts[name][step] for name in CONTENDER_NAMES}

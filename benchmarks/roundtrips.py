@@ -48,13 +48,21 @@ DispatcherFactory = Callable[[AsyncDatabase[Any], Router, str], Dispatcher]
 
 def botyard_dispatcher(database: AsyncDatabase[Any], router: Router, name: str) -> Dispatcher:
     storage = BeanieStorage(database, name, state_ttl=timedelta(days=1))
-    spec = BotSpec(name=name, token="1:unused", routers=BotRouters.of(router), storage=storage)
+    spec = BotSpec(
+        name=name,
+        token="1:unused",
+        routers=BotRouters.of(router),
+        storage=storage,
+        workflow_data={"database": database},
+    )
     return BotRunner(spec, Bot("1:unused")).dispatcher
 
 
 def baseline_dispatcher(kind: str) -> DispatcherFactory:
     def build(database: AsyncDatabase[Any], router: Router, name: str) -> Dispatcher:
-        dispatcher = Dispatcher(storage=make_storage(kind, database.client, database.name))
+        dispatcher = Dispatcher(
+            storage=make_storage(kind, database.client, database.name), database=database
+        )
         dispatcher.include_router(router)
         return dispatcher
 
@@ -79,6 +87,7 @@ async def count_one(world: World, name: str, factory: DispatcherFactory) -> dict
     database = client[f"bench_rt_{name.replace('-', '_')}"]
     await client.drop_database(database.name)
     await prepare_database(database)
+    await questionnaire.bind(database)  # once per process: not part of any step's count
     api = TelegramAPIServer.from_base(world.emulator.url)
     bots = {kind: Bot(token, session=AiohttpSession(api=api)) for kind, token in tokens.items()}
     dispatchers = {

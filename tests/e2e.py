@@ -34,19 +34,28 @@ BOTYARD = [sys.executable, "-m", "botyard"]
 _QUESTIONNAIRE = runpy.run_path(str(REPO / "bots" / "questionnaire" / "__init__.py"))
 QUESTIONS: list[str] = list(_QUESTIONNAIRE["QUESTIONS"].values())
 THANKS: str = _QUESTIONNAIRE["THANKS"]
+#: Where the questionnaire saves completed answers (its own collection).
+ANSWERS = "questionnaire_answers"
+
+
+def saved_answers(documents: Iterable[dict[str, Any]]) -> dict[int, list[dict[str, str]]]:
+    """Documents of :data:`ANSWERS` as each user's answers, in the order they were saved."""
+    found: dict[int, list[dict[str, str]]] = {}
+    for document in sorted(documents, key=lambda d: d["_id"]):
+        assert document["chat_id"] == document["user_id"], "a private chat"
+        found.setdefault(document["user_id"], []).append(document["answers"])
+    return found
 
 
 def assert_conversations_stored(world: World, users: Iterable[int], name: str) -> None:
-    """Each user answered "red/cat/soup <user>" and registered as ``name.format(user)``."""
+    """Each user answered "red/cat/soup <user>", saved once, and registered as
+    ``name.format(user)``; a completed questionnaire leaves no FSM state."""
     questionnaire = world.records("questionnaire")
+    answers = world.answers("questionnaire")
     registration = world.records("registration")
     for user in users:
-        assert questionnaire[user]["data"] == {
-            "q1": f"red {user}",
-            "q2": f"cat {user}",
-            "q3": f"soup {user}",
-        }
-        assert questionnaire[user]["state"] is None
+        assert user not in questionnaire
+        assert answers[user] == [{"q1": f"red {user}", "q2": f"cat {user}", "q3": f"soup {user}"}]
         assert registration[user]["data"] == {"name": name.format(user)}
         assert registration[user]["state"] is None
 
@@ -271,6 +280,11 @@ class World:
         """The bot's FSM records by user id."""
         found = self.collection("fsm_records", {"namespace": namespace})
         return {doc["user_id"]: doc for doc in found}
+
+    def answers(self, bot: str) -> dict[int, list[dict[str, str]]]:
+        """The questionnaires the bot saved (``questionnaire_answers``), by user, oldest first."""
+        bot_id = int(self.tokens[bot].partition(":")[0])
+        return saved_answers(self.collection(ANSWERS, {"bot_id": bot_id}))
 
     def wait_all_running(self, process: BotyardProcess, names: list[str]) -> None:
         for name in names:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ def python_blocks(section: str) -> dict[str, str]:
     return {block.split("\n", 1)[0].removeprefix("# ").strip(): block for block in blocks}
 
 
-def test_the_bot_test_in_the_readme_passes(tmp_path: Path) -> None:
+def test_the_bot_test_in_the_readme_passes(tmp_path: Path, mongo_uri: str) -> None:
     blocks = python_blocks(readme_section("Testing your own bots"))
     assert set(blocks) == {"conftest.py", "tests/test_questionnaire.py", "tests/test_flood.py"}
     for name, source in blocks.items():
@@ -40,6 +41,7 @@ def test_the_bot_test_in_the_readme_passes(tmp_path: Path) -> None:
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, "MONGODB_URI": mongo_uri},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout

@@ -1,14 +1,24 @@
-"""Questionnaire bot: three questions, each answer stored as it arrives.
+"""Questionnaire bot: three questions; the completed answers are saved as a document.
 
-A user who stops half-way and comes back (even after a restart of the
-platform) is asked the question they had reached, with earlier answers kept.
+While the questionnaire runs, each answer is kept in the FSM data, so a user
+who stops half-way and comes back (even after a restart of the platform) is
+asked the question they had reached, with earlier answers kept. The last answer
+saves the completed questionnaire as a :class:`QuestionnaireAnswers` document
+in the bot's own collection, ``questionnaire_answers``, through the ``database``
+the platform hands to every handler, then clears the conversation: FSM state
+is for conversations in progress, a result belongs in a collection of its own.
 """
 
-from aiogram import F, Router
+from datetime import UTC, datetime
+from typing import Any
+
+from aiogram import Bot, F, Router
 from aiogram.filters import CommandStart, StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import Message
+from beanie import Document, init_beanie
+from pymongo.asynchronous.database import AsyncDatabase
 
 QUESTIONS = {
     "q1": "Question 1: What is your favorite color?",
@@ -25,6 +35,51 @@ class Questionnaire(StatesGroup):
 
 
 ORDER = [Questionnaire.q1, Questionnaire.q2, Questionnaire.q3]
+
+
+class QuestionnaireAnswers(Document):
+    """One completed questionnaire."""
+
+    bot_id: int  # several bots may run this module
+    user_id: int
+    chat_id: int
+    answers: dict[str, str]
+    completed_at: datetime
+
+    class Settings:
+        name = "questionnaire_answers"
+
+
+#: The database the model was bound to (Beanie binds a model to one database at a time).
+_bound_to: list[AsyncDatabase[Any]] = []
+
+
+async def bind(database: AsyncDatabase[Any]) -> None:
+    """Bind :class:`QuestionnaireAnswers` to ``database`` unless it is already (two round trips,
+    once: Beanie asks the server its version and collections)."""
+    if not _bound_to or _bound_to[0] is not database:
+        # The model declares no index: nothing to build.
+        await init_beanie(
+            database=database, document_models=[QuestionnaireAnswers], skip_indexes=True
+        )
+        _bound_to[:] = [database]
+
+
+async def save_answers(
+    database: AsyncDatabase[Any], bot: Bot, message: Message, answers: dict[str, str]
+) -> QuestionnaireAnswers:
+    """Insert the completed questionnaire (one round trip once the model is bound)."""
+    await bind(database)
+    user = message.from_user
+    document = QuestionnaireAnswers(
+        bot_id=bot.id,
+        user_id=user.id if user is not None else message.chat.id,
+        chat_id=message.chat.id,
+        answers=answers,
+        completed_at=datetime.now(UTC),
+    )
+    await document.insert()
+    return document
 
 
 def _field(state: State) -> str:
@@ -46,15 +101,24 @@ def router() -> Router:
         await message.answer(QUESTIONS[_field(resumed)])
 
     @questionnaire.message(StateFilter(Questionnaire), F.text)
-    async def answer(message: Message, state: FSMContext, raw_state: str) -> None:
+    async def answer(
+        message: Message,
+        state: FSMContext,
+        raw_state: str,
+        bot: Bot,
+        database: AsyncDatabase[Any],
+    ) -> None:
         position = [s.state for s in ORDER].index(raw_state)
-        await state.update_data({_field(ORDER[position]): message.text})
+        field = _field(ORDER[position])
         if position + 1 < len(ORDER):
+            await state.update_data({field: message.text})
             following = ORDER[position + 1]
             await state.set_state(following)
             await message.answer(QUESTIONS[_field(following)])
         else:
-            await state.set_state(None)
+            answers = {**await state.get_data(), field: message.text or ""}
+            await save_answers(database, bot, message, answers)
+            await state.clear()
             await message.answer(THANKS)
 
     return questionnaire

@@ -18,7 +18,7 @@ from pymongo import MongoClient
 from botyard.database.embedded import INSTALL_HINT, SERVER_COMMAND, SecantusServer
 from botyard.emulator import EmulatorThread
 
-from e2e import QUESTIONS, THANKS, BotyardProcess, copy_example_bots
+from e2e import ANSWERS, QUESTIONS, THANKS, BotyardProcess, copy_example_bots, saved_answers
 
 pytestmark = pytest.mark.e2e
 
@@ -126,8 +126,9 @@ def test_embedded_store_survives_sigkill_and_is_reused(project: Project) -> None
         assert project.ask(user, "pizza") == THANKS
         with MongoClient[dict[str, Any]](uri) as client:
             record = client["botyard"]["fsm_records"].find_one({"user_id": user})
-        assert record is not None
-        assert record["data"] == {"q1": "blue", "q2": "cat", "q3": "pizza"}
+            answers = saved_answers(client["botyard"][ANSWERS].find({"user_id": user}))
+        assert record is None, "a completed questionnaire leaves no state"
+        assert answers == {user: [{"q1": "blue", "q2": "cat", "q3": "pizza"}]}
 
         # a second botyard on the same registry is refused and leaves the store alone
         server = project.pids()["server"]

@@ -35,11 +35,13 @@ from botyard.sandbox.views import (
     JSON,
     MAX_WAIT,
     PageError,
+    bot_collections,
     bot_status,
     chat_messages,
     check_text,
     fsm_record,
     record_counts,
+    saved_documents,
     storage_key,
 )
 from botyard.storage import BeanieStorage, update_scope
@@ -49,6 +51,8 @@ DEFAULT_USERS = ((1001, "Alice"), (1002, "Bob"), (1003, "Carol"))
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: How often a chat read waiting for a reply checks whether the bot finished handling it.
 SETTLE_POLL = 0.02
+#: How long the list of the bots' own collections is reused before it is read again.
+COLLECTIONS_REFRESH = 5.0
 
 logger = logging.getLogger("botyard.sandbox")
 
@@ -93,7 +97,9 @@ class Sandbox:
         #: What the page showed last, shown again while the sandbox stops.
         self._last_statuses: JSON | None = None
         self._last_fsm: dict[ChatKey, JSON] = {}
+        self._last_documents: dict[ChatKey, list[JSON]] = {}
         self._registry_seen: object = None
+        self._collections: tuple[float, list[str]] = (float("-inf"), [])
 
     # lifecycle
 
@@ -324,9 +330,30 @@ class Sandbox:
             "user": user.as_json(),
             "messages": self._entries(config.name, emulated, user.id),
             "fsm": await self.fsm(config, emulated, user),
+            "documents": await self.documents(config, user),
             "callback_answer": self._callback_answer(config, emulated, user),
             "problem": self._bot_problem(config),
         }
+
+    async def documents(self, config: BotConfig, user: SimulatedUser) -> list[JSON]:
+        """What the bot saved for the user in collections of its own (see
+        :func:`~botyard.sandbox.views.saved_documents`); nothing while the database is not up."""
+        chat = (config.name, user.id)
+        emulated = self.emulated(config)
+        if self.database is None or self.stopping or emulated is None:
+            return self._last_documents.get(chat, [])
+        loop = asyncio.get_running_loop()
+        try:
+            read_at, names = self._collections
+            if loop.time() - read_at > COLLECTIONS_REFRESH:
+                names = bot_collections(await self.database.list_collection_names())
+                self._collections = (loop.time(), names)
+            documents = await saved_documents(self.database, names, emulated.id, user.id)
+        except PyMongoError as error:
+            logger.warning("sandbox: cannot read the bots' documents: %s", error)
+            return self._last_documents.get(chat, [])
+        self._last_documents[chat] = documents
+        return documents
 
     def _entries(self, bot_name: str, emulated: EmulatedBot | None, user_id: int) -> list[JSON]:
         return self.transcripts.entries((bot_name, user_id), chat_messages(emulated, user_id))

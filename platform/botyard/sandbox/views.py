@@ -7,6 +7,7 @@ these views: bots are named by registry name, id and username.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiogram.fsm.storage.base import StorageKey
@@ -132,6 +133,34 @@ async def record_counts(database: AsyncDatabase[JSON], namespaces: list[str]) ->
     for group in await FSMRecords(database).count_by_state(namespaces):
         counts[group.namespace] = counts.get(group.namespace, 0) + group.records
     return counts
+
+
+#: Collections of botyard's own, never shown as a bot's documents.
+PLATFORM_COLLECTIONS = re.compile(r"fsm_records|webhook_.*|sandbox_.*|migrations_.*|system\..*")
+#: Most documents shown per chat, newest first.
+MAX_DOCUMENTS = 5
+
+
+def bot_collections(names: list[str]) -> list[str]:
+    """The collections bots made themselves (``questionnaire_answers``), in name order."""
+    return sorted(name for name in names if not PLATFORM_COLLECTIONS.fullmatch(name))
+
+
+async def saved_documents(
+    database: AsyncDatabase[JSON], collections: list[str], bot_id: int, user_id: int
+) -> list[JSON]:
+    """What the bot saved for the user: the newest documents of the bots' own collections
+    with ``bot_id`` and ``user_id`` fields, as the example questionnaire writes them.
+
+    Each collection is queried apart, newest first; the page shows dates and ids as text.
+    """
+    found: list[JSON] = []
+    for name in collections:
+        cursor = database[name].find(
+            {"bot_id": bot_id, "user_id": user_id}, sort=[("_id", -1)], limit=MAX_DOCUMENTS
+        )
+        found.extend([{"collection": name, "document": document} async for document in cursor])
+    return found[:MAX_DOCUMENTS]
 
 
 def _iso(value: Any) -> str | None:

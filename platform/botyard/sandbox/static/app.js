@@ -351,6 +351,28 @@ function renderFsm(chat) {
   $("fsm-updated").textContent = when(fsm.updated_at) ?? "–";
   $("fsm-expires").textContent = when(fsm.expires_at) ?? (fsm.stored ? "never" : "–");
   show("fsm-error", fsm.error || "");
+  renderDocuments(chat ? chat.documents : []);
+}
+
+function renderDocuments(documents) {
+  const shape = JSON.stringify(documents);
+  const list = $("documents");
+  if (list.dataset.shape === shape) return;  // a text selection survives a refresh
+  list.dataset.shape = shape;
+  if (documents.length === 0) {
+    list.replaceChildren(element("li", { class: "muted", text: "none" }));
+    return;
+  }
+  list.replaceChildren(
+    ...documents.map((found) =>
+      element(
+        "li",
+        { class: "document", "data-collection": found.collection },
+        element("span", { class: "muted", text: found.collection }),
+        element("pre", { text: JSON.stringify(found.document, null, 2) }),
+      ),
+    ),
+  );
 }
 
 function when(iso) {
