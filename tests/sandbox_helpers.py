@@ -1,4 +1,4 @@
-"""Shared by the sandbox tests: a bot with inline buttons, and the example registry in a folder.
+"""Shared by the sandbox tests: bots with inline buttons and failing handlers, the example registry.
 
 The example bots send plain text only, so ``counter`` adds what they lack: an
 inline keyboard, callback queries, and a message edited in place.
@@ -60,7 +60,12 @@ def router() -> Router:
 
 
 FAILING_BOT = '''
-"""Answers, then raises: a handler failure the sandbox must show in the chat."""
+"""Answers, then raises: a handler failure the sandbox must show in the chat.
+
+"slow N" instead sleeps N seconds before answering: an update still in flight.
+"""
+import asyncio
+
 from aiogram import Router
 from aiogram.types import Message
 
@@ -70,8 +75,13 @@ def router() -> Router:
 
     @failing.message()
     async def answer_then_fail(message: Message) -> None:
-        await message.answer(f"about to fail on {message.text}")
-        raise ZeroDivisionError(f"cannot divide {message.text} by zero")
+        text = message.text or ""
+        if text.startswith("slow "):
+            await asyncio.sleep(float(text.split()[1]))
+            await message.answer(f"done {text}")
+            return
+        await message.answer(f"about to fail on {text}")
+        raise ZeroDivisionError(f"cannot divide {text} by zero")
 
     return failing
 '''
