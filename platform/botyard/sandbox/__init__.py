@@ -12,18 +12,20 @@ in the registry, ``{user}`` a simulated user's id.
 
 JSON API (answers are JSON; a POST must send ``Content-Type: application/json``,
 which keeps other web sites from posting to it; errors are ``{"error": "<message>"}``
-with status 400 bad input, 404 unknown bot, user or endpoint, 409 bot disabled or
-not started, 415 not JSON, 503 database starting):
+with status 400 bad input, 404 unknown bot, user or endpoint, 409 bot disabled,
+not started or its token revoked, 415 not JSON, 503 database starting):
 
 ``GET /api/bots``
-    ``{"registry": "botyard.yaml", "storage": "ready" | "starting" | "unreachable: ...",
-    "bots": [{"name", "enabled", "status", "detail", "username", "bot_id", "revoked",
-    "received", "handled", "errors", "fsm_records"}]}``, every bot of the file in
-    file order.
+    ``{"registry": "botyard.yaml", "storage": "ready" | "starting" | "stopping" |
+    "unreachable: ...", "reload_rejected": null | "<errors>", "bots": [{"name",
+    "enabled", "status", "detail", "username", "bot_id", "revoked", "received",
+    "handled", "errors", "fsm_records"}]}``, every bot of the file in file order.
     ``status`` is a runner status (``starting``, ``running``, ``backing_off``,
-    ``unauthorized``, ``conflict``, ``stopped``), ``disabled``, or ``not_running``
-    (the bot could not start; the log says why). ``fsm_records`` is ``null``
-    while the database is not ready.
+    ``unauthorized``, ``conflict``, ``stopped``), ``disabled``, ``not_running``
+    (the bot could not start; ``detail`` says why), or ``stopping`` (the sandbox
+    stops: everything else is as last shown). ``fsm_records`` is ``null`` while
+    the database is not ready. ``reload_rejected`` holds the errors of the last
+    saved registry that was rejected, until one is accepted.
 ``GET /api/users``
     ``{"users": [{"id", "is_bot", "first_name", ...}]}``.
 ``POST /api/users`` with ``{"first_name": "Dave"}``
@@ -33,18 +35,26 @@ not started, 415 not JSON, 503 database starting):
     ``{"update_id": 1, "message_id": 1}``. Text Telegram could not carry
     (empty, longer than 4096 characters, not valid Unicode) is a 400.
 ``GET /api/bots/{bot}/users/{user}/chat[?wait=SECONDS[&after=MESSAGE_ID]]``
-    ``{"bot", "user": {...}, "messages": [{"message_id", "from": "user" | "bot",
-    "text", "date", "edited", "previous_texts", "buttons": [[{"text",
+    ``{"bot", "user": {...}, "messages": [{"key", "message_id", "from": "user" |
+    "bot", "text", "date", "edited", "previous_texts", "buttons": [[{"text",
     "callback_data" | "url"}]], "keyboard": [["text"]]}], "fsm": {"state",
-    "data", "updated_at", "expires_at", "stored"}, "callback_answer": null |
-    {"text", "show_alert", "url"}}``; ``callback_answer`` is the bot's answer to
+    "data", "updated_at", "expires_at", "stored"}, "documents": [{"collection",
+    "document"}], "callback_answer": null | {"text", "show_alert", "url"},
+    "problem": null | "<why the bot cannot answer>"}``. ``messages`` is the
+    transcript: entries of earlier runs come first, with ``"earlier": true`` and
+    ``message_id`` ``null``; the sandbox's own notes have ``"from": "sandbox"``,
+    ``kind`` (``failure``: a handler raised, ``details`` is the traceback;
+    ``reset``) and ``message_id`` ``null``. ``documents`` are what the bot saved
+    for the user (documents of the bots' own collections with its ``bot_id`` and
+    the ``user_id``). ``callback_answer`` is the bot's answer to
     the user's latest button press (``null`` until it answers). With ``wait`` (at most 60)
     it first waits for a bot message newer than ``after`` (default: the user's
     last message), then answers in any case.
 ``POST /api/bots/{bot}/users/{user}/buttons`` with ``{"message_id": 3, "callback_data": "inc"}``
     The user presses an inline button: ``{"update_id", "callback_query_id"}``.
 ``POST /api/bots/{bot}/users/{user}/reset``
-    Clears the user's FSM state and data; answers the ``fsm`` object as it is now.
+    Clears the user's FSM state and data, and marks it in the chat; answers the
+    ``fsm`` object as it is now.
 ``GET /api/stream[?bot={bot}&user={user}]``
     Server-sent events, each sent when it changed: ``bots`` (as ``GET
     /api/bots``), ``chat`` (as the chat endpoint) and ``problem`` (``{"error"}``
