@@ -17,6 +17,7 @@ import signal
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,10 @@ class Page:
         self.until(lambda: self.fsm() == (state, data), f"FSM state {state} with data {data}")
 
 
+def last_message_is(page: Page, message: tuple[str, str]) -> bool:
+    return page.messages()[-1] == message
+
+
 def test_the_page_runs_the_example_bots_for_several_users(
     page: Page, sandbox: Running, tmp_path: Path
 ) -> None:
@@ -308,7 +313,7 @@ def test_the_page_runs_the_example_bots_for_several_users(
     page.say("/start", "Count: 0")
     for expected in ("Count: 1", "Count: 2"):
         page.click('#messages .message[data-from="bot"] button[data-callback="inc"]')
-        page.until(lambda e=expected: page.messages()[-1] == ("bot", e), f"edited to {expected}")
+        page.until(partial(last_message_is, page, ("bot", expected)), f"edited to {expected}")
     page.wait_fsm("none", {"count": 2})
     assert len(page.messages()) == 2, "edited in place, not sent again"
     assert page.text('#messages .message[data-from="bot"] .edited') == "edited"
