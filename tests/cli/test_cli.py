@@ -97,6 +97,7 @@ def test_check_warns_about_tokens_that_are_unset_empty_or_malformed(
     )
     broken = CliRunner().invoke(main, ["check", str(tmp_path / "botyard.yaml")])
     assert broken.exit_code == 1
+    assert "error: invalid registry" in broken.output
     assert "cannot import bots.nope" in broken.output
     assert ".token: " not in broken.output.partition("error: invalid registry")[2]
 
