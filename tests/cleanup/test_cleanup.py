@@ -772,6 +772,7 @@ def test_cleanup_command_calls_hooks_with_a_bot_made_from_the_registry(
     [notice] = bot_api_thread.sent_messages(token, 7)
     assert notice["text"] == "your quiz expired at Quiz:q1 with {'q1': 'red'}"
     assert "the bot has no token" in rows["tokenless"][-1]
+    assert "TOKENLESS_TOKEN" in result.output, "the error says which variable"
     assert "cannot import no_such_module" in rows["broken"][-1]
     assert "the sweep failed for tokenless, broken" in result.output
     assert token not in result.output

@@ -421,6 +421,7 @@ def test_source_problems_are_one_line_errors(old: Old) -> None:
     tokenless = old.run("aiogram", "--with-bot-id", QUESTIONNAIRE_TOKEN=None)
     assert tokenless.exit_code == 2
     assert "--with-bot-id: bot questionnaire's token is not set" in tokenless.output
+    assert "environment variable QUESTIONNAIRE_TOKEN is not set" in tokenless.output
 
     command = ["import", str(old.registry), "--from", "seed", "--database", "old"]
     unreachable = CliRunner().invoke(

@@ -124,12 +124,15 @@ def schedule_period(cleanup: CleanupConfig, now: datetime | None = None) -> time
 
 
 @contextlib.asynccontextmanager
-async def temporary_bot(config: BotConfig) -> AsyncIterator[Bot]:
-    """A ``Bot`` with the registry's token and API server, closed when the sweep is done."""
+async def temporary_bot(config: BotConfig, why: str | None = None) -> AsyncIterator[Bot]:
+    """A ``Bot`` with the registry's token and API server, closed when the sweep is done.
+
+    ``why`` says why a bot has no token (``Registry.token_problems``), for the error.
+    """
     if config.token is None:
         raise ValueError(
             "its on_state_expired hook needs a Bot, and the bot has no token "
-            "(set the token's variable); nothing was removed"
+            f"({why or 'set the token variable'}); nothing was removed"
         )
     if config.api_server:
         session = AiohttpSession(api=TelegramAPIServer.from_base(config.api_server))
@@ -189,10 +192,11 @@ class Sweeper:
         database: AsyncDatabase[Document],
         registry: Registry,
         *,
-        hook_bots: HookBots = temporary_bot,
+        hook_bots: HookBots | None = None,
         clock: Clock = utcnow,
     ) -> Sweeper:
-        """A sweeper with the registry's ``cleanup`` settings.
+        """A sweeper with the registry's ``cleanup`` settings; by default each hook gets
+        a :func:`temporary_bot`.
 
         ``purge_at`` is realigned up to :func:`backstop_grace` ahead (two schedule
         periods, plus the TTL monitor's minute): far enough that the backstop
@@ -205,7 +209,8 @@ class Sweeper:
             batch_size=registry.cleanup.batch_size,
             horizon=grace,
             grace=grace,
-            hook_bots=hook_bots,
+            hook_bots=hook_bots
+            or (lambda config: temporary_bot(config, registry.token_problems.get(config.name))),
             clock=clock,
         )
 

@@ -99,9 +99,10 @@ def import_state(
         raise click.UsageError(str(error.args[0])) from None
     bot_id = int(bot.token_value.partition(":")[0]) if bot.token else None
     if key_options["with_bot_id"] and bot_id is None:
+        why = registry.token_problems.get(bot.name, "set the token variable")
         raise click.UsageError(
             f"--with-bot-id: bot {bot.name}'s token is not set, and its id (the part "
-            "before ':') tells its keys from other bots' keys; set the token's variable"
+            f"before ':') tells its keys from other bots' keys ({why})"
         )
     label = source_label(uri, database, collection or "")
 
