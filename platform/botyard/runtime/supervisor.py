@@ -9,7 +9,7 @@ changing it.
 
 Log records of what happens to bots carry ``extra`` fields for programs that
 watch the log (the sandbox's page): ``event`` (``cannot_start``, ``handler_failed``,
-``reload_rejected``), ``bot``, and ``update``.
+``reload_rejected``), ``bot_name`` and ``update``.
 """
 
 from __future__ import annotations
@@ -333,7 +333,7 @@ class Supervisor:
                     "bot=%s cannot start: %s",
                     config.name,
                     error,
-                    extra={"event": "cannot_start", "bot": config.name},
+                    extra={"event": "cannot_start", "bot_name": config.name},
                 )
                 self._routers.release(config.name)
                 continue
@@ -451,7 +451,7 @@ class Supervisor:
                         "bot=%s cannot start:\n%s",
                         bot.name,
                         error,
-                        extra={"event": "cannot_start", "bot": bot.name},
+                        extra={"event": "cannot_start", "bot_name": bot.name},
                     )
             if self.cluster is None:
                 to_start = [bot for bot in new.enabled_bots if bot.name in routers]

@@ -69,7 +69,7 @@ class ProblemLog(logging.Handler):
             error = record.exc_info[1]
             self._on_failure(
                 HandlerFailure(
-                    bot=record.bot,  # type: ignore[attr-defined]  # set through ``extra``
+                    bot=record.bot_name,  # type: ignore[attr-defined]  # set through ``extra``
                     update=record.update,  # type: ignore[attr-defined]
                     summary=redact(f"{type(error).__name__}: {error}"),
                     traceback=redact("".join(traceback.format_exception(error))),
@@ -77,6 +77,6 @@ class ProblemLog(logging.Handler):
             )
         elif event == "cannot_start":
             why = record.args[-1] if isinstance(record.args, tuple) else record.getMessage()
-            self.cannot_start[record.bot] = redact(str(why))  # type: ignore[attr-defined]
+            self.cannot_start[record.bot_name] = redact(str(why))  # type: ignore[attr-defined]
         elif event == "reload_rejected":
             self.reload_rejected = redact(record.getMessage())
