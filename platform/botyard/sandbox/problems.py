@@ -65,18 +65,27 @@ class ProblemLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         event = getattr(record, "event", None)
-        if event == "handler_failed" and record.exc_info and record.exc_info[1] is not None:
-            error = record.exc_info[1]
+        if event == "handler_failed":
+            details = _traceback(record)
+            lines = [line for line in details.splitlines() if line.strip()]
             self._on_failure(
                 HandlerFailure(
                     bot=record.bot_name,  # type: ignore[attr-defined]  # set through ``extra``
                     update=record.update,  # type: ignore[attr-defined]
-                    summary=redact(f"{type(error).__name__}: {error}"),
-                    traceback=redact("".join(traceback.format_exception(error))),
+                    summary=redact(lines[-1].strip()) if lines else "an exception",
+                    traceback=redact(details),
                 )
             )
         elif event == "cannot_start":
-            why = record.args[-1] if isinstance(record.args, tuple) else record.getMessage()
-            self.cannot_start[record.bot_name] = redact(str(why))  # type: ignore[attr-defined]
+            why = record.getMessage().partition("cannot start:")[2].strip()
+            self.cannot_start[record.bot_name] = redact(why)  # type: ignore[attr-defined]
         elif event == "reload_rejected":
             self.reload_rejected = redact(record.getMessage())
+
+
+def _traceback(record: logging.LogRecord) -> str:
+    """The record's traceback: from the exception, or the text the log's redacting filter
+    left in its place (botyard's logging drops the exception object itself)."""
+    if record.exc_info and record.exc_info[1] is not None:
+        return "".join(traceback.format_exception(record.exc_info[1]))
+    return record.exc_text or ""
