@@ -9,6 +9,7 @@ the platform hands to every handler, then clears the conversation: FSM state
 is for conversations in progress, a result belongs in a collection of its own.
 """
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import Message
 from beanie import Document, init_beanie
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 QUESTIONS = {
     "q1": "Question 1: What is your favorite color?",
@@ -38,8 +40,13 @@ ORDER = [Questionnaire.q1, Questionnaire.q2, Questionnaire.q3]
 
 
 class QuestionnaireAnswers(Document):
-    """One completed questionnaire."""
+    """One completed questionnaire.
 
+    Its id names the message that completed it (bot, chat, message), so an update
+    handled twice (delivery is at least once) saves it once.
+    """
+
+    id: str  # type: ignore[assignment]  # "<bot id>:<chat id>:<message id>"
     bot_id: int  # several bots may run this module
     user_id: int
     chat_id: int
@@ -68,17 +75,20 @@ async def bind(database: AsyncDatabase[Any]) -> None:
 async def save_answers(
     database: AsyncDatabase[Any], bot: Bot, message: Message, answers: dict[str, str]
 ) -> QuestionnaireAnswers:
-    """Insert the completed questionnaire (one round trip once the model is bound)."""
+    """Insert the completed questionnaire (one round trip once the model is bound); if this
+    update was handled before, the document it saved stays."""
     await bind(database)
     user = message.from_user
     document = QuestionnaireAnswers(
+        id=f"{bot.id}:{message.chat.id}:{message.message_id}",
         bot_id=bot.id,
         user_id=user.id if user is not None else message.chat.id,
         chat_id=message.chat.id,
         answers=answers,
         completed_at=datetime.now(UTC),
     )
-    await document.insert()
+    with contextlib.suppress(DuplicateKeyError):
+        await document.insert()
     return document
 
 
