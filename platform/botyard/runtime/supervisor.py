@@ -9,7 +9,7 @@ changing it.
 
 Log records of what happens to bots carry ``extra`` fields for programs that
 watch the log (the sandbox's page): ``event`` (``cannot_start``, ``handler_failed``,
-``reload_rejected``), ``bot_name`` and ``update``.
+``update_given_up``, ``reload_rejected``), ``bot_name`` and ``update``.
 """
 
 from __future__ import annotations

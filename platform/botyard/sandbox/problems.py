@@ -28,7 +28,7 @@ class HandlerFailure:
 
     bot: str
     update: Update
-    #: ``"ZeroDivisionError: division by zero"``.
+    #: What the chat says: ``"the handler failed: ZeroDivisionError: division by zero"``.
     summary: str
     traceback: str
 
@@ -72,8 +72,20 @@ class ProblemLog(logging.Handler):
                 HandlerFailure(
                     bot=record.bot_name,  # type: ignore[attr-defined]  # set through ``extra``
                     update=record.update,  # type: ignore[attr-defined]
-                    summary=redact(lines[-1].strip()) if lines else "an exception",
+                    summary=redact(
+                        f"the handler failed: {lines[-1].strip() if lines else 'an exception'}"
+                    ),
                     traceback=redact(details),
+                )
+            )
+        elif event == "update_given_up":
+            reason = record.getMessage().partition(" given up: ")[2]
+            self._on_failure(
+                HandlerFailure(
+                    bot=record.bot_name,  # type: ignore[attr-defined]
+                    update=record.update,  # type: ignore[attr-defined]
+                    summary=redact(f"given up: {reason.removesuffix('; update confirmed')}"),
+                    traceback="",
                 )
             )
         elif event == "cannot_start":

@@ -504,7 +504,8 @@ class Sandbox:
         self._changed.set()
 
     def _handler_failed(self, failure: HandlerFailure) -> None:
-        """A handler raised: the chat where it happened says what, the traceback folded."""
+        """A handler raised, or its update was given up: the chat where it happened says
+        what, the traceback folded."""
         user_id = failure.user_id
         if user_id is None or user_id not in self._users:
             return
@@ -512,7 +513,7 @@ class Sandbox:
             self._note(
                 failure.bot,
                 user_id,
-                Note("failure", f"the handler failed: {failure.summary}", failure.traceback),
+                Note("failure", failure.summary, failure.traceback),
             )
 
     async def _keep_transcripts(self, subscription: Subscription) -> None:
