@@ -169,7 +169,7 @@ def test_test_command_runs_a_chosen_subset_from_a_fresh_clone(clone: Path) -> No
     result = subprocess.run(
         ["./scripts/test", "-q", "-p", "no:cacheprovider"],
         cwd=clone,
-        env={**newcomer_env(), "BOTYARD_TESTS": "tests/cli/test_cli.py -k version"},
+        env={**newcomer_env(), "BOTYARD_TESTS": "tests/cli/test_cli.py::test_version"},
         capture_output=True,
         text=True,
         timeout=INSTALL_TIMEOUT,
