@@ -7,6 +7,11 @@ the FSM in MongoDB through either aiogram's ``PyMongoStorage`` with
 storage ("hand-written", :mod:`benchmarks.handwritten`). SIGTERM stops it
 (aiogram's own signal handling).
 
+The floor is the same program with the FSM in aiogram's ``MemoryStorage`` and
+one ``AiohttpSession`` shared by every bot (``--storage memory --shared-session``):
+what the bots cost with no FSM persistence at all. The handlers still get the
+database, for what a bot stores itself (the questionnaire's completed answers).
+
     python -m benchmarks.aiogram_app --storage pymongo --uri mongodb://... \
         --database bench --api-server http://127.0.0.1:8081 --tokens tokens.txt \
         --router bots.questionnaire:router
@@ -27,22 +32,27 @@ from aiogram import Bot, Dispatcher, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder
+from aiogram.fsm.storage.memory import MemoryStorage
 from aiogram.fsm.storage.pymongo import PyMongoStorage
 from pymongo import AsyncMongoClient
 
 from benchmarks.handwritten import HandWrittenStorage
 
-STORAGES = ("pymongo", "handwritten")
+STORAGES = ("pymongo", "handwritten", "memory")
+#: Connections of a shared session per bot: its long poll and a reply.
+CONNECTIONS_PER_BOT = 2
 
 
 def make_storage(kind: str, client: AsyncMongoClient[Any], database: str) -> BaseStorage:
-    """The contender's FSM storage on ``client``: ``pymongo`` or ``handwritten``."""
+    """The contender's FSM storage: ``pymongo`` or ``handwritten`` on ``client``, or ``memory``."""
     if kind == "pymongo":
         return PyMongoStorage(
             client, key_builder=DefaultKeyBuilder(with_bot_id=True), db_name=database
         )
     if kind == "handwritten":
         return HandWrittenStorage(client[database]["fsm"])
+    if kind == "memory":
+        return MemoryStorage()
     raise ValueError(f"unknown storage {kind!r}; expected one of {', '.join(STORAGES)}")
 
 
@@ -61,7 +71,12 @@ async def serve(args: argparse.Namespace, tokens: list[str]) -> None:
     )
     dispatcher.include_router(load_router(args.router))
     api = TelegramAPIServer.from_base(args.api_server)
-    bots = [Bot(token, session=AiohttpSession(api=api)) for token in tokens]
+    if args.shared_session:
+        # aiogram's default of 100 connections starves past 50 bots (each long poll holds one).
+        shared = AiohttpSession(api=api, limit=CONNECTIONS_PER_BOT * len(tokens) + 10)
+        bots = [Bot(token, session=shared) for token in tokens]
+    else:
+        bots = [Bot(token, session=AiohttpSession(api=api)) for token in tokens]
     try:
         await dispatcher.start_polling(*bots)
     finally:
@@ -76,6 +91,9 @@ def main() -> None:
     parser.add_argument("--api-server", required=True, help="Bot API base URL")
     parser.add_argument("--tokens", required=True, help="file with one bot token per line")
     parser.add_argument("--router", required=True, help="module:attribute of a Router or factory")
+    parser.add_argument(
+        "--shared-session", action="store_true", help="one AiohttpSession for every bot"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     tokens = [line.strip() for line in Path(args.tokens).read_text().splitlines() if line.strip()]

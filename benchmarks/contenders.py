@@ -1,4 +1,4 @@
-"""The three contenders, each started as its own process by :meth:`World.launch`."""
+"""The contenders, each started as its own process by :meth:`World.launch`."""
 
 from __future__ import annotations
 
@@ -39,13 +39,18 @@ class Botyard:
         argv = [python(), "-m", "botyard", "run", str(registry), "--no-watch"]
         return [*argv, "--log-level", "WARNING"], {"MONGODB_URI": launch.uri}
 
+    def help_command(self) -> list[str]:
+        return [python(), "-m", "botyard", "--help"]
+
 
 @dataclass(frozen=True)
 class PlainAiogram:
-    """:mod:`benchmarks.aiogram_app` with one of its two storages."""
+    """:mod:`benchmarks.aiogram_app` with one of its storages."""
 
     name: str
     storage: str
+    #: One ``AiohttpSession`` for every bot instead of aiogram's default of one per bot.
+    shared_session: bool = False
 
     def prepare(self, launch: Launch) -> tuple[list[str], dict[str, str]]:
         tokens = launch.workdir / "tokens.txt"
@@ -53,12 +58,18 @@ class PlainAiogram:
         argv = [python(), "-m", "benchmarks.aiogram_app", "--storage", self.storage]
         argv += ["--uri", launch.uri, "--database", launch.database]
         argv += ["--api-server", launch.api_server, "--tokens", str(tokens)]
-        return [*argv, "--router", launch.router], {}
+        argv += ["--router", launch.router]
+        return [*argv, "--shared-session"] if self.shared_session else argv, {}
+
+    def help_command(self) -> list[str]:
+        return [python(), "-m", "benchmarks.aiogram_app", "--help"]
 
 
 BOTYARD = Botyard()
 AIOGRAM_PYMONGO = PlainAiogram("aiogram-pymongo", "pymongo")
 HAND_WRITTEN = PlainAiogram("hand-written", "handwritten")
+#: Plain aiogram with no FSM persistence: what botyard's CPU per update is held against.
+FLOOR = PlainAiogram("floor", "memory", shared_session=True)
 #: Every contender, botyard first; the ratios in the table are botyard / each baseline.
-CONTENDERS: tuple[Contender, ...] = (BOTYARD, AIOGRAM_PYMONGO, HAND_WRITTEN)
-BASELINES = (AIOGRAM_PYMONGO, HAND_WRITTEN)
+CONTENDERS: tuple[Contender, ...] = (BOTYARD, FLOOR, AIOGRAM_PYMONGO, HAND_WRITTEN)
+BASELINES = (FLOOR, AIOGRAM_PYMONGO, HAND_WRITTEN)

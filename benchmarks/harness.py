@@ -62,6 +62,10 @@ class Contender(Protocol):
         """Write what the process needs into ``launch.workdir``; return its argv and env."""
         ...
 
+    def help_command(self) -> list[str]:
+        """The argv that prints the contender's usage (figure 6)."""
+        ...
+
 
 @dataclass
 class ContenderProcess:
@@ -146,7 +150,7 @@ class World:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=workdir,
-                env={**os.environ, "PYTHONPATH": str(REPO), **env},
+                env=contender_env(env),
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -206,6 +210,11 @@ async def open_world(workdir: Path, uri: str | None) -> AsyncIterator[World]:
     finally:
         if server is not None:
             await asyncio.to_thread(server.stop)
+
+
+def contender_env(extra: dict[str, str]) -> dict[str, str]:
+    """A contender's environment: this one, the repository importable, and ``extra``."""
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
 
 
 def python() -> str:

@@ -71,6 +71,7 @@ def baseline_dispatcher(kind: str) -> DispatcherFactory:
 
 FACTORIES: dict[str, DispatcherFactory] = {
     "botyard": botyard_dispatcher,
+    "floor": baseline_dispatcher("memory"),
     "aiogram-pymongo": baseline_dispatcher("pymongo"),
     "hand-written": baseline_dispatcher("handwritten"),
 }
