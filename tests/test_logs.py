@@ -108,3 +108,18 @@ def test_stack_info_is_redacted() -> None:
     redactor.filter(record)
     assert TOKEN not in record.stack_info
     assert "123456789:***" in record.stack_info
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_a_log_call_whose_arguments_do_not_fit_never_raises_into_the_caller(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The standard library reports a bad format and goes on; the caller (a handler) never
+    sees an error from a log line, and the line still names the token masked."""
+    configure_logging("INFO").remember([TOKEN])
+    logging.getLogger("bots.shop").warning(f"{TOKEN}: %d items", "several")
+    err = capsys.readouterr().err
+    assert TOKEN not in err
+    assert "123456789:***: %d items" in err
+    assert "several" not in err, "the arguments may be users' data: not logged"
+    assert "TypeError" in err

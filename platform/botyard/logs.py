@@ -56,7 +56,12 @@ class TokenRedactingFilter(logging.Filter):
         self._redact.remember_secrets(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = self._capped(record.getMessage()), None
+        try:
+            message = record.getMessage()
+        except Exception as error:  # this runs inside the logging call: it must not raise
+            # The arguments are left out: they may be users' data.
+            message = f"{record.msg} [log arguments not formatted: {type(error).__name__}]"
+        record.msg, record.args = self._capped(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         # Handlers that read the exception object itself (an error tracker's) would see

@@ -201,6 +201,37 @@ async def test_an_ordinary_handler_error_keeps_its_writes_and_confirms(rig: Rig)
     assert rig.emulator.confirmed_offset(rig.token) > first["update_id"]
 
 
+async def test_a_failed_update_leaves_no_users_words_on_the_log_record(
+    rig: Rig,
+) -> None:
+    """Handlers besides botyard's (an error tracker's) read every field of a record: the
+    update's text must not be among them, only which chat it was."""
+    records: list[logging.LogRecord] = []
+
+    class Tracker(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    tracker = Tracker(logging.ERROR)
+    logging.getLogger("botyard.bot").addHandler(tracker)
+    runner = rig.runner(counting_router(lambda: ValueError("a bug")))
+    try:
+        runner.start()
+        rig.emulator.send_message(rig.token, 12, "count")
+        await wait_for(lambda: runner.counters.errors == 1)
+        rig.emulator.send_message(rig.token, 12, "my private words")
+        assert (await rig.emulator.wait_for_reply(rig.token, 12))["text"] == "my private words"
+    finally:
+        logging.getLogger("botyard.bot").removeHandler(tracker)
+        await stop(runner)
+    [failed] = [record for record in records if getattr(record, "event", None)]
+    assert failed.event == "handler_failed"  # type: ignore[attr-defined]
+    fields = " ".join(repr(value) for value in vars(failed).values())
+    assert "'count'" not in fields, fields
+    assert "text=" not in fields, fields
+    assert failed.user_id == 12  # type: ignore[attr-defined]  # the sandbox's chat
+
+
 def doomed_router(fail: Callable[[], Awaitable[None]]) -> Router:
     """``doomed`` writes a state, then ``fail()``s; anything else is answered "fine"."""
     router = Router()

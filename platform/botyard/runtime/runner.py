@@ -33,6 +33,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from aiogram import Bot, Dispatcher
+from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
 from aiogram.exceptions import (
     TelegramConflictError,
     TelegramNetworkError,
@@ -611,7 +612,7 @@ class BotRunner:
                         "update confirmed",
                         self.name,
                         update.update_id,
-                        extra={"event": "handler_failed", "bot_name": self.name, "update": update},
+                        extra=_event("handler_failed", self.name, update),
                     )
                     await self._store(update, scope)
                     return True
@@ -706,7 +707,7 @@ class BotRunner:
             self.name,
             update.update_id,
             reason,
-            extra={"event": "update_given_up", "bot_name": self.name, "update": update},
+            extra=_event("update_given_up", self.name, update),
         )
 
 
@@ -714,6 +715,15 @@ class _HandlingTimeout(Exception):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"handling took longer than {seconds:g}s")
         self.seconds = seconds
+
+
+def _event(event: str, bot: str, update: Update) -> dict[str, Any]:
+    """The ``extra`` fields of a record about an update: what happened, the bot, and the user
+    (their private chat). Never the update: every handler, an error tracker's too, would
+    read the user's words from it."""
+    context = UserContextMiddleware.resolve_event_context(update)
+    user = context.chat or context.user
+    return {"event": event, "bot_name": bot, "user_id": user.id if user else None}
 
 
 def _document(update: Update) -> dict[str, Any]:

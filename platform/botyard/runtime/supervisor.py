@@ -9,7 +9,8 @@ changing it.
 
 Log records of what happens to bots carry ``extra`` fields for programs that
 watch the log (the sandbox's page): ``event`` (``cannot_start``, ``handler_failed``,
-``update_given_up``, ``reload_rejected``), ``bot_name`` and ``update``.
+``update_given_up``, ``reload_rejected``), ``bot_name`` and, about an update, ``user_id``
+(the chat's id; never the update, whose text is the user's).
 """
 
 from __future__ import annotations

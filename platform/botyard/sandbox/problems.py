@@ -14,8 +14,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiogram.types import Update
-
 from botyard.tokens import redact
 
 #: Loggers whose records name bot events (the Supervisor's and the runners').
@@ -24,22 +22,14 @@ LOGGERS = ("botyard.supervisor", "botyard.bot")
 
 @dataclass(frozen=True)
 class HandlerFailure:
-    """A handler raised while handling ``update``: what the chat shows."""
+    """A handler raised, or its update was given up: what the chat shows."""
 
     bot: str
-    update: Update
+    #: The simulated user whose action failed (their private chat's id), if known.
+    user_id: int | None
     #: What the chat says: ``"the handler failed: ZeroDivisionError: division by zero"``.
     summary: str
     traceback: str
-
-    @property
-    def user_id(self) -> int | None:
-        """The simulated user whose action failed (their private chat's id)."""
-        for event in (self.update.message, self.update.edited_message):
-            if event is not None:
-                return event.chat.id
-        query = self.update.callback_query
-        return query.from_user.id if query is not None else None
 
 
 class ProblemLog(logging.Handler):
@@ -71,7 +61,7 @@ class ProblemLog(logging.Handler):
             self._on_failure(
                 HandlerFailure(
                     bot=record.bot_name,  # type: ignore[attr-defined]  # set through ``extra``
-                    update=record.update,  # type: ignore[attr-defined]
+                    user_id=record.user_id,  # type: ignore[attr-defined]
                     summary=redact(
                         f"the handler failed: {lines[-1].strip() if lines else 'an exception'}"
                     ),
@@ -83,7 +73,7 @@ class ProblemLog(logging.Handler):
             self._on_failure(
                 HandlerFailure(
                     bot=record.bot_name,  # type: ignore[attr-defined]
-                    update=record.update,  # type: ignore[attr-defined]
+                    user_id=record.user_id,  # type: ignore[attr-defined]
                     summary=redact(f"given up: {reason.removesuffix('; update confirmed')}"),
                     traceback="",
                 )
