@@ -9,6 +9,7 @@ refused in an election) are injected as PyMongo raises them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,7 @@ from aiogram.fsm.storage.base import StorageKey
 from aiogram.types import Message
 from aiogram.utils.backoff import BackoffConfig
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, BulkWriteError, WriteConcernError
 
@@ -369,6 +371,44 @@ async def test_a_stuck_chat_never_holds_back_the_others_and_survives_a_restart(
     assert await rig.journaled() == []
     await stop(again)
     assert rig.texts(7) == ["released", "queued behind"]
+
+
+async def test_an_update_journaled_though_the_journal_said_no_is_not_handled_twice(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Journaling a waiting update committed, but its answer was lost: the update stays
+    unconfirmed and is handled from memory; once done, its entry must go, not be handed
+    out again by the next claim (the supervisor claims at every heartbeat)."""
+    release = asyncio.Event()
+    real_insert = AsyncCollection.insert_many
+    answers_lost = 0
+
+    async def insert_losing_the_answer(
+        self: AsyncCollection[Any], documents: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        nonlocal answers_lost
+        if self.name != JOURNAL_COLLECTION:
+            return await real_insert(self, documents, *args, **kwargs)
+        with contextlib.suppress(BulkWriteError):  # journaled by an earlier try
+            await real_insert(self, documents, *args, **kwargs)
+        answers_lost += 1
+        release.set()
+        raise AutoReconnect("connection closed before the answer")
+
+    monkeypatch.setattr(AsyncCollection, "insert_many", insert_losing_the_answer)
+    runner = rig.runner(hanging_router(release))
+    runner.start()
+    rig.emulator.send_message(rig.token, 13, "hang")
+    assert (await rig.emulator.wait_for_reply(rig.token, 13, timeout=30))["text"] == "released"
+    await wait_for(lambda: runner.counters.handled == 1)
+    assert answers_lost >= 1
+    assert runner.counters.journaled == 0
+    await rig.journal.flush()
+    assert await rig.journal.claim(["bot"]) == [], "it would be handled a second time"
+    assert await rig.journaled() == []
+    await stop(runner)
+    assert rig.texts(13) == ["released"]
+    assert rig.emulator.pending_updates(rig.token) == []
 
 
 async def test_an_update_both_journaled_and_still_at_telegram_is_handled_once(rig: Rig) -> None:

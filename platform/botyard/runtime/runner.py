@@ -196,6 +196,9 @@ class BotRunner:
         self._waiting: dict[int, tuple[float, Update]] = {}
         #: Polled updates still being handled that the journal keeps safe.
         self._parked: set[int] = set()
+        #: Polled updates whose journaling failed, but may have been stored all the same
+        #: (its answer lost): their entries are deleted once they are handled.
+        self._maybe_journaled: set[int] = set()
         #: When the offset last moved, or something began to hold it back.
         self._offset_moved_at = time.monotonic()
         #: Ids handled from the journal, which Telegram may still offer (never twice).
@@ -439,12 +442,15 @@ class BotRunner:
             self._submit(update, self._finished_polled)
 
     def _finished_polled(self, update_id: int) -> None:
+        journaled = update_id in self._parked or update_id in self._maybe_journaled
         if update_id in self._parked:
             self._parked.discard(update_id)
-            assert self.spec.journal is not None
-            self.spec.journal.finished(self.name, update_id)
         else:
             self._release(update_id)
+            self._maybe_journaled.discard(update_id)
+        if journaled:
+            assert self.spec.journal is not None
+            self.spec.journal.finished(self.name, update_id)
 
     def _release(self, update_id: int) -> None:
         """Let the offset move past a polled update: it finished, or the journal keeps it."""
@@ -485,7 +491,14 @@ class BotRunner:
         documents = [(update_id, _document(update)) for update_id, update in due.items()]
         try:
             await journal.park(self.name, documents)
-        except PyMongoError as error:
+        except BaseException as error:
+            for update_id in due:
+                if update_id in self._waiting:
+                    self._maybe_journaled.add(update_id)
+                else:  # finished while it was being journaled
+                    journal.finished(self.name, update_id)
+            if not isinstance(error, PyMongoError):
+                raise
             logger.warning(
                 "bot=%s could not journal %d waiting update(s) (%s); they stay unconfirmed",
                 self.name,
@@ -494,6 +507,7 @@ class BotRunner:
             )
             return
         for update_id in due:
+            self._maybe_journaled.discard(update_id)
             if update_id not in self._waiting:  # finished while it was being journaled
                 journal.finished(self.name, update_id)
                 continue

@@ -182,26 +182,24 @@ class UpdateJournal:
         """Persist updates a polling bot is about to confirm unhandled: one round trip.
 
         An update journaled already (a restart between this insert and the
-        confirmation) is left as it is.
+        confirmation) is left as it is. On an error the updates stay held all
+        the same: the insert may have committed (its answer lost), and the bot
+        still handles them, so no claim may hand them out; the bot calls
+        :meth:`finished` for each once handled.
         """
         now = self.clock()
         entries = [self._entry(bot, update_id, update, now) for update_id, update in updates]
         if not entries:
             return
-        held = self._in_flight.setdefault(bot, set())
-        parked = {entry["update_id"] for entry in entries} - held
-        held |= parked  # still handled here: no claim hands them out meanwhile
+        # Still handled here: no claim hands them out meanwhile.
+        self._in_flight.setdefault(bot, set()).update(entry["update_id"] for entry in entries)
         try:
             await self.entries.insert_many(entries, ordered=False)
         except BulkWriteError as error:
             if any(problem.get("code") != DUPLICATE_KEY for problem in _write_errors(error)) or (
                 error.details.get("writeConcernErrors")
             ):
-                held -= parked
                 raise
-        except BaseException:
-            held -= parked
-            raise
 
     def _entry(
         self, bot: str, update_id: int, update: Document, now: datetime | None = None
