@@ -6,14 +6,17 @@ replica whose clock runs ahead must not declare the others dead.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import InvalidOperation
 
 from botyard.database.client import mongo_client
 from botyard.database.documents import Document
+from botyard.database.roundtrips import RoundTripCounter
 from botyard.database.server_time import server_now
 from botyard.webhook.journal import (
     DEAD_AFTER,
@@ -62,3 +65,60 @@ async def test_an_instance_silent_for_longer_than_dead_after_is_taken_over(
     assert stored is not None
     assert stored["owner"] == me.instance
     assert stored["accepted_at"] == datetime(2030, 1, 1, tzinfo=UTC), "dated by the clock"
+
+
+async def test_bots_starting_together_share_one_claim(mongo_uri: str, database_name: str) -> None:
+    counter = RoundTripCounter()
+    client = mongo_client(mongo_uri, event_listeners=[counter])
+    database = client[database_name]
+    try:
+        gone, me = UpdateJournal(database), UpdateJournal(database)
+        gone.instance = "gone-host:1:a"
+        bots = [f"bot{n}" for n in range(200)]
+        for update_id, bot in enumerate(bots[:20]):
+            assert await gone.record(bot, update_id, {"update_id": update_id}) is Recorded.ACCEPTED
+        await me.heartbeat()
+        counter.reset()
+
+        claimed = await asyncio.gather(*(me.claim_starting(bot, own=True) for bot in bots))
+
+        assert [[(e.bot, e.update_id) for e in entries] for entries in claimed[:20]] == [
+            [(bot, update_id)] for update_id, bot in enumerate(bots[:20])
+        ]
+        assert claimed[20:] == [[] for _ in bots[20:]]
+        assert counter.commands == {"find": 2, "update": 1}, "one claim for 200 bots"
+    finally:
+        await client.drop_database(database_name)
+        await client.close()
+
+
+async def test_a_bot_stopped_while_its_claim_runs_leaves_its_entries_to_the_next_claim(
+    database: AsyncDatabase[Document],
+) -> None:
+    gone, me = UpdateJournal(database), UpdateJournal(database)
+    gone.instance = "gone-host:1:a"
+    assert await gone.record("shop", 7, {"update_id": 7}) is Recorded.ACCEPTED
+    await me.heartbeat()
+
+    starting = asyncio.create_task(me.claim_starting("shop"))
+    await asyncio.sleep(0)  # the batched claim has begun
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    [entry] = await me.claim_starting("shop")  # not held by the stopped runner
+
+    assert (entry.bot, entry.update_id) == ("shop", 7)
+
+
+async def test_a_failed_claim_fails_every_bot_waiting_for_it(
+    mongo_uri: str, database_name: str
+) -> None:
+    client = mongo_client(mongo_uri)
+    me = UpdateJournal(client[database_name])
+    await client.close()
+
+    results = await asyncio.gather(
+        me.claim_starting("a"), me.claim_starting("b"), return_exceptions=True
+    )
+
+    assert [type(result) for result in results] == [InvalidOperation, InvalidOperation]

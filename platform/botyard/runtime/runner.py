@@ -525,7 +525,7 @@ class BotRunner:
         journal = self.spec.journal
         if self._resumed or journal is None:
             return
-        entries = await journal.claim([self.name], own=True)
+        entries = await journal.claim_starting(self.name, own=True)
         for entry in entries:
             self.accept_journaled(entry)
         self._resumed = True

@@ -174,7 +174,7 @@ class WebhookEndpoint:
         """
         secret = await self.secret_store.get_or_create(name)
         if recover:
-            entries = await self.journal.claim([name])
+            entries = await self.journal.claim_starting(name)
             for entry in entries:
                 runner.accept_journaled(entry)
             if entries:

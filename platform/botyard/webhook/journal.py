@@ -117,6 +117,9 @@ class UpdateJournal:
         self._in_flight: dict[str, set[int]] = {}
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        #: Bots starting, each waiting for its share of the next batched claim.
+        self._starting: dict[str, tuple[bool, asyncio.Future[list[JournalEntry]]]] = {}
+        self._start_claims: asyncio.Task[None] | None = None
 
     async def prepare(self) -> None:
         """Forget long-dead instances, write a heartbeat."""
@@ -127,10 +130,14 @@ class UpdateJournal:
 
     async def close(self) -> None:
         """Delete what finished, and drop the heartbeat so what is left is claimed at once."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-            self._flusher = None
+        for task in (self._flusher, self._start_claims):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._flusher = self._start_claims = None
+        for _, future in self._starting.values():
+            future.cancel()
+        self._starting.clear()
         with contextlib.suppress(PyMongoError):
             await self.flush()
             await self.instances.delete_one({"_id": self.instance})
@@ -294,6 +301,48 @@ class UpdateJournal:
                 held.add(doc["update_id"])
                 claimed.append(JournalEntry(doc["bot"], doc["update_id"], doc["update"]))
         return claimed
+
+    async def claim_starting(self, bot: str, *, own: bool = False) -> list[JournalEntry]:
+        """:meth:`claim` for one bot that is starting, batched with the others starting.
+
+        Thousands of bots start together; one claim for all that are waiting
+        (four round trips) instead of one each keeps the start from queueing on
+        the connection pool. A claim's failure is each waiting bot's.
+        """
+        future: asyncio.Future[list[JournalEntry]] = asyncio.get_running_loop().create_future()
+        earlier = self._starting.pop(bot, None)
+        if earlier is not None and not earlier[1].done():
+            earlier[1].set_result([])  # a runner started again before its claim ran
+        self._starting[bot] = (own, future)
+        if self._start_claims is None or self._start_claims.done():
+            self._start_claims = asyncio.create_task(
+                self._claim_for_starting(), name="botyard-journal-start-claims"
+            )
+        return await future
+
+    async def _claim_for_starting(self) -> None:
+        while self._starting:
+            await asyncio.sleep(0)  # bots started in the same tick join this batch
+            batch, self._starting = self._starting, {}
+            for bot, (own, _) in batch.items():
+                if own:
+                    self.release(bot)
+            try:
+                entries = await self.claim(batch)
+            except Exception as error:
+                for _, future in batch.values():
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            by_bot: dict[str, list[JournalEntry]] = {bot: [] for bot in batch}
+            for entry in entries:
+                by_bot[entry.bot].append(entry)
+            for bot, (_, future) in batch.items():
+                if future.done():  # its runner stopped meanwhile: the next claim hands them out
+                    for entry in by_bot[bot]:
+                        self.release(bot, entry.update_id)
+                else:
+                    future.set_result(by_bot[bot])
 
     def _known_dead(self, instance: str) -> bool:
         """An instance of this host whose process is gone, whatever its heartbeat says."""
