@@ -345,6 +345,38 @@ async def test_startup_and_shutdown_handlers_run_at_start_and_stop(
     await runner.bot.session.close()
 
 
+async def test_a_failing_startup_handler_is_logged_and_retried_like_a_crash(
+    bot_api: BotAPIEmulator, storage: BeanieStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A startup handler that raises (its database not up yet) must not leave the bot
+    "starting" for ever with nothing in the log: it is a crash, retried with backoff."""
+    token = bot_api.add_bot().token
+    router = Router()
+    attempts = 0
+
+    @router.startup()
+    async def started() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise ConnectionRefusedError("the bot's own service is not up yet")
+
+    @router.message(F.text)
+    async def echo(message: Message) -> None:
+        await message.answer(message.text or "")
+
+    runner = make_runner(bot_api, token, storage, router)
+    with caplog.at_level(logging.ERROR, logger="botyard.bot"):
+        runner.start()
+        bot_api.send_message(token, 1, "hello")
+        assert (await bot_api.wait_for_reply(token, 1, timeout=30))["text"] == "hello"
+    assert attempts == 2, "started once it worked, and only once"
+    assert runner.status == BotStatus.RUNNING
+    assert "ConnectionRefusedError: the bot's own service is not up yet" in caplog.text
+    await runner.stop(5)
+    await runner.bot.session.close()
+
+
 async def test_a_webhook_left_set_is_deleted_when_polling_meets_it(
     bot_api: BotAPIEmulator, storage: BeanieStorage, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -286,11 +286,13 @@ class BotRunner:
         log_context.set(LogContext(bot=self.name))
         backoff = Backoff(self.spec.restart_backoff)
         self._set_status(BotStatus.STARTING)
-        if self.spec.routers.lifecycle_hooks:
-            await self.dispatcher.emit_startup(bot=self.bot, dispatcher=self.dispatcher)
+        started = not self.spec.routers.lifecycle_hooks
         while not self._stopping:
             served_at = time.monotonic()
             try:
+                if not started:  # a startup handler that raised is a crash: tried again
+                    await self.dispatcher.emit_startup(bot=self.bot, dispatcher=self.dispatcher)
+                    started = True
                 await self._serve()
                 return
             except TelegramUnauthorizedError:
