@@ -27,7 +27,7 @@ from aiogram.utils.backoff import BackoffConfig
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import AutoReconnect, BulkWriteError, WriteConcernError
+from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure, WriteConcernError
 
 from botyard.database.roundtrips import RoundTripCounter
 from botyard.emulator import BotAPIEmulator
@@ -408,6 +408,39 @@ async def test_an_update_journaled_though_the_journal_said_no_is_not_handled_twi
     assert await rig.journaled() == []
     await stop(runner)
     assert rig.texts(13) == ["released"]
+    assert rig.emulator.pending_updates(rig.token) == []
+
+
+async def test_a_journal_refusing_writes_does_not_spin_the_polling_loop(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal refuses at once (the application's user may not insert): the waiting
+    updates stay unconfirmed, and polling goes on at its busy pace, not in a tight loop of
+    getUpdates and refused inserts."""
+    refused = 0
+
+    async def refuse(self: AsyncCollection[Any], *args: Any, **kwargs: Any) -> Any:
+        nonlocal refused
+        refused += 1
+        raise OperationFailure("not authorized on botyard to execute command", 13)
+
+    monkeypatch.setattr(AsyncCollection, "insert_many", refuse)
+    release = asyncio.Event()
+    runner = rig.runner(hanging_router(release))
+    runner.start()
+    stuck = rig.emulator.send_message(rig.token, 14, "hang")
+    for user in range(3000, 3100):  # a full getUpdates answer behind the stuck one
+        rig.emulator.send_message(rig.token, user, "quick")
+    await wait_for(lambda: refused >= 2)
+    polls, started = rig.emulator.calls(rig.token, "getUpdates"), time.monotonic()
+    await asyncio.sleep(3)
+    elapsed = time.monotonic() - started
+    assert rig.emulator.calls(rig.token, "getUpdates") - polls <= 2 + elapsed / REPOLL_WHILE_BUSY
+    assert refused <= 3 + elapsed / REPOLL_WHILE_BUSY
+    assert rig.emulator.confirmed_offset(rig.token) <= stuck["update_id"]
+    release.set()
+    await wait_for(lambda: runner.counters.handled == 101)
+    await stop(runner)
     assert rig.emulator.pending_updates(rig.token) == []
 
 

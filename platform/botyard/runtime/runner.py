@@ -199,7 +199,7 @@ class BotRunner:
         #: Polled updates whose journaling failed, but may have been stored all the same
         #: (its answer lost): their entries are deleted once they are handled.
         self._maybe_journaled: set[int] = set()
-        #: When the offset last moved, or something began to hold it back.
+        #: When the offset last moved, something began to hold it back, or journaling failed.
         self._offset_moved_at = time.monotonic()
         #: Ids handled from the journal, which Telegram may still offer (never twice).
         self._from_journal: set[int] = set()
@@ -371,9 +371,9 @@ class BotRunner:
                 self._take(update)
             if not self._waiting:
                 continue  # nothing holds the offset back: the next poll waits at Telegram
-            if not fresh and len(updates) >= MAX_UPDATES_PER_POLL:
-                # A full answer of updates already here: nothing new comes until some are safe.
-                await self._park_overdue(everything=True)
+            full = not fresh and len(updates) >= MAX_UPDATES_PER_POLL
+            # A full answer of updates already here: nothing new comes until some are safe.
+            if full and await self._park_overdue(everything=True):
                 continue
             # Telegram answers at once with the updates still held back: poll again
             # when the offset moves, when one is due to be journaled, or, while there
@@ -472,19 +472,20 @@ class BotRunner:
                 delays.append(due)
         return max(0.0, min(delays))
 
-    async def _park_overdue(self, *, everything: bool = False) -> None:
+    async def _park_overdue(self, *, everything: bool = False) -> bool:
         """Journal the updates that held the offset back too long, and let it move past them.
 
         Due are those waiting for :data:`PARK_AFTER` while the offset did not
         move, or with ``everything`` all that hold it back. If the journal
-        cannot be written, nothing moves: they stay unconfirmed with Telegram.
+        cannot be written, nothing moves: they stay unconfirmed with Telegram,
+        and the next try is :data:`PARK_AFTER` later. ``True`` if some were journaled.
         """
         journal = self.spec.journal
         if journal is None or not self._waiting:
-            return
+            return False
         now = time.monotonic()
         if not everything and now - self._offset_moved_at < PARK_AFTER:
-            return
+            return False
         due = {
             update_id: update
             for update_id, (since, update) in self._waiting.items()
@@ -501,13 +502,14 @@ class BotRunner:
                     journal.finished(self.name, update_id)
             if not isinstance(error, PyMongoError):
                 raise
+            self._offset_moved_at = time.monotonic()  # polling goes on at its busy pace
             logger.warning(
                 "bot=%s could not journal %d waiting update(s) (%s); they stay unconfirmed",
                 self.name,
                 len(due),
                 type(error).__name__,
             )
-            return
+            return False
         for update_id in due:
             self._maybe_journaled.discard(update_id)
             if update_id not in self._waiting:  # finished while it was being journaled
@@ -521,6 +523,7 @@ class BotRunner:
             self.name,
             len(due),
         )
+        return True
 
     async def _resume_journaled(self) -> None:
         """Once per runner, before the first poll: handle what an earlier run journaled."""
