@@ -444,6 +444,25 @@ async def test_a_journal_refusing_writes_does_not_spin_the_polling_loop(
     assert rig.emulator.pending_updates(rig.token) == []
 
 
+async def test_a_journaled_update_handed_to_a_stopped_runner_goes_to_the_next_claim(
+    rig: Rig,
+) -> None:
+    """A heartbeat's claim may end after a reload stopped the runner it was for: the stopped
+    runner must not handle the update (its routers are the new runner's now), but let it go."""
+    runner = rig.runner(counting_router())
+    runner.start()
+    rig.emulator.send_message(rig.token, 15, "before")
+    assert (await rig.emulator.wait_for_reply(rig.token, 15))["text"] == "before"
+    await stop(runner)
+    update = rig.emulator.send_message(rig.token, 15, "late")
+    await rig.journal.park("bot", [(update["update_id"], update)])
+    rig.journal.release("bot")  # as a dead process's entry would be
+    [entry] = await rig.journal.claim(["bot"])
+    runner.accept_journaled(entry)
+    assert runner.counters.received == 1, "the stopped runner took nothing"
+    assert await rig.journal.claim(["bot"]) == [entry], "the next claim hands it out"
+
+
 async def test_an_update_both_journaled_and_still_at_telegram_is_handled_once(rig: Rig) -> None:
     """A crash between journaling an update and confirming past it leaves it in both places."""
     update = rig.emulator.send_message(rig.token, 8, "twice?")

@@ -553,10 +553,18 @@ class BotRunner:
         self._submit(update, on_done)
 
     def accept_journaled(self, entry: JournalEntry) -> None:
-        """Queue an update read back from the journal; it leaves the journal when finished."""
+        """Queue an update read back from the journal; it leaves the journal when finished.
+
+        A runner stopping or stopped (a claim that ended after a reload stopped
+        it) lets the update go instead: the next claim hands it to the bot's
+        running runner.
+        """
         journal = self.spec.journal
         if journal is None:
             raise RuntimeError(f"bot {self.name!r} has no journal")
+        if self._stopping:
+            journal.release(self.name, entry.update_id)
+            return
         try:
             update = Update.model_validate(entry.update, context={"bot": self.bot})
         except ValidationError as error:  # never block the rest for one unreadable entry
