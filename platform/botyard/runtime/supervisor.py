@@ -268,10 +268,10 @@ class Supervisor:
     # what runs once: here, or on the cluster's leader
 
     @property
-    def share(self) -> Collection[str] | None:
+    def share(self) -> frozenset[str] | None:
         """The bots this process serves: every enabled one, or its share as a replica."""
         if self.registry.cluster is None:
-            return [bot.name for bot in self.registry.enabled_bots]
+            return frozenset(bot.name for bot in self.registry.enabled_bots)
         return None if self.cluster is None else self.cluster.share
 
     @property

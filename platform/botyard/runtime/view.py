@@ -9,7 +9,7 @@ supervisor, which is the only one to replace the registry or the runners.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
 from botyard.registry.models import Registry
@@ -39,7 +39,7 @@ class PlatformView(Protocol):
         """Asked to stop: draining, no longer ready."""
 
     @property
-    def share(self) -> Collection[str] | None:
+    def share(self) -> frozenset[str] | None:
         """The bots this process serves: every enabled bot, or with replicas (a ``cluster``
         section) this replica's share once it joined and started it, ``None`` before."""
 
