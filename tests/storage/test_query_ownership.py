@@ -101,7 +101,7 @@ from botyard.storage import BeanieStorage, update_scope
 from botyard.storage.records import FSMRecords
 
 async def view(database, namespace, key):
-    counts = await FSMRecords(database).count_by_state([namespace])
+    counts = await FSMRecords(database).count_per_state([namespace])
     return {{{COLLECTION_NAME!r}: len(counts), "name": namespace}}
 """
     assert fsm_queries(source, "good.py") == []

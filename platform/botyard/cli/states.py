@@ -157,18 +157,20 @@ class _BotStats:
 async def _collect_stats(
     database: AsyncDatabase[Document], bots: tuple[BotConfig, ...], now: datetime
 ) -> list[_BotStats]:
-    """One aggregation over every bot's namespace (via the key index), one count per bot."""
+    """Counted from the indexes, no record read: one count per bot and state for all
+    bots, then per bot with records its expired ones and its oldest activity."""
     records = FSMRecords(database)
     by_namespace = {bot.namespace: _BotStats(bot) for bot in bots}
-    for group in await records.count_by_state(by_namespace):
-        entry = by_namespace[group.namespace]
-        entry.records += group.records
-        entry.per_state.append((group.state or NO_STATE, group.records))
-        if group.oldest is not None and (entry.oldest is None or group.oldest < entry.oldest):
-            entry.oldest = group.oldest
+    for (namespace, state), count in (await records.count_per_state(by_namespace)).items():
+        entry = by_namespace[namespace]
+        entry.records += count
+        entry.per_state.append((state or NO_STATE, count))
     for entry in by_namespace.values():
+        # The most common state first, then by name.
+        entry.per_state.sort(key=lambda item: (-item[1], item[0]))
         if entry.records:
             entry.expired = await records.count_stale(entry.bot.namespace, entry.bot.state_ttl, now)
+            entry.oldest = await records.oldest_activity(entry.bot.namespace)
     return list(by_namespace.values())
 
 

@@ -6,8 +6,9 @@ counts (sends delayed by flood control, 429s, retried and given-up calls) are re
 Prometheus scrapes, so the update path pays nothing for them; the handling
 latency histogram, webhook request outcomes, cleanup results and event-loop
 measurements are recorded as they happen. FSM records by state come from a
-sample taken every :data:`FSM_SAMPLE_INTERVAL` (one aggregation over the state
-index for all bots), never from a scan per scrape.
+sample taken every :data:`FSM_SAMPLE_INTERVAL` from the state index, counting
+at most :data:`FSM_SAMPLE_LIMIT` records per bot and state, never from a scan
+per scrape.
 
 Series by bot or platform-wide (``metrics.per_bot``, decided at each scrape
 from the registry in force): per bot, every bot's series carry a ``bot``
@@ -53,13 +54,16 @@ from botyard.runtime.runner import BotStatus
 from botyard.runtime.view import PlatformView
 from botyard.storage.records import FSMRecords
 
-__all__ = ["FSM_SAMPLE_INTERVAL", "NO_STATE", "PlatformMetrics"]
+__all__ = ["FSM_SAMPLE_INTERVAL", "FSM_SAMPLE_LIMIT", "NO_STATE", "PlatformMetrics"]
 
 logger = logging.getLogger("botyard.metrics")
 
-#: The sample visits one index key per record (no record is read, on MongoDB);
-#: every five minutes keeps that out of the way of the bots.
+#: The sample costs a few round trips per bot; every five minutes keeps that
+#: out of the way of the bots.
 FSM_SAMPLE_INTERVAL = 300.0
+#: The sample counts a bot's records in one state up to this many: it visits at
+#: most this many index keys per bot and state, whatever the number of records.
+FSM_SAMPLE_LIMIT = 10_000
 NO_STATE = "(none)"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -233,11 +237,11 @@ class PlatformMetrics:
     async def sample_fsm_records(
         self, database: AsyncDatabase[Document], bots: Iterable[BotConfig]
     ) -> None:
-        """Count every bot's records per state, in one aggregation MongoDB answers from
+        """Count every bot's records per state, up to :data:`FSM_SAMPLE_LIMIT` each, from
         the ``(namespace, state, _id)`` index alone."""
         by_namespace = {bot.namespace: bot.name for bot in bots}
         sample: dict[tuple[str, str], int] = {}
-        counts = await FSMRecords(database).count_per_state(by_namespace)
+        counts = await FSMRecords(database).sample_per_state(by_namespace, FSM_SAMPLE_LIMIT)
         for (namespace, state), count in counts.items():
             label = (by_namespace[namespace], state or NO_STATE)
             sample[label] = sample.get(label, 0) + count
@@ -433,7 +437,8 @@ class _SampledCollector(Collector):
         records = GaugeMetricFamily(
             "botyard_fsm_records",
             "FSM records per state (and per bot when per_bot), sampled every "
-            f"{metrics.fsm_sample_interval:.0f}s.",
+            f"{metrics.fsm_sample_interval:.0f}s, counted up to {FSM_SAMPLE_LIMIT} per bot "
+            "and state.",
             labels=["bot", "state"] if per_bot else ["state"],
         )
         if per_bot:

@@ -128,10 +128,11 @@ async def fsm_record(database: AsyncDatabase[JSON], config: BotConfig, key: Stor
 
 
 async def record_counts(database: AsyncDatabase[JSON], namespaces: list[str]) -> dict[str, int]:
-    """How many FSM records each namespace holds: one query for all bots, through the index."""
+    """How many FSM records each namespace holds: one query for all bots, counted from the
+    state index without reading a record."""
     counts: dict[str, int] = {}
-    for group in await FSMRecords(database).count_by_state(namespaces):
-        counts[group.namespace] = counts.get(group.namespace, 0) + group.records
+    for (namespace, _), count in (await FSMRecords(database).count_per_state(namespaces)).items():
+        counts[namespace] = counts.get(namespace, 0) + count
     return counts
 
 

@@ -38,9 +38,9 @@ __all__ = [
     "ExistingRecord",
     "FSMRecords",
     "ImportedRecord",
-    "StateCount",
     "StoredRecord",
     "count_per_state_pipeline",
+    "count_up_to_pipeline",
     "identity",
     "realign_filter",
     "stale_filter",
@@ -54,6 +54,7 @@ _CONTENTS: Document = {**dict.fromkeys(KEY_FIELDS, 1), "bot_id": 1, "state": 1, 
 _SHOWN: Document = {"_id": 0, "state": 1, "data": 1, "updated_at": 1, "expires_at": 1}
 _BY_ID = [("_id", 1)]
 _BY_PURGE = [("namespace", 1), ("purge_at", 1)]
+_BY_ACTIVITY = [("namespace", 1), ("updated_at", 1)]
 #: The index MongoDB counts records per state from, without reading one.
 STATE_INDEX = "fsm_ns_state"
 _BY_STATE = [("namespace", 1), ("state", 1), ("_id", 1)]
@@ -71,17 +72,6 @@ class StoredRecord:
     key: StorageKey
     state: str | None
     data: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class StateCount:
-    """How many records of one namespace are in one state, and their oldest activity."""
-
-    namespace: str
-    #: ``None``: records with data but no state.
-    state: str | None
-    records: int
-    oldest: datetime | None
 
 
 @dataclass(frozen=True)
@@ -164,6 +154,17 @@ def count_per_state_pipeline(namespaces: Iterable[str]) -> list[Document]:
     ]
 
 
+def count_up_to_pipeline(namespace: str, state: str | None, limit: int) -> list[Document]:
+    """One count of :meth:`FSMRecords.sample_per_state`: what
+    ``count_documents(..., limit=limit)`` sends. The scan stops after
+    ``limit`` index keys and needs no field, so no record is read on MongoDB."""
+    return [
+        {"$match": {"namespace": namespace, "state": state}},
+        {"$limit": limit},
+        {"$group": {"_id": 1, "n": {"$sum": 1}}},
+    ]
+
+
 def _selection(namespace: str, state: str | None, idle_before: datetime | None) -> Document:
     query: Document = {"namespace": namespace}
     if state is not None:
@@ -185,41 +186,52 @@ class FSMRecords:
         """The record's state, data and times as stored, read without refreshing its expiry."""
         return await self.collection.find_one(record_filter(namespace, key), _SHOWN)
 
-    async def count_by_state(self, namespaces: Iterable[str]) -> list[StateCount]:
-        """Records per namespace and state, in one aggregation through the key index.
-
-        Ordered by namespace, then the most common state first.
-        """
-        pipeline: list[Document] = [
-            {"$match": {"namespace": {"$in": list(namespaces)}}},
-            {
-                "$group": {
-                    "_id": {"namespace": "$namespace", "state": "$state"},
-                    "records": {"$sum": 1},
-                    "oldest": {"$min": "$updated_at"},
-                }
-            },
-            {"$sort": {"_id.namespace": 1, "records": -1, "_id.state": 1}},
-        ]
-        return [
-            StateCount(
-                group["_id"]["namespace"],
-                group["_id"].get("state"),
-                group["records"],
-                group["oldest"],
-            )
-            async for group in await self.collection.aggregate(pipeline)
-        ]
-
     async def count_per_state(self, namespaces: Iterable[str]) -> dict[tuple[str, str | None], int]:
-        """Records per ``(namespace, state)``, counted from the ``(namespace, state, _id)``
-        index in one round trip: one index key per record, and no record read."""
+        """Records per ``(namespace, state)``, exactly, counted from the ``(namespace, state,
+        _id)`` index in one round trip: one index key per record, and no record read.
+
+        For ``botyard states stats`` and the sandbox, on demand; the metrics'
+        sample, taken on a schedule, uses :meth:`sample_per_state`.
+        """
         counts: dict[tuple[str, str | None], int] = {}
         pipeline = count_per_state_pipeline(namespaces)
         async for group in await self.collection.aggregate(pipeline, hint=STATE_INDEX):
             key = (group["_id"]["namespace"], group["_id"].get("state"))
             counts[key] = counts.get(key, 0) + group["n"]
         return counts
+
+    async def sample_per_state(
+        self, namespaces: Iterable[str], limit: int
+    ) -> dict[tuple[str, str | None], int]:
+        """Records per ``(namespace, state)``, each count stopping at ``limit``.
+
+        Per namespace, its states are read from the ``(namespace, state, _id)``
+        index (a distinct scan on MongoDB: a few keys per state), then each
+        state is counted in the index up to ``limit`` keys. At most ``limit``
+        keys per namespace and state are visited, however many records there
+        are, in ``1 + states`` round trips per namespace; a count equal to
+        ``limit`` means "at least that many".
+        """
+        counts: dict[tuple[str, str | None], int] = {}
+        for namespace in namespaces:
+            # Not hinted: no other index serves either query, and SecantusDB walks
+            # the whole of a hinted index.
+            for state in await self.collection.distinct("state", {"namespace": namespace}):
+                pipeline = count_up_to_pipeline(namespace, state, limit)
+                async for group in await self.collection.aggregate(pipeline):
+                    counts[(namespace, state)] = group["n"]
+        return counts
+
+    async def oldest_activity(self, namespace: str) -> datetime | None:
+        """The earliest ``updated_at`` of ``namespace``'s records: the first key of the
+        ``(namespace, updated_at)`` index."""
+        first = await self.collection.find_one(
+            {"namespace": namespace},
+            {"_id": 0, "updated_at": 1},
+            sort=_BY_ACTIVITY,
+            hint=_BY_ACTIVITY,
+        )
+        return None if first is None else first["updated_at"]
 
     async def count_stale(self, namespace: str, state_ttl: timedelta | None, now: datetime) -> int:
         """Records of ``namespace`` idle for ``state_ttl`` at ``now`` (none for never)."""
