@@ -7,6 +7,7 @@ replica whose clock runs ahead must not declare the others dead.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -122,3 +123,25 @@ async def test_a_failed_claim_fails_every_bot_waiting_for_it(
     )
 
     assert [type(result) for result in results] == [InvalidOperation, InvalidOperation]
+
+
+async def test_handled_updates_left_in_the_journal_at_shutdown_are_logged(
+    database: AsyncDatabase[Document],
+    mongo_uri: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """They are handled again after the restart: the log must say so, not swallow it."""
+    client = mongo_client(mongo_uri)
+    journal = UpdateJournal(client[database.name])
+    assert await journal.record("shop", 3, {"update_id": 3}) is Recorded.ACCEPTED
+    journal.finished("shop", 3)
+    await client.close()  # MongoDB out of reach from now on
+
+    with caplog.at_level(logging.WARNING, logger="botyard.journal"):
+        await journal.close()
+
+    assert (
+        "journal: 1 handled update(s) not deleted at shutdown (InvalidOperation); "
+        "they will be handled again" in caplog.messages
+    )
+    assert await database[JOURNAL_COLLECTION].count_documents({}) == 1

@@ -138,8 +138,16 @@ class UpdateJournal:
         for _, future in self._starting.values():
             future.cancel()
         self._starting.clear()
-        with contextlib.suppress(PyMongoError):
+        try:
             await self.flush()
+        except PyMongoError as error:
+            logger.warning(
+                "journal: %d handled update(s) not deleted at shutdown (%s); "
+                "they will be handled again",
+                len(self._finished),
+                type(error).__name__,
+            )
+        with contextlib.suppress(PyMongoError):  # else the others claim after DEAD_AFTER
             await self.instances.delete_one({"_id": self.instance})
 
     # accepting and finishing
