@@ -234,6 +234,29 @@ async def test_a_failed_update_leaves_no_users_words_on_the_log_record(
     assert failed.user_id == 12  # type: ignore[attr-defined]  # the sandbox's chat
 
 
+async def test_a_failed_handler_whose_writes_are_refused_counts_one_error(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``botyard_handler_errors`` counts updates: one update, one error, however it failed."""
+
+    real_write = BeanieStorage.write_records
+
+    async def refuse(self: BeanieStorage, records: Any) -> None:
+        if any(record.dirty for record in records.values()):
+            raise OperationFailure("Document failed validation", 121)
+        await real_write(self, records)
+
+    monkeypatch.setattr(BeanieStorage, "write_records", refuse)
+    runner = rig.runner(counting_router(lambda: ValueError("a bug")))
+    runner.start()
+    rig.emulator.send_message(rig.token, 16, "count")
+    rig.emulator.send_message(rig.token, 16, "after it")
+    assert (await rig.emulator.wait_for_reply(rig.token, 16))["text"] == "after it"
+    await stop(runner)
+    assert runner.counters.errors == 1
+    assert runner.counters.handled == 1, "the echo: nothing to write"
+
+
 def doomed_router(fail: Callable[[], Awaitable[None]]) -> Router:
     """``doomed`` writes a state, then ``fail()``s; anything else is answered "fine"."""
     router = Router()

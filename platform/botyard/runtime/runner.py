@@ -641,7 +641,7 @@ class BotRunner:
                         update.update_id,
                         extra=_event("handler_failed", self.name, update),
                     )
-                    await self._store(update, scope)
+                    await self._store(update, scope, counted=True)
                     return True
                 scope.discard()
                 if self._stopping:
@@ -691,8 +691,11 @@ class BotRunner:
                 raise _HandlingTimeout(timeout) from None
             raise
 
-    async def _store(self, update: Update, scope: UpdateScope) -> bool:
-        """Store the update's FSM writes, retrying only the storing; ``False`` if they were lost."""
+    async def _store(self, update: Update, scope: UpdateScope, *, counted: bool = False) -> bool:
+        """Store the update's FSM writes, retrying only the storing; ``False`` if they were lost.
+
+        ``counted``: the update's handler failed, and is counted among the errors already.
+        """
         retry = Backoff(self.spec.retry_backoff)
         for attempt in itertools.count():
             try:
@@ -700,7 +703,8 @@ class BotRunner:
                 return True
             except Exception as error:
                 if not is_transient(error):
-                    self.counters.errors += 1
+                    if not counted:
+                        self.counters.errors += 1
                     logger.exception(
                         "bot=%s update=%s handled, but its FSM writes were refused; "
                         "update confirmed",
