@@ -408,19 +408,29 @@ async def test_a_webhook_left_set_is_deleted_when_polling_meets_it(
 async def test_full_collections_resume_once_every_bot_started(
     bot_api: BotAPIEmulator, mongo_uri: str, database_name: str, tmp_path: Path
 ) -> None:
-    """``botyard run`` pauses full collections while bots start; a revoked bot counts as started."""
+    """``botyard run`` collects and freezes before the bots poll, pauses full collections while
+    they start (a revoked bot counts as started), then resumes with a larger young generation."""
     path = tmp_path / "botyard.yaml"
     factory = "from aiogram import Router\ndef router():\n    return Router()\n"
     (tmp_path / "quiet_factory.py").write_text(factory)
     revoked = bot_api.add_bot().token
     bot_api.revoke(revoked)
+    polling_token = bot_api.add_bot().token
     bots = "".join(
         f"  - name: {name}\n    token: {token}\n"
         f"    routers: [quiet_factory:router]\n    api_server: {bot_api.url}\n"
-        for name, token in (("polling", bot_api.add_bot().token), ("revoked", revoked))
+        for name, token in (("polling", polling_token), ("revoked", revoked))
     )
     path.write_text(f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n{bots}")
-    supervisor = Supervisor(load_registry(path))
+    polls_before = bot_api.calls(polling_token, "getUpdates")
+    frozen_before_polling: list[tuple[int, int]] = []
+
+    def before_polling() -> None:
+        gc_pause.collect_and_freeze()
+        polls = bot_api.calls(polling_token, "getUpdates") - polls_before
+        frozen_before_polling.append((polls, gc.get_freeze_count()))
+
+    supervisor = Supervisor(load_registry(path), before_polling=before_polling)
     usual = gc_pause.pause_full_collections()
     assert gc.get_threshold()[2] == gc_pause.FULL_COLLECTIONS_PAUSED
     running = asyncio.create_task(
@@ -429,8 +439,12 @@ async def test_full_collections_resume_once_every_bot_started(
     try:
         async with asyncio.timeout(10):
             await supervisor.started.wait()
-        await wait_for(lambda: gc.get_threshold() == usual)
-        assert gc.get_freeze_count() > 0, "what the start made is frozen out of collections"
+        running_thresholds = (max(usual[0], gc_pause.YOUNG_THRESHOLD), usual[1], usual[2])
+        await wait_for(lambda: gc.get_threshold() == running_thresholds)
+        [(polls, frozen)] = frozen_before_polling
+        assert polls == 0, "the first full collection runs before any bot polls"
+        assert frozen > 0
+        assert gc.get_freeze_count() > frozen, "what the start made is frozen out of collections"
         assert {name: runner.status for name, runner in supervisor.runners.items()} == {
             "polling": BotStatus.RUNNING,
             "revoked": BotStatus.UNAUTHORIZED,

@@ -40,14 +40,22 @@ def run(
     ones stop, changed ones restart, the others are left alone. An invalid file
     is rejected and the running bots keep going.
     """
-    from botyard.runtime.gc_pause import pause_full_collections, run_resuming_full_collections
+    from botyard.runtime.gc_pause import (
+        collect_and_freeze,
+        pause_full_collections,
+        run_resuming_full_collections,
+    )
     from botyard.runtime.supervisor import Supervisor
 
     usual = pause_full_collections()
     redactor = command_redactor()
     registry = load_registry(registry_path)
     supervisor = Supervisor(
-        registry, shutdown_timeout=shutdown_timeout, watch=not no_watch, redactor=redactor
+        registry,
+        shutdown_timeout=shutdown_timeout,
+        watch=not no_watch,
+        redactor=redactor,
+        before_polling=collect_and_freeze,
     )
     raise SystemExit(
         asyncio.run(run_resuming_full_collections(supervisor.run(), supervisor.started, usual))

@@ -49,6 +49,7 @@ from pydantic import ValidationError
 from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
 
 from botyard.logs import LogContext, log_context
+from botyard.runtime.filters import resolve_magic_filters_inline
 from botyard.runtime.http_sessions import MalformedUpdate, describe_validation_error
 from botyard.runtime.log_context import LogContextMiddleware
 from botyard.runtime.ordering import KeyedExecutor, OffsetTracker, ordering_key
@@ -227,6 +228,7 @@ class BotRunner:
             dispatcher.update.outer_middleware(LogContextMiddleware(self.name))
             self.spec.routers.install_middlewares(dispatcher)
             dispatcher.include_routers(*self.spec.routers.build())
+            resolve_magic_filters_inline(dispatcher)
             self._dispatcher = dispatcher
         return self._dispatcher
 

@@ -79,8 +79,11 @@ class Supervisor:
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         fsm_sample_interval: float = FSM_SAMPLE_INTERVAL,
         clock: Clock = utcnow,
+        before_polling: Callable[[], None] | None = None,
     ) -> None:
         self.registry = registry
+        #: Called once the first start's runners are made, before any of them polls.
+        self._before_polling = before_polling
         #: Given to the storage, the cleanup and the webhook journal.
         self.clock = clock
         self.shutdown_timeout = shutdown_timeout
@@ -137,6 +140,8 @@ class Supervisor:
             if self.registry.cluster is None:
                 await self._start_bots(self.registry.enabled_bots, routers)
                 self._starting = set(self.runners)
+                if self._before_polling is not None:
+                    self._before_polling()  # the runners' tasks have not run yet
                 if not self._starting:
                     self.started.set()
                 await self.lead(True)
