@@ -486,6 +486,28 @@ async def test_a_journaled_update_handed_to_a_stopped_runner_goes_to_the_next_cl
     assert await rig.journal.claim(["bot"]) == [entry], "the next claim hands it out"
 
 
+async def test_journaled_updates_a_stopped_runner_left_unfinished_go_to_any_process(
+    rig: Rig,
+) -> None:
+    """A bot stopped here while still running (moved to another replica, or changed by a
+    reload) must not leave its journaled updates to this process alone: the process lives
+    on, so no other would ever claim them."""
+    rig.journal.instance = "replica-a:1:a"  # not this host's: judged by its heartbeat only
+    await rig.journal.heartbeat()
+    release = asyncio.Event()
+    runner = rig.runner(hanging_router(release))
+    runner.start()
+    stuck = rig.emulator.send_message(rig.token, 17, "hang")
+    await wait_for(lambda: runner.counters.journaled == 1)
+    assert not await stop(runner, timeout=0.2)
+    replica = UpdateJournal(rig.database)
+    replica.instance = "replica-b:2:b"
+    await replica.heartbeat()
+    [entry] = await replica.claim(["bot"])
+    assert entry.update_id == stuck["update_id"]
+    assert await rig.journal.claim(["bot"]) == [], "the other replica has it now"
+
+
 async def test_an_update_both_journaled_and_still_at_telegram_is_handled_once(rig: Rig) -> None:
     """A crash between journaling an update and confirming past it leaves it in both places."""
     update = rig.emulator.send_message(rig.token, 8, "twice?")

@@ -268,6 +268,7 @@ class BotRunner:
                 timeout,
             )
             await self.executor.cancel()
+            await self._hand_back_journaled()
         await self._confirm_offset()
         dispatcher, self._dispatcher = self._dispatcher, None
         if dispatcher is not None:
@@ -276,6 +277,22 @@ class BotRunner:
         if self.status not in {BotStatus.UNAUTHORIZED}:
             self._set_status(BotStatus.STOPPED)
         return drained
+
+    async def _hand_back_journaled(self) -> None:
+        """The journaled updates left unfinished go to whichever process runs the bot next:
+        this one lives on, so no other would claim them while it is alive."""
+        journal = self.spec.journal
+        if journal is None:
+            return
+        try:
+            await journal.hand_back(self.name)
+        except PyMongoError as error:
+            logger.warning(
+                "bot=%s unfinished journaled updates stay with this process (%s); "
+                "they are handled when the bot starts here again, or after it exits",
+                self.name,
+                type(error).__name__,
+            )
 
     def _set_status(self, status: BotStatus, detail: str = "") -> None:
         if status == self.status and detail == self.status_detail:

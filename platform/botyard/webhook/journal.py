@@ -193,6 +193,18 @@ class UpdateJournal:
         else:
             self._in_flight.get(bot, set()).discard(update_id)
 
+    async def hand_back(self, bot: str) -> None:
+        """Let any instance claim the entries of ``bot`` this one has and will not finish
+        (its runner stopped before they were handled, and the process lives on).
+
+        What finished is deleted first, so it is not handed out again.
+        """
+        await self.flush()
+        self.release(bot)
+        await self.entries.update_many(
+            {"bot": bot, "owner": self.instance}, {"$set": {"owner": None}}
+        )
+
     async def park(self, bot: str, updates: Iterable[tuple[int, Document]]) -> None:
         """Persist updates a polling bot is about to confirm unhandled: one round trip.
 
