@@ -13,6 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from botyard.database.embedded import SecantusServer
 from botyard.emulator import BotAPIEmulator
+from botyard.ops.series import RunningTotal
+from botyard.runtime.runner import BotCounters
 from botyard.runtime.supervisor import Supervisor
 
 from webhook_harness import Yard, open_yard, wait_until
@@ -268,3 +270,15 @@ async def test_readyz_is_not_ready_while_an_enabled_bot_is_down(yard: Yard) -> N
     assert bots["fine"]["ready"] is True
     _, samples = await scrape(yard)
     assert value(samples, "botyard_bot_status", bot="doomed", status="unauthorized") == 1
+
+
+def test_a_bot_restarted_between_scrapes_keeps_what_it_counted_in_the_total() -> None:
+    """Platform-wide counters sum the runners' counts; a runner restarted by a reload counts
+    from zero, and may have counted more than before by the next scrape."""
+    total = RunningTotal()
+    first, restarted = BotCounters(handled=5), BotCounters(handled=8)
+    assert total.total({"shop": 5}, {"shop": first}) == 5
+    assert total.total({"shop": 8}, {"shop": restarted}) == 13
+    restarted.handled = 9
+    assert total.total({"shop": 9}, {"shop": restarted}) == 14
+    assert total.total({}, {}) == 14, "a bot that left keeps its part"

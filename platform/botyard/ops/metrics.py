@@ -265,12 +265,14 @@ def _counter(
     name: str,
     documentation: str,
     by_bot: Mapping[str, float],
+    sources: Mapping[str, object],
     per_bot: bool,
     total: RunningTotal,
 ) -> CounterMetricFamily:
-    """A count read by bot: one series per bot, or their running total."""
+    """A count read by bot (from its entry in ``sources``): one series per bot, or their
+    running total."""
     if not per_bot:
-        return CounterMetricFamily(name, documentation, value=total.total(by_bot))
+        return CounterMetricFamily(name, documentation, value=total.total(by_bot, sources))
     family = CounterMetricFamily(name, documentation, labels=["bot"])
     for bot, count in sorted(by_bot.items()):
         family.add_metric([bot], count)
@@ -320,9 +322,10 @@ class _RunnerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         per_bot = self._metrics.per_bot
         runners = self._metrics.platform.runners
+        sources = {bot: runner.counters for bot, runner in runners.items()}
         for field, name, text in self.COUNTERS:
-            by_bot = {bot: getattr(runner.counters, field) for bot, runner in runners.items()}
-            yield _counter(name, text, by_bot, per_bot, self._totals[field])
+            by_bot = {bot: getattr(counters, field) for bot, counters in sources.items()}
+            yield _counter(name, text, by_bot, sources, per_bot, self._totals[field])
         labels = ["bot"] if per_bot else []
         in_flight = GaugeMetricFamily(
             "botyard_updates_in_flight", "Updates queued or being handled.", labels=labels
@@ -381,7 +384,7 @@ class _OutboundCollector(Collector):
         outbound: Mapping[str, OutboundStats] = self._metrics.platform.outbound
         for field, name, text in self.FAMILIES:
             by_bot = {bot: getattr(stats, field) for bot, stats in outbound.items()}
-            yield _counter(name, text, by_bot, per_bot, self._totals[field])
+            yield _counter(name, text, by_bot, outbound, per_bot, self._totals[field])
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

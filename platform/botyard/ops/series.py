@@ -138,19 +138,24 @@ class Histograms:
 class RunningTotal:
     """The sum of counts read by bot at each scrape (a runner's), never going down.
 
-    A bot whose count went down since the last scrape (its runner restarted) or
+    A bot whose counts are read from another object than at the last scrape
+    (its runner restarted, and counts from zero), whose count went down, or
     that is gone keeps what it had counted then in the total; what it counted
     between that scrape and its restart is lost.
     """
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
+        #: What each bot's count was read from at the last scrape (small: a runner's counters).
+        self._sources: dict[str, object] = {}
         self._kept = 0.0
 
-    def total(self, counts: Mapping[str, float]) -> float:
+    def total(self, counts: Mapping[str, float], sources: Mapping[str, object]) -> float:
+        """The total of ``counts``, each bot's read from its entry in ``sources``."""
         for bot, before in self._last.items():
             now = counts.get(bot)
-            if now is None or now < before:
+            if now is None or now < before or sources.get(bot) is not self._sources.get(bot):
                 self._kept += before
         self._last = dict(counts)
+        self._sources = dict(sources)
         return self._kept + sum(counts.values())
