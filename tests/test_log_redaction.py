@@ -113,3 +113,17 @@ def test_huge_messages_and_tracebacks_are_cut(capsys: pytest.CaptureFixture[str]
     assert "RuntimeError: yyy" in err
     assert max(len(line) for line in err.splitlines()) <= MAX_LINE_CHARS + 100
     assert SECRET not in err
+
+
+def test_a_token_the_line_limit_cuts_is_not_pulled_in_by_masking_the_ones_before(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    other = "987654321:BBEhBOweik9ai2o4LDfWdQpmosRFqh9x2-z"
+    configure_logging("INFO").remember([TOKEN, other])
+    masked_before = " ".join([TOKEN] * 40)  # masking them frees 1,280 characters
+    filler = "x" * (MAX_LINE_CHARS + 65 - len(masked_before) - 2)
+    logging.getLogger("botyard.test").warning("%s %s %s tail", masked_before, filler, other)
+    err = capsys.readouterr().err
+    assert other.partition(":")[2][:8] not in err, "part of the second token's secret"
+    assert "123456789:***" in err
+    assert "more characters not logged" in err

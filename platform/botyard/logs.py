@@ -80,15 +80,22 @@ class TokenRedactingFilter(logging.Filter):
         if len(text) <= MAX_RECORD_CHARS and all(len(line) <= MAX_LINE_CHARS for line in lines):
             return self._redact(text)
         capped = "\n".join(
-            self._redact(line)
-            if len(line) <= MAX_LINE_CHARS
-            else self._redact(line[: MAX_LINE_CHARS + _REDACTION_MARGIN])[:MAX_LINE_CHARS]
-            + f"... [{len(line) - MAX_LINE_CHARS} more characters not logged]"
-            for line in lines
+            self._redact(line) if len(line) <= MAX_LINE_CHARS else self._cut(line) for line in lines
         )
         if len(capped) <= MAX_RECORD_CHARS:
             return capped
         return capped[:MAX_RECORD_CHARS] + f"... [{len(capped) - MAX_RECORD_CHARS} more not logged]"
+
+    def _cut(self, line: str) -> str:
+        """A long line's first :data:`MAX_LINE_CHARS`, redacted.
+
+        The margin's end is dropped whatever the masking left: a token the
+        margin cut off is not masked, and masking the tokens before it moves
+        it forward, within the limit.
+        """
+        redacted = self._redact(line[: MAX_LINE_CHARS + _REDACTION_MARGIN])
+        kept = redacted[: min(MAX_LINE_CHARS, len(redacted) - _REDACTION_MARGIN)]
+        return kept + f"... [{len(line) - len(kept)} more characters not logged]"
 
 
 @dataclass(frozen=True, slots=True)
