@@ -2,7 +2,8 @@
 
 With ``MONGODB_URI`` set, tests use that server (a real MongoDB). Otherwise a
 SecantusDB child process is started on a free loopback port. Every test gets
-its own database name, so tests never see each other's records.
+its own database name, so tests never see each other's records; on a
+``MONGODB_URI`` server, which outlives the session, it is dropped after the test.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 
 from botyard.database.embedded import SecantusServer
 
@@ -36,9 +37,14 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def database_name() -> str:
-    """A database name unique to the test."""
-    return f"t_{uuid.uuid4().hex[:12]}"
+def database_name() -> Iterator[str]:
+    """A database name unique to the test; on a ``MONGODB_URI`` server, dropped after it."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    external = os.environ.get("MONGODB_URI")
+    if external:  # that server outlives the session: leave nothing behind on it
+        with MongoClient[dict](external) as client:  # type: ignore[type-arg]
+            client.drop_database(name)
 
 
 @pytest.fixture

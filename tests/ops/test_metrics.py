@@ -134,7 +134,12 @@ async def test_auto_labels_series_by_bot_for_a_few_bots(yard: Yard) -> None:
     await yard.start()
     yard.emulator.send_message(token, 7, "one")
     await yard.emulator.wait_for_reply(token, 7)
-    _, samples = await scrape(yard)
+    text, samples = await scrape(yard)
+    # #15: the default sample is taken every five minutes (it was every minute)
+    assert (
+        "# HELP botyard_fsm_records FSM records per state (and per bot when per_bot), "
+        "sampled every 300s, counted up to 10000 per bot and state.\n"
+    ) in text
     assert value(samples, "botyard_updates_handled_total", bot="hook") == 1
     assert value(samples, "botyard_update_handling_seconds_count", bot="hook") == 1
     assert value(samples, "botyard_bot_status", bot="hook", status="running") == 1
