@@ -2,6 +2,7 @@
 
     python -m benchmarks.metrics_size                      # 1,000 and 10,000 idle bots
     python -m benchmarks.metrics_size --bots 1000 --scrapes 3 --json out.json
+    python -m benchmarks.metrics_size --bots 10000 --per-bot off
 
 For each size, ``botyard run`` starts with that many idle echo bots, an ops
 server (``ops.listen``) and ``metrics.per_bot: true``, then again with
@@ -117,13 +118,13 @@ async def run_once(
 
 
 async def measure(
-    uri: str | None, sizes: list[int], scrapes: int, active: int
+    uri: str | None, sizes: list[int], modes: list[bool], scrapes: int, active: int
 ) -> list[dict[str, Any]]:
     results = []
     with tempfile.TemporaryDirectory(prefix="botyard-metrics-") as workdir:
         async with open_world(Path(workdir), uri) as world:
             for bots in sizes:
-                for per_bot in (True, False):
+                for per_bot in modes:
                     try:
                         result = await run_once(world, bots, per_bot, scrapes, active)
                     except RuntimeError as error:  # reported as not reached, like density
@@ -155,10 +156,18 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def main(args: argparse.Namespace) -> None:
     uri = args.uri or os.environ.get("MONGODB_URI")
-    results = asyncio.run(measure(uri, args.bots, args.scrapes, args.active))
+    results = asyncio.run(measure(uri, args.bots, args.per_bot, args.scrapes, args.active))
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _modes(text: str) -> list[bool]:
+    modes = {"on": True, "off": False}
+    unknown = [mode for mode in text.split(",") if mode not in modes]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: expected on and/or off")
+    return [modes[mode] for mode in text.split(",")]
 
 
 def parse_args() -> argparse.Namespace:
@@ -168,6 +177,12 @@ def parse_args() -> argparse.Namespace:
         type=lambda text: [int(size) for size in text.split(",")],
         default=[1000, 10000],
         help="comma-separated bot counts (default 1000,10000)",
+    )
+    parser.add_argument(
+        "--per-bot",
+        type=_modes,
+        default=[True, False],
+        help="comma-separated metrics.per_bot settings to run, on and/or off (default on,off)",
     )
     parser.add_argument("--scrapes", type=int, default=5, help="scrapes per run (default 5)")
     parser.add_argument("--active", type=int, default=0, help="bots sent one message first")
