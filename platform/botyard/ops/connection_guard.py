@@ -24,6 +24,8 @@ __all__ = ["ConnectionGuard", "ConnectionLimits", "GuardedSite"]
 
 logger = logging.getLogger("botyard.http")
 
+END_OF_HEADERS = b"\r\n\r\n"
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -90,6 +92,12 @@ class ConnectionGuard:
         if self._clients[client] <= 0:
             del self._clients[client]
 
+    def headers_arrived(self, transport: asyncio.BaseTransport) -> None:
+        """Stop the clock: a stalled loop may run the timer before the request's handler."""
+        timer = self._timers.pop(transport, None)
+        if timer is not None:
+            timer.cancel()
+
     def _arm(self, transport: asyncio.BaseTransport) -> None:
         previous = self._timers.pop(transport, None)
         if previous is not None:
@@ -111,6 +119,8 @@ class _GuardedProtocol(asyncio.Protocol):
         self._guard = guard
         self._inner = inner
         self._transport: asyncio.BaseTransport | None = None
+        #: The last bytes received, to see a header block's end split across reads.
+        self._tail = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._guard.opened(transport):
@@ -120,8 +130,12 @@ class _GuardedProtocol(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._transport is not None:
-            self._inner.data_received(data)
+        if self._transport is None:
+            return
+        if END_OF_HEADERS in data or END_OF_HEADERS in self._tail + data[:3]:
+            self._guard.headers_arrived(self._transport)
+        self._tail = (self._tail + data[-3:])[-3:]
+        self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._transport is not None else None
