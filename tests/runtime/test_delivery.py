@@ -486,8 +486,9 @@ async def test_a_journaled_update_handed_to_a_stopped_runner_goes_to_the_next_cl
     assert await rig.journal.claim(["bot"]) == [entry], "the next claim hands it out"
 
 
+@pytest.mark.parametrize("left", ["still running", "failing while stopping"])
 async def test_journaled_updates_a_stopped_runner_left_unfinished_go_to_any_process(
-    rig: Rig,
+    rig: Rig, left: str
 ) -> None:
     """A bot stopped here while still running (moved to another replica, or changed by a
     reload) must not leave its journaled updates to this process alone: the process lives
@@ -495,11 +496,23 @@ async def test_journaled_updates_a_stopped_runner_left_unfinished_go_to_any_proc
     rig.journal.instance = "replica-a:1:a"  # not this host's: judged by its heartbeat only
     await rig.journal.heartbeat()
     release = asyncio.Event()
-    runner = rig.runner(hanging_router(release))
+
+    async def fail_once_released() -> None:
+        await release.wait()
+        raise AutoReconnect("unreachable")
+
+    failing = left == "failing while stopping"
+    runner = rig.runner(doomed_router(fail_once_released) if failing else hanging_router(release))
     runner.start()
-    stuck = rig.emulator.send_message(rig.token, 17, "hang")
+    stuck = rig.emulator.send_message(rig.token, 17, "doomed" if failing else "hang")
     await wait_for(lambda: runner.counters.journaled == 1)
-    assert not await stop(runner, timeout=0.2)
+    if failing:  # left for redelivery: the stop drains
+        stopping = asyncio.create_task(stop(runner, timeout=30))
+        await asyncio.sleep(0.2)  # the stop began: what fails now is left for redelivery
+        release.set()
+        assert await stopping
+    else:
+        assert not await stop(runner, timeout=0.2)
     replica = UpdateJournal(rig.database)
     replica.instance = "replica-b:2:b"
     await replica.heartbeat()

@@ -209,6 +209,8 @@ class BotRunner:
         self._stopping = False
         #: The replica's claim lapsed: never poll or confirm again (another replica may).
         self._claim_lapsed = False
+        #: Some update was left for redelivery while stopping (a transient error).
+        self._left_unfinished = False
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -268,6 +270,7 @@ class BotRunner:
                 timeout,
             )
             await self.executor.cancel()
+        if not drained or self._left_unfinished:
             await self._hand_back_journaled()
         await self._confirm_offset()
         dispatcher, self._dispatcher = self._dispatcher, None
@@ -629,6 +632,8 @@ class BotRunner:
                 self.spec.observe_handling(elapsed)
         if finished:
             on_done(update.update_id)
+        else:
+            self._left_unfinished = True
 
     async def _attempts(self, update: Update) -> bool:
         """Handle ``update`` until done; ``False``: left unfinished for redelivery at shutdown.
