@@ -10,9 +10,10 @@ and at each size both ways botyard counts records per bot and state are taken
   ``(namespace, state, _id)`` index; MongoDB answers it from the index alone
   (no record read), but it visits one index key per record.
 - ``sample``: :meth:`~botyard.storage.records.FSMRecords.sample_per_state`, what
-  the ``botyard_fsm_records`` metric is made of, on a schedule. Per bot, its
-  states from the index, then one count per state that stops after ``limit``
-  keys: at most ``bots x states x limit`` keys, however many records there are.
+  the ``botyard_fsm_records`` metric is made of, on a schedule. The bots
+  holding records, then per bot its states, from the indexes, then one count
+  per state that stops after ``limit`` keys: at most ``bots x states x limit``
+  keys, however many records there are.
 
 Reported per size and way: the median time, the commands sent (round trips),
 and ``explain``'s plan with the keys and documents it says were examined. For
@@ -197,7 +198,12 @@ async def _explain_exact(database: AsyncDatabase[Any]) -> dict[str, Any]:
 
 
 async def _explain_sample(database: AsyncDatabase[Any], limit: int) -> dict[str, Any]:
-    """The plans of the sample's two kinds of query, for the first bot and state."""
+    """The plans of the sample's three kinds of query, for the first bot and state."""
+    holding = {
+        "distinct": COLLECTION_NAME,
+        "key": "namespace",
+        "query": {"namespace": {"$in": namespaces()}},
+    }
     distinct = {
         "distinct": COLLECTION_NAME,
         "key": "state",
@@ -210,11 +216,11 @@ async def _explain_sample(database: AsyncDatabase[Any], limit: int) -> dict[str,
     }
     explained = [
         summary(await database.command("explain", query, verbosity="executionStats"))
-        for query in (distinct, count)
+        for query in (holding, distinct, count)
     ]
     return {
         f"{kind}_{name}": value
-        for kind, e in zip(("distinct", "count"), explained, strict=True)
+        for kind, e in zip(("namespaces", "distinct", "count"), explained, strict=True)
         for name, value in e.items()
     }
 
@@ -276,7 +282,9 @@ def _print(result: dict[str, Any]) -> None:
     print(
         f"  sample: {sample['seconds_median']:.3f}s, {sample['round_trips']} round trips, "
         f"keys up to the limit {sample['limited_keys']} (bound {sample['bound_keys']}); "
-        f"distinct {sample['distinct_plan']} ({sample['distinct_index']}) keys "
+        f"bots {sample['namespaces_plan']} ({sample['namespaces_index']}) keys "
+        f"{sample['namespaces_keys_examined']}; "
+        f"states {sample['distinct_plan']} ({sample['distinct_index']}) keys "
         f"{sample['distinct_keys_examined']}; "
         f"count {sample['count_plan']} ({sample['count_index']}) keys "
         f"{sample['count_keys_examined']} docs {sample['count_docs_examined']}",

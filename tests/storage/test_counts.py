@@ -21,6 +21,7 @@ from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 
 from botyard.cli.states import _collect_stats
+from botyard.database.roundtrips import RoundTripCounter
 from botyard.registry.models import BotConfig
 from botyard.sandbox.views import record_counts
 from botyard.storage import prepare_database
@@ -38,9 +39,14 @@ async def test_both_counts_go_through_the_state_index(mongo_uri: str, database_n
     exact, sample = result["exact"], result["sample"]
     assert (result["bots"], result["states"]) == (BOTS, len(STATES))
     assert exact["round_trips"] == 1
-    assert sample["round_trips"] == BOTS * (1 + len(STATES)), "per bot: its states, one count each"
+    assert sample["round_trips"] == 1 + BOTS * (1 + len(STATES)), "bots; per bot: states, counts"
     assert sample["limited_keys"] == BOTS * len(STATES) * LIMIT == sample["bound_keys"]
-    for plan in (exact["plan"], sample["distinct_plan"], sample["count_plan"]):
+    for plan in (
+        exact["plan"],
+        sample["namespaces_plan"],
+        sample["distinct_plan"],
+        sample["count_plan"],
+    ):
         assert plan, "explain names the plan's stages"
         assert "COLLSCAN" not in plan, plan
     assert exact["index"] == sample["count_index"] == "fsm_ns_state"
@@ -49,40 +55,57 @@ async def test_both_counts_go_through_the_state_index(mongo_uri: str, database_n
         assert exact["plan"].endswith("FETCH <- IXSCAN"), exact["plan"]
         assert sample["count_plan"].endswith("FETCH <- IXSCAN"), sample["count_plan"]
         assert sample["distinct_plan"].endswith("IXSCAN"), sample["distinct_plan"]
+        assert sample["namespaces_plan"].endswith("IXSCAN"), sample["namespaces_plan"]
     else:
         assert "FETCH" not in exact["plan"], f"MongoDB covers the count: {exact['plan']}"
         assert exact["docs_examined"] == 0
         assert "DISTINCT_SCAN" in sample["distinct_plan"], sample["distinct_plan"]
         assert sample["distinct_index"] == "fsm_ns_state"
         assert sample["distinct_keys_examined"] <= 2 * len(STATES) + 2, "a few keys per state"
+        assert "DISTINCT_SCAN" in sample["namespaces_plan"], sample["namespaces_plan"]
+        assert sample["namespaces_keys_examined"] <= 2 * BOTS + 2, "a few keys per bot"
         assert "FETCH" not in sample["count_plan"], sample["count_plan"]
         assert sample["count_docs_examined"] == 0
         assert sample["count_keys_examined"] <= LIMIT + 1, "the scan stops at the limit"
 
 
 async def test_the_sample_counts_each_state_up_to_the_limit(
-    mongo_client: AsyncMongoClient[Any], database_name: str
+    mongo_uri: str, database_name: str
 ) -> None:
-    database = mongo_client[database_name]
-    await prepare_database(database)
-    now = datetime.now(UTC)
-    held = {("quiz", "Quiz:q1"): 5, ("quiz", None): 2, ("shop", "Cart:pay"): 1, ("other", "X"): 9}
-    pairs = [pair for pair, count in held.items() for _ in range(count)]
-    for chat, (namespace, state) in enumerate(pairs):
-        await _write(database, namespace, chat, state, now)
-    records = FSMRecords(database)
-    namespaces = ["quiz", "shop", "empty"]
-    assert await records.sample_per_state(namespaces, 3) == {
-        ("quiz", "Quiz:q1"): 3,
-        ("quiz", None): 2,
-        ("shop", "Cart:pay"): 1,
-    }
-    assert await records.sample_per_state(namespaces, 100) == {
-        pair: count for pair, count in held.items() if pair[0] != "other"
-    }
-    assert await records.count_per_state(namespaces) == await records.sample_per_state(
-        namespaces, 100
+    round_trips = RoundTripCounter()
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        mongo_uri, tz_aware=True, event_listeners=[round_trips]
     )
+    try:
+        database = client[database_name]
+        await prepare_database(database)
+        now = datetime.now(UTC)
+        held = {
+            ("quiz", "Quiz:q1"): 5,
+            ("quiz", None): 2,
+            ("shop", "Cart:pay"): 1,
+            ("other", "X"): 9,
+        }
+        pairs = [pair for pair, count in held.items() for _ in range(count)]
+        for chat, (namespace, state) in enumerate(pairs):
+            await _write(database, namespace, chat, state, now)
+        records = FSMRecords(database)
+        namespaces = [f"idle{number}" for number in range(50)] + ["quiz", "shop"]
+        round_trips.reset()
+        assert await records.sample_per_state(namespaces, 3) == {
+            ("quiz", "Quiz:q1"): 3,
+            ("quiz", None): 2,
+            ("shop", "Cart:pay"): 1,
+        }
+        assert round_trips.total == 1 + (1 + 2) + (1 + 1), "bots without records cost nothing"
+        assert await records.sample_per_state(namespaces, 100) == {
+            pair: count for pair, count in held.items() if pair[0] != "other"
+        }
+        assert await records.count_per_state(namespaces) == await records.sample_per_state(
+            namespaces, 100
+        )
+    finally:
+        await client.close()
 
 
 class _Queries(monitoring.CommandListener):

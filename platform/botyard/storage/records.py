@@ -205,17 +205,19 @@ class FSMRecords:
     ) -> dict[tuple[str, str | None], int]:
         """Records per ``(namespace, state)``, each count stopping at ``limit``.
 
-        Per namespace, its states are read from the ``(namespace, state, _id)``
-        index (a distinct scan on MongoDB: a few keys per state), then each
-        state is counted in the index up to ``limit`` keys. At most ``limit``
-        keys per namespace and state are visited, however many records there
-        are, in ``1 + states`` round trips per namespace; a count equal to
-        ``limit`` means "at least that many".
+        The namespaces holding records are read first, then per namespace its
+        states, both from the indexes (distinct scans on MongoDB: a few keys
+        per value), then each state is counted in the ``(namespace, state,
+        _id)`` index up to ``limit`` keys. At most ``limit`` keys per namespace
+        and state are visited, however many records there are, in one round
+        trip plus ``1 + states`` per namespace holding records; a count equal
+        to ``limit`` means "at least that many".
         """
         counts: dict[tuple[str, str | None], int] = {}
-        for namespace in namespaces:
-            # Not hinted: no other index serves either query, and SecantusDB walks
-            # the whole of a hinted index.
+        # Not hinted: the indexes leading with the namespace all serve these, and
+        # SecantusDB walks the whole of a hinted index.
+        wanted = {"namespace": {"$in": sorted(namespaces)}}
+        for namespace in await self.collection.distinct("namespace", wanted):
             for state in await self.collection.distinct("state", {"namespace": namespace}):
                 pipeline = count_up_to_pipeline(namespace, state, limit)
                 async for group in await self.collection.aggregate(pipeline):
