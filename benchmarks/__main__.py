@@ -49,7 +49,10 @@ class Settings:
     bots: int = 50
     users: int = 20
     density_sizes: list[int] = field(default_factory=lambda: [1, 10, 1000, 10000])
-    idle_seconds: float = 10.0
+    #: Figure 3's idle window; ``None``: one long-poll timeout of each contender.
+    idle_seconds: float | None = None
+    #: Figure 3: seconds between every bot polling and the idle window (the start's tail).
+    settle_seconds: float = 5.0
     baseline_max_bots: int = 1000
     cleanup_records: int = 2000
 
@@ -61,6 +64,7 @@ QUICK = Settings(
     users=4,
     density_sizes=[5],
     idle_seconds=1.0,
+    settle_seconds=0.0,
     cleanup_records=500,
 )
 
@@ -85,6 +89,7 @@ async def run_figures(world: World, only: tuple[str, ...], settings: Settings) -
                 settings.density_sizes,
                 runs=settings.runs,
                 idle_seconds=settings.idle_seconds,
+                settle_seconds=settings.settle_seconds,
                 baseline_max_bots=settings.baseline_max_bots,
             )
         elif name == "cleanup":
@@ -143,7 +148,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
     sizes.add_argument("--users", type=int, help="figure 2: users per bot")
     sizes.add_argument("--throughput-deadline", type=float, help="figure 2: seconds per run")
     sizes.add_argument("--density-sizes", help="figures 3 and 5: comma-separated bot counts")
-    sizes.add_argument("--idle-seconds", type=float, help="figure 3: idle CPU window")
+    sizes.add_argument(
+        "--idle-seconds",
+        type=float,
+        help="figure 3: idle CPU window (default: each contender's long-poll timeout)",
+    )
     sizes.add_argument("--baseline-max-bots", type=int, help="figure 3: largest baseline size")
     sizes.add_argument("--cleanup-records", type=int, help="figure 4: stale records")
     args = parser.parse_args(argv)

@@ -3,18 +3,32 @@
 For each size, the contender starts with that many bots (``bots.echo:router``)
 while one message already waits for the last bot of the list. Measured from
 spawning the process: seconds until that bot answered (figure 5), seconds
-until every bot has called ``getUpdates`` (figure 3); then resident memory and
-CPU over an idle window, as a percentage of one core.
+until every bot has called ``getUpdates`` (figure 3); then resident memory, and
+CPU (as a percentage of one core) and wakeups per second over an idle window.
+
+The idle window starts ``settle_seconds`` after every bot polled, so the tail of
+the start (botyard's one full garbage collection once every bot polls) is not
+counted as idle, and by default lasts one long-poll timeout of the contender:
+botyard's 30 s, aiogram's ``polling_timeout`` of 10 s. An idle process's work is
+periodic with that period (each bot's long poll returns once per timeout, empty,
+and is sent again), so a window of one period counts each bot's poll exactly
+once, wherever it falls; a shorter window would count all or none of the polls
+of bots that started together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import Contender, World
+from aiogram import Dispatcher
+
+from benchmarks.harness import Contender, ContenderProcess, World
+from botyard.runtime.runner import POLLING_TIMEOUT
 
 ROUTER = "bots.echo:router"
 PROBE_USER = 777
@@ -22,10 +36,38 @@ PROBE_USER = 777
 REPEATED_UP_TO = 1
 #: How long a start may take before the size is reported as not reached.
 START_TIMEOUT = 300.0
+#: aiogram's ``start_polling`` default, which the plain-aiogram contenders keep.
+AIOGRAM_POLLING_TIMEOUT: int = (
+    inspect.signature(Dispatcher.start_polling).parameters["polling_timeout"].default
+)
+
+
+def long_poll_seconds(contender: Contender) -> float:
+    """The ``getUpdates`` timeout the contender asks Telegram for."""
+    return float(POLLING_TIMEOUT if contender.name == "botyard" else AIOGRAM_POLLING_TIMEOUT)
+
+
+def cpu_and_wakeups(process: ContenderProcess) -> tuple[float, int]:
+    """CPU seconds (nanosecond precision, from ``schedstat``) and voluntary context
+    switches (each one a sleep the thread woke from), summed over the process's threads."""
+    cpu_ns = wakeups = 0
+    for task in Path(f"/proc/{process.process.pid}/task").iterdir():
+        try:
+            cpu_ns += int((task / "schedstat").read_text().split()[0])
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    wakeups += int(line.split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return cpu_ns / 1e9, wakeups
 
 
 async def run_once(
-    world: World, contender: Contender, bots: int, idle_seconds: float
+    world: World,
+    contender: Contender,
+    bots: int,
+    idle_seconds: float | None,
+    settle_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """One contender at one size."""
     world.add_bots(bots)
@@ -54,11 +96,16 @@ async def run_once(
             "seconds_to_all_polling": all_polling if polling else None,
             "seconds_to_first_answer": await answered,
         }
-        if idle_seconds > 0:
-            cpu = process.cpu_seconds()
-            await asyncio.sleep(idle_seconds)
+        window = long_poll_seconds(contender) if idle_seconds is None else idle_seconds
+        if window > 0:
+            await asyncio.sleep(settle_seconds)
+            cpu, wakeups = cpu_and_wakeups(process)
+            await asyncio.sleep(window)
             process.check_alive()
-            result["idle_cpu_percent"] = 100 * (process.cpu_seconds() - cpu) / idle_seconds
+            cpu_after, wakeups_after = cpu_and_wakeups(process)
+            result["idle_seconds"] = window
+            result["idle_cpu_percent"] = 100 * (cpu_after - cpu) / window
+            result["idle_wakeups_per_second"] = (wakeups_after - wakeups) / window
         result["rss_mb"] = process.rss_bytes() / 2**20
     finally:
         await process.stop()
@@ -72,13 +119,15 @@ async def measure(
     sizes: list[int],
     *,
     runs: int,
-    idle_seconds: float,
+    idle_seconds: float | None,
     baseline_max_bots: int,
+    settle_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """Every size for every contender, alternating; only one bot is started ``runs`` times.
 
-    Larger sizes run once, to keep the full run within ten minutes: their idle
-    window alone takes ``idle_seconds`` per contender.
+    Larger sizes run once, to keep the full run within fifteen minutes: their
+    idle window alone takes ``settle_seconds`` and a long-poll timeout per
+    contender. ``idle_seconds`` ``None``: each contender's long-poll timeout.
 
     Baselines run only up to ``baseline_max_bots``: with a session per bot they
     need about 0.7 MB per bot, so 10,000 of them would take gigabytes of a
@@ -94,12 +143,18 @@ async def measure(
             for contender in contenders[shift:] + contenders[:shift]:
                 if contender.name != "botyard" and size > baseline_max_bots:
                     continue
-                rows[contender.name].append(await run_once(world, contender, size, idle))
+                found = await run_once(world, contender, size, idle, settle_seconds)
+                rows[contender.name].append(found)
         results[str(size)] = {
             name: {"runs": found, "median": median_row(found)} if found else {"skipped": True}
             for name, found in rows.items()
         }
-    return {"sizes": sizes, "idle_seconds": idle_seconds, "results": results}
+    return {
+        "sizes": sizes,
+        "idle_seconds": idle_seconds,
+        "settle_seconds": settle_seconds,
+        "results": results,
+    }
 
 
 def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -157,17 +157,18 @@ def density_rows(figure: dict[str, Any]) -> list[Row]:
                     met=_at_most(15)(start["botyard"]) if targeted else None,
                 ),
             ]
-            if figure["idle_seconds"] > 0:
-                rows.append(
+            if figure["idle_seconds"] is None or figure["idle_seconds"] > 0:
+                rows += [
                     Row(
                         3,
                         f"{label}: idle CPU, % of a core",
                         idle,
-                        1,
+                        2,
                         target="≤ 5" if targeted else "",
                         met=_at_most(5)(idle["botyard"]) if targeted else None,
-                    )
-                )
+                    ),
+                    Row(3, f"{label}: idle wakeups/s", values("idle_wakeups_per_second"), 1),
+                ]
         rows.append(Row(5, f"{label}: s to first answer", values("seconds_to_first_answer"), 1))
     return sorted(rows, key=lambda row: row.figure)
 

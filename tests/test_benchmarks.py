@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmarks import density
+from benchmarks.contenders import AIOGRAM_PYMONGO, BOTYARD, HAND_WRITTEN
+
+from botyard.runtime.runner import POLLING_TIMEOUT
 
 REPO = Path(__file__).resolve().parent.parent
 CONTENDERS = ["botyard", "floor", "aiogram-pymongo", "hand-written"]
@@ -126,7 +130,18 @@ def test_density_and_startup_ran_every_contender_at_every_size(results: dict[str
     # the idle window is measured from two bots on, once per size
     assert "idle_cpu_percent" not in figure["results"]["1"]["botyard"]["median"]
     for name in IDLE_CONTENDERS:
-        assert figure["results"]["2"][name]["median"]["idle_cpu_percent"] >= 0
+        idle = figure["results"]["2"][name]["median"]
+        assert idle["idle_seconds"] == 0.5
+        assert idle["idle_cpu_percent"] >= 0
+        assert idle["idle_wakeups_per_second"] >= 0
+    assert any(row["measure"] == "2 bots: idle wakeups/s" for row in results["rows"])
+
+
+def test_the_idle_window_is_one_long_poll_of_each_contender_by_default() -> None:
+    """Botyard's long poll waits 30 s, aiogram's 10 s: each is measured over its own."""
+    assert density.long_poll_seconds(BOTYARD) == POLLING_TIMEOUT == 30
+    assert density.long_poll_seconds(AIOGRAM_PYMONGO) == 10
+    assert density.long_poll_seconds(HAND_WRITTEN) == 10
 
 
 def test_cleanup_counts_its_round_trips(results: dict[str, Any]) -> None:

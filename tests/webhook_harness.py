@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ import aiohttp
 from pymongo import AsyncMongoClient
 
 from botyard.database.embedded import free_port
+from botyard.database.server_time import server_now
 from botyard.emulator import BotAPIEmulator
 from botyard.registry.loader import load_registry
 from botyard.runtime.runner import BotStatus
 from botyard.runtime.supervisor import Supervisor
+from botyard.webhook.journal import DEAD_AFTER, UpdateJournal
 
 TEST_BOT = '''
 """Test bot: echo, a failing handler, a slow one and one that blocks the event loop."""
@@ -188,3 +191,10 @@ class Yard:
             return await client[self.database][collection].count_documents({})
         finally:
             await client.close()
+
+
+async def silence(journal: UpdateJournal) -> None:
+    """Date ``journal``'s heartbeat (written when it journaled) back past DEAD_AFTER: its
+    process is gone."""
+    since = await server_now(journal.instances.database) - DEAD_AFTER - timedelta(seconds=1)
+    await journal.instances.update_one({"_id": journal.instance}, {"$set": {"seen_at": since}})

@@ -488,6 +488,18 @@ async def test_restart_backoff_starts_over_after_a_healthy_period(
     await runner.bot.session.close()
 
 
+def quiet_registry(
+    folder: Path, bot_api: BotAPIEmulator, mongo_uri: str, database_name: str
+) -> str:
+    """A registry of one bot, ``quiet``, whose router (``folder/quiet.py``) handles nothing."""
+    (folder / "quiet.py").write_text("from aiogram import Router\nrouter = Router()\n")
+    return (
+        f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n"
+        f"  - name: quiet\n    token: {bot_api.add_bot().token}\n"
+        f"    routers: [quiet:router]\n    api_server: {bot_api.url}\n"
+    )
+
+
 async def test_a_reload_loads_and_diffs_the_registry_off_the_event_loop(
     bot_api: BotAPIEmulator,
     mongo_uri: str,
@@ -497,12 +509,7 @@ async def test_a_reload_loads_and_diffs_the_registry_off_the_event_loop(
 ) -> None:
     """Validating or comparing a large registry must not freeze every bot."""
     path = tmp_path / "botyard.yaml"
-    (tmp_path / "quiet.py").write_text("from aiogram import Router\nrouter = Router()\n")
-    path.write_text(
-        f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n"
-        f"  - name: quiet\n    token: {bot_api.add_bot().token}\n"
-        f"    routers: [quiet:router]\n    api_server: {bot_api.url}\n"
-    )
+    path.write_text(quiet_registry(tmp_path, bot_api, mongo_uri, database_name))
     threads: list[str] = []
 
     def recording(function: Any) -> Any:
@@ -524,3 +531,61 @@ async def test_a_reload_loads_and_diffs_the_registry_off_the_event_loop(
         await running
     assert len(threads) == 2
     assert threading.main_thread().name not in threads
+
+
+async def test_the_registry_watch_reads_the_file_only_when_its_stat_changes(
+    bot_api: BotAPIEmulator,
+    mongo_uri: str,
+    database_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each tick is one ``stat`` per file: an untouched registry is never read again, a
+    save that changes nothing reloads nothing, a change reloads once."""
+    monkeypatch.setattr(supervisor_module, "WATCH_INTERVAL", 0.02)
+    path = tmp_path / "botyard.yaml"
+    text = quiet_registry(tmp_path, bot_api, mongo_uri, database_name)
+    path.write_text(text)
+    reads: list[Path] = []
+    loads: list[Path] = []
+    fingerprint = supervisor_module._fingerprint
+
+    def counted_read(registry: Path) -> str:
+        reads.append(registry)
+        return fingerprint(registry)
+
+    def counted_load(registry: Path) -> Any:
+        loads.append(registry)
+        return load_registry(registry)
+
+    monkeypatch.setattr(supervisor_module, "_fingerprint", counted_read)
+    supervisor = Supervisor(load_registry(path), loader=counted_load, watch=True)
+    running = asyncio.create_task(supervisor.run())
+    try:
+        async with asyncio.timeout(30):
+            await supervisor.started.wait()
+        ticks = 0
+
+        def stat_counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal ticks
+            ticks += 1
+            return stamp(*args, **kwargs)
+
+        stamp = supervisor_module._stamp
+        monkeypatch.setattr(supervisor_module, "_stamp", stat_counted)
+        await wait_for(lambda: ticks >= 10)
+        assert reads == [path], "read once at start, never while the stat stays the same"
+
+        def save(content: str) -> None:  # as editors do: never seen half-written
+            (tmp_path / "botyard.yaml.new").write_text(content)
+            (tmp_path / "botyard.yaml.new").replace(path)
+
+        save(text)  # saved unchanged: read, compared, not reloaded
+        await wait_for(lambda: len(reads) == 2)
+        save(text + "# a comment\n")
+        await wait_for(lambda: len(loads) == 1)
+        await wait_for(lambda: ticks >= 30)
+        assert len(loads) == 1, "one change, one reload"
+    finally:
+        supervisor.request_stop()
+        await running

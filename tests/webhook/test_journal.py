@@ -19,6 +19,7 @@ from botyard.database.client import mongo_client
 from botyard.database.documents import Document
 from botyard.database.roundtrips import RoundTripCounter
 from botyard.database.server_time import server_now
+from botyard.webhook import journal as journal_module
 from botyard.webhook.journal import (
     DEAD_AFTER,
     INSTANCES_COLLECTION,
@@ -26,6 +27,8 @@ from botyard.webhook.journal import (
     Recorded,
     UpdateJournal,
 )
+
+from webhook_harness import silence
 
 
 class Clock:
@@ -78,6 +81,7 @@ async def test_bots_starting_together_share_one_claim(mongo_uri: str, database_n
         bots = [f"bot{n}" for n in range(200)]
         for update_id, bot in enumerate(bots[:20]):
             assert await gone.record(bot, update_id, {"update_id": update_id}) is Recorded.ACCEPTED
+        await silence(gone)
         await me.heartbeat()
         counter.reset()
 
@@ -99,6 +103,7 @@ async def test_a_bot_stopped_while_its_claim_runs_leaves_its_entries_to_the_next
     gone, me = UpdateJournal(database), UpdateJournal(database)
     gone.instance = "gone-host:1:a"
     assert await gone.record("shop", 7, {"update_id": 7}) is Recorded.ACCEPTED
+    await silence(gone)
     await me.heartbeat()
 
     starting = asyncio.create_task(me.claim_starting("shop"))
@@ -145,3 +150,45 @@ async def test_handled_updates_left_in_the_journal_at_shutdown_are_logged(
         "they will be handled again" in caplog.messages
     )
     assert await database[JOURNAL_COLLECTION].count_documents({}) == 1
+
+
+async def test_an_idle_journal_needs_no_upkeep_until_it_has_entries(
+    database: AsyncDatabase[Document],
+) -> None:
+    """No webhook bots, nothing journaled: no heartbeat, no claim; one read says so."""
+    me, other = UpdateJournal(database), UpdateJournal(database)
+    me.instance, other.instance = "this-host:1:a", "other-host:2:b"
+    assert not await me.needs_upkeep()
+    await other.park("shop", [(5, {"update_id": 5})])
+    assert await me.needs_upkeep(), "an entry another process may leave behind"
+    await other.close()  # still holds it: the entry stays, its heartbeat goes
+    assert await me.needs_upkeep()
+    [entry] = await me.claim(["shop"])
+    me.finished("shop", entry.update_id)
+    assert await me.needs_upkeep(), "handled, its delete not yet made"
+    await me.flush()
+    assert not await me.needs_upkeep()
+
+
+async def test_journaling_renews_a_heartbeat_too_old_to_vouch_for_the_entries(
+    database: AsyncDatabase[Document], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that wrote no heartbeat for long (nothing to serve) must not look gone
+    to the others at the moment it journals: the entries would be taken from it."""
+    me = UpdateJournal(database)
+    instances = database[INSTANCES_COLLECTION]
+    await me.park("shop", [(1, {"update_id": 1})])
+    assert await instances.count_documents({"_id": me.instance}) == 1, "first journaling beats"
+
+    await instances.delete_many({})
+    monkeypatch.setattr(journal_module, "RENEW_AFTER", 3600.0)
+    await me.park("shop", [(2, {"update_id": 2})])
+    assert await me.record("hook", 3, {"update_id": 3}) is Recorded.ACCEPTED
+    assert await instances.count_documents({}) == 0, "a recent heartbeat stands"
+
+    monkeypatch.setattr(journal_module, "RENEW_AFTER", 0.0)
+    assert await me.record("hook", 4, {"update_id": 4}) is Recorded.ACCEPTED
+    assert await instances.count_documents({"_id": me.instance}) == 1
+    await instances.delete_many({})
+    assert await me.claim(["shop"]) == []
+    assert await instances.count_documents({"_id": me.instance}) == 1, "so does a claim"

@@ -30,7 +30,7 @@ from botyard.webhook.journal import JOURNAL_COLLECTION, Recorded, UpdateJournal
 from botyard.webhook.secrets import SECRETS_COLLECTION, SecretStore
 
 from mongo_faults import Faulty
-from webhook_harness import Yard, open_yard, wait_until
+from webhook_harness import Yard, open_yard, silence, wait_until
 
 
 @pytest.fixture
@@ -148,10 +148,11 @@ async def test_journaled_updates_of_a_dead_process_are_handled_at_start(
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     try:
         crashed = UpdateJournal(client[database_name])
-        crashed.instance = "crashed-host:1:dead"  # wrote no heartbeat: it is gone
+        crashed.instance = "crashed-host:1:dead"
         for text in ("first", "second"):
             update = yard.emulator.send_message(token, 42, text)
             assert await crashed.record("shop", update["update_id"], update) is Recorded.ACCEPTED
+        await silence(crashed)
         first_id = update["update_id"] - 1
         yard.emulator.bot(token).drop_pending()  # Telegram got its 200 for both
         again = await crashed.record("shop", first_id, {})
@@ -176,10 +177,11 @@ async def test_a_gone_process_s_waiting_polled_updates_are_taken_over(
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     try:
         gone = UpdateJournal(client[database_name])
-        gone.instance = "other-host:1:gone"  # wrote no heartbeat: it is gone
+        gone.instance = "other-host:1:gone"
         update = yard.emulator.send_message(token, 43, "left behind")
         yard.emulator.bot(token).drop_pending()  # the gone replica had confirmed past it
         await gone.park("shop", [(update["update_id"], update)])
+        await silence(gone)
     finally:
         await client.close()
     assert (await yard.emulator.wait_for_reply(token, 43))["text"] == "left behind"
@@ -187,6 +189,35 @@ async def test_a_gone_process_s_waiting_polled_updates_are_taken_over(
     assert await yard.stop() == 0
     assert await yard.collection_count(JOURNAL_COLLECTION) == 0
     assert [m["text"] for m in yard.emulator.sent_messages(token, 43)] == ["left behind"]
+
+
+async def test_polling_bots_with_nothing_journaled_cost_one_read_per_heartbeat(
+    yard: Yard, mongo_uri: str, database_name: str
+) -> None:
+    """No webhook bot and an empty journal: no heartbeat write, no claim, no secrets read;
+    each round is one read of the journal. An entry appearing brings the rounds back."""
+    token = yard.add("shop", mode="polling")
+    yard.write(webhook=False)
+    supervisor = await yard.start(heartbeat_interval=0.05)
+    counter = supervisor.metrics.round_trips
+    await wait_until(lambda: supervisor.metrics.fsm_sampled_at is not None)
+    counter.reset()
+    await wait_until(lambda: counter.commands["find"] >= 5)
+    assert set(counter.commands) == {"find"}, dict(counter.commands)
+    instances = await yard.collection_count(journal_module.INSTANCES_COLLECTION)
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        gone = UpdateJournal(client[database_name])
+        update = yard.emulator.send_message(token, 44, "left behind")
+        yard.emulator.bot(token).drop_pending()
+        await gone.park("shop", [(update["update_id"], update)])
+        await gone.close()  # gone, its update left in the journal
+    finally:
+        await client.close()
+    assert (await yard.emulator.wait_for_reply(token, 44))["text"] == "left behind"
+    assert counter.commands["update"] >= 1, "heartbeat and claim ran"
+    assert instances == 1, "the heartbeat written at start"
 
 
 async def test_rotated_secrets_are_applied_and_the_old_ones_refused(
@@ -294,6 +325,7 @@ async def test_a_running_process_takes_over_only_what_dead_replicas_left(
         yard.emulator.bot(token).drop_pending()
         assert await dead.record("shop", orphan["update_id"], orphan) is Recorded.ACCEPTED
         assert await alive.record("shop", busy["update_id"], busy) is Recorded.ACCEPTED
+        await silence(dead)
         assert supervisor.webhooks is not None
         await supervisor.webhooks.maintain()  # what every heartbeat does
         assert (await yard.emulator.wait_for_reply(token, 51))["text"] == "orphan"
@@ -356,6 +388,7 @@ async def test_entries_an_interrupted_claim_moved_are_handled_at_the_next_heartb
         yard.emulator.bot(token).drop_pending()  # the dead replica answered 200 for both
         for update in orphans:
             assert await dead.record("shop", update["update_id"], update) is Recorded.ACCEPTED
+        await silence(dead)
     finally:
         await client.close()
     real = journal.entries

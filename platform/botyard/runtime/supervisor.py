@@ -259,14 +259,15 @@ class Supervisor:
             await journal.close()
 
     async def _maintain_webhooks(self) -> None:
-        """Every heartbeat: recover orphaned updates (of every bot), apply rotated secrets."""
+        """Every heartbeat: recover orphaned updates (of every bot), apply rotated secrets,
+        when there is anything to recover or any webhook bot (see ``WebhookEndpoint.upkeep``)."""
         assert self.webhooks is not None
         # Not only cancelled: Python 3.11's wait_for (inside PyMongo's server selection)
         # can swallow a cancellation, and the task must still end at shutdown.
         while not self.stopping:
             await asyncio.sleep(self.heartbeat_interval)
             try:
-                await self.webhooks.maintain()
+                await self.webhooks.upkeep()
             except (PyMongoError, TelegramAPIError) as error:
                 logger.warning("webhook maintenance failed, retrying later: %s", error)
 
@@ -478,8 +479,15 @@ class Supervisor:
             return True
 
     async def _watch_registry(self) -> None:
-        """Reload on SIGHUP, and when the YAML (or the .env beside it) changes."""
-        fingerprint = _fingerprint(self.registry.path)
+        """Reload on SIGHUP, and when the YAML (or the .env beside it) changes.
+
+        The watch looks at the files' ``stat`` (size, times, inode) every
+        :data:`WATCH_INTERVAL`: a few microseconds on the loop, no read and no
+        thread. Only when that changed are the files read (in a thread) and
+        compared by content, so a save that changes nothing reloads nothing.
+        """
+        fingerprint = await asyncio.to_thread(_fingerprint, self.registry.path)
+        stamp = _stamp(self.registry.path)
         # Without watching, nothing ticks: only SIGHUP wakes this task.
         interval = WATCH_INTERVAL if self.watch else None
         while not self._stop.is_set():
@@ -490,6 +498,10 @@ class Supervisor:
                     await self._reload_requested.wait()
             requested = self._reload_requested.is_set()
             self._reload_requested.clear()
+            current_stamp = _stamp(self.registry.path)
+            if not requested and current_stamp == stamp:
+                continue
+            stamp = current_stamp
             current = await asyncio.to_thread(_fingerprint, self.registry.path)
             if requested or current != fingerprint:
                 fingerprint = current
@@ -527,6 +539,20 @@ def _make_bot(config: BotConfig, sessions: SessionPool) -> Bot:
         session=sessions.acquire(config.name, config.api_server),
         default=DefaultBotProperties(**config.bot_properties.given()),
     )
+
+
+def _stamp(path: Path) -> tuple[tuple[int, ...], ...]:
+    """What ``stat`` says of the registry and its ``.env``; it changes when either is written
+    or replaced (an editor's rename, a Kubernetes ConfigMap's symlink swap)."""
+    stamps: list[tuple[int, ...]] = []
+    for candidate in (path, path.with_name(".env")):
+        try:
+            found = candidate.stat()
+        except OSError:
+            stamps.append(())
+            continue
+        stamps.append((found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns))
+    return tuple(stamps)
 
 
 def _fingerprint(path: Path) -> str:

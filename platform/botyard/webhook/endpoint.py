@@ -202,6 +202,22 @@ class WebhookEndpoint:
 
     # what runs every heartbeat
 
+    @property
+    def serving(self) -> bool:
+        """Some webhook bot is receiving updates here."""
+        return any(route.accepting for route in self._routes.values())
+
+    async def upkeep(self) -> None:
+        """One heartbeat's round, when it serves anything: :meth:`maintain`.
+
+        It does with webhook bots (their secrets may rotate, and each request
+        journals) and when the journal asks for it
+        (:meth:`~botyard.webhook.journal.UpdateJournal.needs_upkeep`); a process
+        whose bots only poll and that journaled nothing skips it after one read.
+        """
+        if self.serving or await self.journal.needs_upkeep():
+            await self.maintain()
+
     async def maintain(self) -> None:
         """Heartbeat, take over updates of processes that are gone, apply rotated secrets.
 
@@ -215,6 +231,8 @@ class WebhookEndpoint:
         runners.update((name, route.runner) for name, route in running.items())
         for entry in await self.journal.claim(runners):
             runners[entry.bot].accept_journaled(entry)
+        if not running:
+            return
         stored = await self.secret_store.current(running)
         for name, route in running.items():
             secret = stored.get(name)

@@ -14,10 +14,16 @@ before the bot confirms past them to Telegram, so one stuck chat never holds
 back the others' updates (see :mod:`botyard.runtime.runner`).
 
 Each process has an instance id (``host:pid:random``) and writes a heartbeat to
-``botyard_instances`` every :data:`HEARTBEAT_INTERVAL`. Entries belong to the
-instance that accepted them. When a bot starts, and at every heartbeat, the
-entries of instances that are gone are claimed, one instance winning each
-entry, and handled, in ``update_id`` order. An instance is gone when it shut
+``botyard_instances`` every :data:`HEARTBEAT_INTERVAL` while it has a reason to
+(see :meth:`UpdateJournal.needs_upkeep`): it serves webhook bots, holds entries,
+or the journal has entries at all. A process whose bots only poll and that
+journaled nothing writes none after its start and reads one document per
+interval to learn whether that changed; before it journals an update, a heartbeat
+older than :data:`RENEW_AFTER` is renewed, so nothing it is about to hold looks
+orphaned. Entries belong to the instance that accepted them. When bots start
+(all those starting together in one claim), and at every heartbeat, the entries
+of instances that are gone are claimed, one instance winning each entry, and
+handled, in ``update_id`` order. An instance is gone when it shut
 down, when it wrote no heartbeat for :data:`DEAD_AFTER`, or at once when it ran
 on this host and its process no longer exists (or is this one: a restarted
 container often gets the same pid). Heartbeats are dated, and judged, by the
@@ -45,8 +51,10 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -77,6 +85,8 @@ FLUSH_DELAY = 0.2
 HEARTBEAT_INTERVAL = 10.0
 #: An instance without a heartbeat for this long is gone: its entries are claimed.
 DEAD_AFTER = timedelta(seconds=30)
+#: Before journaling under this instance, a heartbeat older than this is renewed first.
+RENEW_AFTER = DEAD_AFTER.total_seconds() / 2
 #: Heartbeats of instances that died (no clean shutdown) are deleted after this long.
 FORGET_AFTER = timedelta(days=1)
 
@@ -120,6 +130,8 @@ class UpdateJournal:
         #: Bots starting, each waiting for its share of the next batched claim.
         self._starting: dict[str, tuple[bool, asyncio.Future[list[JournalEntry]]]] = {}
         self._start_claims: asyncio.Task[None] | None = None
+        #: When this instance's heartbeat was last written (``time.monotonic``).
+        self._beat_at = -math.inf
 
     async def prepare(self) -> None:
         """Forget long-dead instances, write a heartbeat."""
@@ -165,6 +177,7 @@ class UpdateJournal:
             return Recorded.DUPLICATE
         held.add(update_id)
         try:
+            await self._renew_heartbeat()
             await self.entries.insert_one(self._entry(bot, update_id, update))
         except DuplicateKeyError:
             try:
@@ -221,6 +234,7 @@ class UpdateJournal:
         # Still handled here: no claim hands them out meanwhile.
         self._in_flight.setdefault(bot, set()).update(entry["update_id"] for entry in entries)
         try:
+            await self._renew_heartbeat()
             await self.entries.insert_many(entries, ordered=False)
         except BulkWriteError as error:
             if any(problem.get("code") != DUPLICATE_KEY for problem in _write_errors(error)) or (
@@ -273,9 +287,38 @@ class UpdateJournal:
 
     async def heartbeat(self) -> None:
         """Tell other processes this one is alive, dated by the server's clock."""
+        sent_at = time.monotonic()
         await self.instances.update_one(
             {"_id": self.instance}, [{"$set": {"seen_at": "$$NOW"}}], upsert=True
         )
+        self._beat_at = sent_at
+
+    async def _renew_heartbeat(self) -> None:
+        """Before this instance takes entries: a heartbeat, unless a recent one stands.
+
+        Without webhook bots and with nothing journaled no heartbeat is written
+        (see :meth:`needs_upkeep`), and others must not judge entries this
+        instance is about to hold by a heartbeat that old.
+        """
+        if time.monotonic() - self._beat_at > RENEW_AFTER:
+            await self.heartbeat()
+
+    @property
+    def holding(self) -> bool:
+        """This process holds entries, or has handled ones still to delete."""
+        return bool(self._finished) or any(self._in_flight.values())
+
+    async def needs_upkeep(self) -> bool:
+        """Whether this heartbeat's round (heartbeat, claim) has anything to serve.
+
+        It does while this process holds entries (others must see it alive) and
+        while the journal has any entry at all: one of a process that is gone,
+        or one of this process's own that nothing holds, is there to be taken
+        over. Otherwise, one read that finds the journal empty is the whole cost.
+        """
+        if self.holding:
+            return True
+        return await self.entries.find_one({}, {"_id": 1}) is not None
 
     async def claim(self, bots: Iterable[str], *, own: bool = False) -> list[JournalEntry]:
         """Take the unhandled entries of ``bots`` that nothing holds, in ``update_id`` order.
@@ -294,6 +337,7 @@ class UpdateJournal:
             for name in names:
                 self.release(name)
         await self.flush()  # an entry handled but not deleted yet is not claimed again
+        await self._renew_heartbeat()
         alive_since = await server_now(self.entries.database) - DEAD_AFTER
         alive = [
             doc["_id"]
