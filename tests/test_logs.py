@@ -123,3 +123,20 @@ def test_a_log_call_whose_arguments_do_not_fit_never_raises_into_the_caller(
     assert "123456789:***: %d items" in err
     assert "several" not in err, "the arguments may be users' data: not logged"
     assert "TypeError" in err
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_a_bots_own_extra_fields_named_like_the_context_are_its_own(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``extra={"chat_id": ...}`` is an ordinary logging call in a bot: it must not raise
+    because botyard puts the update's context on every record."""
+    configure_logging("INFO", log_format="json")
+    token = log_context.set(LogContext("shop", 7001, -100123))
+    try:
+        logging.getLogger("bots.shop").info("order placed", extra={"chat_id": 5, "bot": "x"})
+    finally:
+        log_context.reset(token)
+    [line] = json_lines(capsys.readouterr().err)
+    assert line["message"] == "order placed"
+    assert (line["bot"], line["update_id"], line["chat_id"]) == ("shop", 7001, -100123)

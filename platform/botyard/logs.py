@@ -112,6 +112,9 @@ _NO_CONTEXT = LogContext()
 log_context: ContextVar[LogContext] = ContextVar("botyard_log_context", default=_NO_CONTEXT)
 
 _CONTEXT_FIELDS = ("bot", "update_id", "chat_id")
+#: The record attribute holding its :class:`LogContext`: one name no caller's ``extra``
+#: uses (logging refuses an ``extra`` key the record has already).
+_CONTEXT_ATTRIBUTE = "botyard_log_context"
 
 
 class JsonFormatter(logging.Formatter):
@@ -125,8 +128,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        context = getattr(record, _CONTEXT_ATTRIBUTE, _NO_CONTEXT)
         for field in _CONTEXT_FIELDS:
-            value = getattr(record, field, None)
+            value = getattr(context, field)
             if value is not None:
                 entry[field] = value
         if record.exc_info and not record.exc_text:
@@ -149,12 +153,7 @@ class _RedactingRecordFactory:
 
     def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
         record: logging.LogRecord = self.make(*args, **kwargs)
-        context = log_context.get()
-        record.bot, record.update_id, record.chat_id = (
-            context.bot,
-            context.update_id,
-            context.chat_id,
-        )
+        setattr(record, _CONTEXT_ATTRIBUTE, log_context.get())
         if self.redactor is not None:
             self.redactor.filter(record)
         return record
