@@ -214,8 +214,8 @@ class FSMRecords:
         to ``limit`` means "at least that many".
         """
         counts: dict[tuple[str, str | None], int] = {}
-        # Not hinted: the indexes leading with the namespace all serve these, and
-        # SecantusDB walks the whole of a hinted index.
+        # Not hinted: every index leading with the namespace serves the first, only
+        # (namespace, state, _id) the others; and SecantusDB walks a hinted index whole.
         wanted = {"namespace": {"$in": sorted(namespaces)}}
         for namespace in await self.collection.distinct("namespace", wanted):
             for state in await self.collection.distinct("state", {"namespace": namespace}):
