@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
+from pymongo.errors import BulkWriteError
 
 from botyard.logs import MAX_LINE_CHARS, MAX_RECORD_CHARS, configure_logging
 from botyard.tokens import TokenRedactor
@@ -127,3 +128,35 @@ def test_a_token_the_line_limit_cuts_is_not_pulled_in_by_masking_the_ones_before
     assert other.partition(":")[2][:8] not in err, "part of the second token's secret"
     assert "123456789:***" in err
     assert "more characters not logged" in err
+
+
+def test_a_database_error_quoting_a_users_document_is_logged_without_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """PyMongo puts the server's whole answer in its errors' text, with each failed bulk
+    operation (a user's FSM data, a journaled update) quoted; the codes are enough."""
+    configure_logging("INFO")
+    error = BulkWriteError(
+        {
+            "writeErrors": [
+                {
+                    "index": 0,
+                    "code": 121,
+                    "errmsg": "Document failed validation",
+                    "op": {"q": {"chat_id": 7}, "u": {"$set": {"data": {"id": USER_DATA}}}},
+                }
+            ],
+            "writeConcernErrors": [],
+            "nInserted": 0,
+        }
+    )
+    logger = logging.getLogger("botyard.test")
+    try:
+        raise error
+    except BulkWriteError:
+        logger.exception("storing failed")
+    logger.warning("gave up: %s", error)
+    err = capsys.readouterr().err
+    assert USER_DATA not in err
+    assert err.count("BulkWriteError") == 1
+    assert err.count("batch op errors occurred, full error: not logged (codes 121)") == 2

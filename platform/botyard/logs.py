@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ MAX_RECORD_CHARS = 20_000
 #: Cut this far past a limit before redacting, so a token the cut splits is still
 #: whole when masked (a URL-encoded token is at most 87 characters).
 _REDACTION_MARGIN = 100
+#: What PyMongo appends to its errors' text: the server's whole answer, which quotes
+#: each failed bulk operation (a user's FSM data, a journaled update).
+_DATABASE_DETAILS = re.compile(r", full error: (?:\{.*\}|\[.*\])")
+_ERROR_CODE = re.compile(r"'code': (-?\d+)")
 
 
 class TokenRedactingFilter(logging.Filter):
@@ -39,7 +44,9 @@ class TokenRedactingFilter(logging.Filter):
 
     aiohttp and aiogram put request URLs (``/bot<token>/method``) into some
     error messages, and a database error can quote a whole document (a user's
-    20 MB of FSM data); this filter is the last line that keeps both out of logs.
+    20 MB of FSM data, or PyMongo's ``full error`` details quoting each failed
+    bulk operation, of which only the codes are kept); this filter is the last
+    line that keeps both out of logs.
     Tokens the registry names are masked even when they do not look like real ones.
     """
 
@@ -76,6 +83,8 @@ class TokenRedactingFilter(logging.Filter):
     def _capped(self, text: str) -> str:
         """``text`` redacted, each line at most :data:`MAX_LINE_CHARS`, all of it at most
         :data:`MAX_RECORD_CHARS` (plus the notes saying how much was left out)."""
+        if ", full error: " in text:
+            text = _DATABASE_DETAILS.sub(_error_codes, text)
         lines = text.split("\n")
         if len(text) <= MAX_RECORD_CHARS and all(len(line) <= MAX_LINE_CHARS for line in lines):
             return self._redact(text)
@@ -96,6 +105,12 @@ class TokenRedactingFilter(logging.Filter):
         redacted = self._redact(line[: MAX_LINE_CHARS + _REDACTION_MARGIN])
         kept = redacted[: min(MAX_LINE_CHARS, len(redacted) - _REDACTION_MARGIN)]
         return kept + f"... [{len(line) - len(kept)} more characters not logged]"
+
+
+def _error_codes(details: re.Match[str]) -> str:
+    """A database error's details reduced to its codes."""
+    codes = ", ".join(dict.fromkeys(_ERROR_CODE.findall(details.group())))
+    return ", full error: not logged" + (f" (codes {codes})" if codes else "")
 
 
 @dataclass(frozen=True, slots=True)
