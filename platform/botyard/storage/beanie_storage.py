@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +23,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from botyard.database.client import mongo_client
 from botyard.database.documents import Clock, Document, utcnow
 from botyard.storage.bson_values import FSMDataError, check_size, check_storable
+from botyard.storage.gate import gate_for
 from botyard.storage.record import COLLECTION_NAME, FSMRecord, record_filter
 from botyard.storage.scope import (
     UNSET,
@@ -89,6 +92,8 @@ class BeanieStorage(BaseStorage):
         #: Dates records' ``updated_at`` and ``expires_at``.
         self.clock = clock
         self.collection: AsyncCollection[Document] = database[COLLECTION_NAME]
+        #: Shared by every storage on the client: operations beyond its pool wait here.
+        self._gate = gate_for(database.client)
 
     @classmethod
     async def connect(
@@ -228,8 +233,15 @@ class BeanieStorage(BaseStorage):
             await self._load(key, record)
         return record
 
+    def _turn(self) -> AbstractAsyncContextManager[None]:
+        """Wait for a place among the operations in flight (see :mod:`botyard.storage.gate`)."""
+        return contextlib.nullcontext() if self._gate is None else self._gate
+
     async def _load(self, key: StorageKey, record: PendingRecord) -> None:
-        document = await self.collection.find_one(record_filter(self.namespace, key), _PROJECTION)
+        async with self._turn():
+            document = await self.collection.find_one(
+                record_filter(self.namespace, key), _PROJECTION
+            )
         if document is not None:
             for field in ("updated_at", "expires_at"):
                 value = document.get(field)
@@ -288,7 +300,8 @@ class BeanieStorage(BaseStorage):
         if plain:
             await self._bulk_write(plain)
         for delete_filter, fallback in conditional:
-            deleted = await self.collection.delete_one(delete_filter)
+            async with self._turn():
+                deleted = await self.collection.delete_one(delete_filter)
             if deleted.deleted_count == 0:
                 await self._bulk_write([fallback])
 
@@ -353,16 +366,17 @@ class BeanieStorage(BaseStorage):
             }
         return [{"$set": fields}]
 
-    @staticmethod
-    async def _retry_duplicate(function: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _retry_duplicate(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a single-document upsert, once more if a concurrent one inserted the record
         first (``DuplicateKeyError``): sent again, it updates. MongoDB retries such
         upserts itself; other wire-compatible servers may not."""
         try:
-            return await function(*args, **kwargs)
+            async with self._turn():
+                return await function(*args, **kwargs)
         except DuplicateKeyError:
             await asyncio.sleep(0)
-            return await function(*args, **kwargs)
+            async with self._turn():
+                return await function(*args, **kwargs)
 
     async def _bulk_write(self, operations: list[UpdateOne | DeleteOne]) -> None:
         """Write in one round trip; upserts that lost a race to insert are sent once more.
@@ -376,7 +390,8 @@ class BeanieStorage(BaseStorage):
         them) goes to the caller, which handles the update again.
         """
         try:
-            await self.collection.bulk_write(operations, ordered=False)
+            async with self._turn():
+                await self.collection.bulk_write(operations, ordered=False)
         except BulkWriteError as error:
             failed = error.details.get("writeErrors") or []
             if (
@@ -386,6 +401,7 @@ class BeanieStorage(BaseStorage):
             ):
                 raise
             await asyncio.sleep(0)
-            await self.collection.bulk_write(
-                [operations[item["index"]] for item in failed], ordered=False
-            )
+            async with self._turn():
+                await self.collection.bulk_write(
+                    [operations[item["index"]] for item in failed], ordered=False
+                )
