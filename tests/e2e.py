@@ -220,17 +220,26 @@ class World:
             self.tokens[name] = self.emulator.add_bot(username=f"{name}_{self.database_name}").token
         return self.tokens[name]
 
-    def write(self, bots: dict[str, str], extra: str = "", mode: str = "polling") -> None:
+    def write(
+        self,
+        bots: dict[str, str],
+        extra: str = "",
+        mode: str = "polling",
+        webhook: dict[str, str] | None = None,
+    ) -> None:
         """Write the registry: ``bots`` maps a bot name to its router spec.
 
         With ``mode="webhook"`` every bot takes its updates by webhook, from a
-        server on ``self.port``.
+        server on ``self.port``; ``webhook`` overrides or adds settings of that section.
         """
         for name in bots:
             self.token(name)
         if mode == "webhook":
             url = f"127.0.0.1:{self.port}"
-            extra += f"webhook:\n  base_url: http://{url}\n  listen: {url}\n"
+            settings = {"base_url": f"http://{url}", "listen": url, **(webhook or {})}
+            extra += "webhook:\n" + "".join(
+                f"  {key}: {value}\n" for key, value in settings.items()
+            )
         entries = "".join(
             f"  - name: {name}\n"
             f"    token: ${{{name.upper()}_TOKEN}}\n"

@@ -11,17 +11,23 @@ heartbeat 1 s, failover 5 s.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import signal
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from pymongo import MongoClient
+
+from botyard.database.embedded import free_port
+from botyard.webhook.journal import JOURNAL_COLLECTION
 
 from e2e import QUESTIONS, BotyardProcess, World
 
@@ -118,7 +124,9 @@ def _hosts(world: World) -> dict[str, list[str]]:
     }
 
 
-def _wait_settled(world: World, replicas: list[Replica], timeout: float = 120) -> None:
+def _wait_settled(
+    world: World, replicas: list[Replica], timeout: float = 120, bots: list[str] = BOTS
+) -> None:
     """Until exactly these replicas are live and split every bot evenly between them."""
     ids = sorted(r.id for r in replicas)
     deadline = time.monotonic() + timeout
@@ -127,7 +135,7 @@ def _wait_settled(world: World, replicas: list[Replica], timeout: float = 120) -
         hosts = _hosts(world)
         served = sorted(bot for bots in hosts.values() for bot in bots)
         loads = sorted(len(bots) for bots in hosts.values())
-        if sorted(hosts) == ids and served == sorted(BOTS) and loads[-1] - loads[0] <= 1:
+        if sorted(hosts) == ids and served == sorted(bots) and loads[-1] - loads[0] <= 1:
             return
         time.sleep(0.3)
     raise AssertionError(f"not settled on {ids} within {timeout}s: {hosts}")
@@ -309,3 +317,158 @@ def test_replicas_share_the_bots_fail_over_and_rebalance(
     assert survivor.process.stop() == 0
     assert cut_off.process.stop() == 0
     print(f"both stopped by SIGTERM in {time.monotonic() - started:.1f}s")
+
+
+HOOKS = [f"hook{i}" for i in range(4)]
+
+
+class LoadBalancer:
+    """In front of the replicas, as a load balancer would be: forwards each webhook POST
+    to the replica ``choose(bot)`` names, and counts where each bot's requests went."""
+
+    def __init__(self) -> None:
+        self.choose: Callable[[str], Replica] = self._fail
+        self.sent: list[tuple[str, str]] = []
+        balancer = self
+
+        class Forward(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                bot = self.path.split("/")[2]
+                target = balancer.choose(bot)
+                balancer.sent.append((bot, target.id))
+                request = urllib.request.Request(
+                    target.url + self.path, data=body, headers=dict(self.headers), method="POST"
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as response:
+                        status, answer = response.status, response.read()
+                except urllib.error.HTTPError as error:
+                    status, answer = error.code, error.read()
+                except OSError:
+                    status, answer = 502, b"replica unreachable"
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def _fail(bot: str) -> Replica:
+        raise AssertionError(f"no replica chosen for {bot}")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _alive(replicas: list[Replica]) -> list[Replica]:
+    return [r for r in replicas if r.process.process and r.process.process.poll() is None]
+
+
+def test_webhook_updates_sent_to_any_replica_are_handled_by_the_holder_once_in_order(
+    world: World, processes: list[BotyardProcess]
+) -> None:
+    balancer = LoadBalancer()
+    try:
+        world.write(
+            dict.fromkeys(HOOKS, "slowbot:router"),
+            extra=EXTRA,
+            mode="webhook",
+            webhook={
+                "base_url": balancer.url,
+                "listen": "${WEBHOOK_LISTEN}",
+                "max_connections": "1",
+            },
+        )
+        replicas = [
+            _start(world, processes, WEBHOOK_LISTEN=f"127.0.0.1:{free_port()}") for _ in range(3)
+        ]
+        _wait_settled(world, replicas, bots=HOOKS)
+        for bot in HOOKS:
+            deadline = time.monotonic() + 60
+            while not world.emulator.webhook_info(world.tokens[bot])["url"].startswith(
+                balancer.url
+            ):
+                assert time.monotonic() < deadline, f"{bot}: no webhook set"
+                time.sleep(0.2)
+
+        def non_holder(bot: str) -> Replica:
+            holder = _holder(world, bot)
+            return next(r for r in _alive(replicas) if r.id != holder)
+
+        def answers(bot: str, user: int, count: int, timeout: float = 60) -> list[str]:
+            deadline = time.monotonic() + timeout
+            texts: list[str] = []
+            while time.monotonic() < deadline:
+                texts = [m["text"] for m in world.emulator.sent_messages(world.tokens[bot], user)]
+                if len(texts) >= count:
+                    break
+                time.sleep(0.1)
+            return texts
+
+        # every update to a replica that does not hold the bot: handled once, in order
+        balancer.choose = non_holder
+        for bot in HOOKS:
+            for n in range(6):
+                world.say(bot, 100, f"n{n}")
+        for bot in HOOKS:
+            assert answers(bot, 100, 6) == [f"ok n{n}" for n in range(6)], bot
+        holders = {bot: _holder(world, bot) for bot in HOOKS}
+        assert len(balancer.sent) >= 6 * len(HOOKS)  # more if a delivery was retried
+        assert all(holders[bot] != target for bot, target in balancer.sent)
+
+        # one chat's updates spread over every replica, holder included: still in order
+        turn = itertools.count()
+        balancer.choose = lambda bot: _alive(replicas)[next(turn) % len(_alive(replicas))]
+        sent_before = len(balancer.sent)
+        for bot in HOOKS:
+            for n in range(9):
+                world.say(bot, 200, f"m{n}")
+        for bot in HOOKS:
+            assert answers(bot, 200, 9) == [f"ok m{n}" for n in range(9)], bot
+        assert {target for _, target in balancer.sent[sent_before:]} == {r.id for r in replicas}
+
+        # the holder SIGKILLed while handling updates others journaled: the next holder
+        # handles them, and those that came meanwhile
+        balancer.choose = non_holder
+        bot = HOOKS[0]
+        victim = next(r for r in replicas if r.id == holders[bot])
+        slow_users = [300 + i for i in range(3)]
+        for user in slow_users:
+            world.say(bot, user, "slow 4")
+        victim.process.wait_for_log(r"slow handler started: slow 4", count=3, timeout=60)
+        victim.process.kill()
+        replicas.remove(victim)
+        for n in range(3):
+            world.say(bot, 400, f"k{n}")
+        for user in slow_users:
+            assert answers(bot, user, 1, timeout=FAILOVER + 60) == ["done slow 4"], user
+        assert answers(bot, 400, 3, timeout=FAILOVER + 60) == [f"ok k{n}" for n in range(3)]
+        _wait_settled(world, replicas, bots=HOOKS)
+        time.sleep(2)  # a duplicate would come within this
+        for bot in HOOKS:
+            token = world.tokens[bot]
+            assert [m["text"] for m in world.emulator.sent_messages(token, 100)] == [
+                f"ok n{n}" for n in range(6)
+            ]
+            assert [m["text"] for m in world.emulator.sent_messages(token, 200)] == [
+                f"ok m{n}" for n in range(9)
+            ]
+        for user in slow_users:
+            assert len(world.emulator.sent_messages(world.tokens[HOOKS[0]], user)) == 1
+        assert len(world.emulator.sent_messages(world.tokens[HOOKS[0]], 400)) == 3
+        deadline = time.monotonic() + 30
+        while world.collection(JOURNAL_COLLECTION) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert world.collection(JOURNAL_COLLECTION) == [], "every journaled update was handled"
+        for replica in replicas:
+            assert replica.process.stop() == 0
+    finally:
+        balancer.close()

@@ -192,3 +192,51 @@ async def test_journaling_renews_a_heartbeat_too_old_to_vouch_for_the_entries(
     await instances.delete_many({})
     assert await me.claim(["shop"]) == []
     assert await instances.count_documents({"_id": me.instance}) == 1, "so does a claim"
+
+
+async def test_a_shared_journal_leaves_each_entry_to_whoever_holds_the_bot(
+    mongo_uri: str, database: AsyncDatabase[Document]
+) -> None:
+    """With replicas: any replica journals, the bot's holder hands out in update_id order,
+    one query per look, and what a holder let go of goes to the next one."""
+    counter = RoundTripCounter()
+    client = mongo_client(mongo_uri, event_listeners=[counter])
+    try:
+        elsewhere = UpdateJournal(database, shared=True)
+        holder = UpdateJournal(client[database.name], shared=True)
+        for update_id in (7, 5, 6):
+            assert await elsewhere.record("shop", update_id, {"update_id": update_id}) is (
+                Recorded.ACCEPTED
+            )
+        assert await elsewhere.record("shop", 5, {"update_id": 5}) is Recorded.DUPLICATE
+        assert await elsewhere.record("cafe", 1, {"update_id": 1}) is Recorded.ACCEPTED
+        owners = {doc["owner"] for doc in await database[JOURNAL_COLLECTION].find().to_list()}
+        assert owners == {None}
+
+        counter.reset()
+        assert [e.update_id for e in await holder.pending(["shop"])] == [5, 6, 7]
+        assert await holder.pending(["shop"]) == [], "held: not handed out twice"
+        assert counter.commands == {"find": 2}
+
+        holder.finished("shop", 5)
+        counter.reset()
+        await holder.flush()
+        assert counter.commands == {"delete": 1}
+        holder.release("shop")  # stopped with 6 and 7 unfinished: the next holder's
+        following = UpdateJournal(database, shared=True)
+        assert [e.update_id for e in await following.claim(["shop"])] == [6, 7]
+        assert [e.bot for e in await following.pending(["cafe"])] == ["cafe"]
+    finally:
+        await client.close()
+
+
+async def test_a_hand_out_never_repeats_an_entry_a_flush_is_deleting(
+    database: AsyncDatabase[Document],
+) -> None:
+    journal = UpdateJournal(database, shared=True)
+    for update_id in range(40):
+        await journal.record("shop", update_id, {"update_id": update_id})
+        [entry] = await journal.pending(["shop"])
+        journal.finished("shop", entry.update_id)
+        _, again = await asyncio.gather(journal.flush(), journal.pending(["shop"]))
+        assert again == [], f"update {update_id} handed out again"

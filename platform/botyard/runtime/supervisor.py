@@ -228,7 +228,9 @@ class Supervisor:
     async def _operations(self) -> AsyncIterator[None]:
         """The journal, the HTTP server, the watchdog and the samplers, around the bots."""
         assert self.database is not None
-        journal = self.journal = UpdateJournal(self.database, clock=self.clock)
+        journal = self.journal = UpdateJournal(
+            self.database, clock=self.clock, shared=self.registry.cluster is not None
+        )
         await journal.prepare()
         self.webhooks = WebhookEndpoint(
             journal,
@@ -240,6 +242,8 @@ class Supervisor:
         watchdog.start()
         database = self.database
         tasks = [asyncio.create_task(self._maintain_webhooks(), name="botyard-webhooks")]
+        if journal.shared:
+            tasks.append(asyncio.create_task(self.webhooks.pick_up(), name="botyard-pick-up"))
         try:
             address = server_address(self.registry) if self.serve_http else None
             if address is not None:

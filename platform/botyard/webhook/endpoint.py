@@ -16,17 +16,28 @@ Nothing reaches a handler unless the request passed every check:
 An accepted update is written to the journal (:mod:`botyard.webhook.journal`), answered
 200, and handled in the background by the bot's runner, with the same per-key
 ordering, concurrency cap and fault isolation as a polled update.
+
+With replicas (a ``cluster`` section, the journal shared) a load balancer may
+send any bot's update to any replica. Every replica checks the secrets of
+every webhook bot of the registry (read from MongoDB, refreshed every
+heartbeat) and journals what passes, also while the bot is stopping here; the
+bot's current holder takes its updates from the journal in ``update_id`` order
+(:meth:`WebhookEndpoint.pick_up`, at once for an update it accepted itself,
+every :data:`~botyard.webhook.journal.PICKUP_INTERVAL` for the others'), so one
+chat's updates are handled in order whichever replica received them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import Update
 from aiohttp import web
@@ -38,7 +49,7 @@ from botyard.ops.metrics import PlatformMetrics
 from botyard.registry.models import WebhookConfig
 from botyard.runtime.runner import BotRunner
 from botyard.runtime.view import PlatformView
-from botyard.webhook.journal import Recorded, UpdateJournal
+from botyard.webhook.journal import PICKUP_INTERVAL, Recorded, UpdateJournal
 from botyard.webhook.secrets import SecretStore, WebhookSecret
 
 __all__ = [
@@ -66,6 +77,14 @@ def webhook_url(config: WebhookConfig, bot: str, secret: WebhookSecret) -> str:
     return f"{config.base_url}{WEBHOOK_PREFIX}/{bot}/{secret.path}"
 
 
+def _matching(candidates: list[WebhookSecret], path: str) -> WebhookSecret | None:
+    found = None
+    for candidate in candidates:  # no early exit: the time taken says nothing
+        if secrets.compare_digest(candidate.path.encode(), path.encode()):
+            found = candidate
+    return found
+
+
 @dataclass
 class _Route:
     """Where one bot's requests go; during a rotation the previous secrets still work."""
@@ -73,13 +92,6 @@ class _Route:
     runner: BotRunner
     secrets: list[WebhookSecret] = field(default_factory=list)
     accepting: bool = True
-
-    def matching(self, path: str) -> WebhookSecret | None:
-        found = None
-        for candidate in self.secrets:  # no early exit: the time taken says nothing
-            if secrets.compare_digest(candidate.path.encode(), path.encode()):
-                found = candidate
-        return found
 
 
 class WebhookEndpoint:
@@ -97,6 +109,10 @@ class WebhookEndpoint:
         self._platform = platform
         self._metrics = metrics
         self._routes: dict[str, _Route] = {}
+        #: Shared journal: the secrets of webhook bots running elsewhere (newest first;
+        #: the previous ones still work until the next refresh after a rotation).
+        self._elsewhere: dict[str, list[WebhookSecret]] = {}
+        self._pick_up_now = asyncio.Event()
 
     def binding(self, bot: str) -> _Binding:
         """What the runner of ``bot`` calls to start and stop receiving updates."""
@@ -108,21 +124,31 @@ class WebhookEndpoint:
         """``POST /webhook/{bot}/{secret}``: check, journal, answer, hand to the runner."""
         name = request.match_info["bot"]
         route = self._routes.get(name)
-        secret = route.matching(request.match_info["secret"]) if route is not None else None
-        if route is None or secret is None:
+        shared = self.journal.shared
+        try:
+            candidates = await self._secrets(name, route)
+        except PyMongoError as error:
+            self._metrics.count_webhook(name, "unavailable")
+            logger.warning(
+                "bot=%s webhook secrets unreadable (%s): 503", name, type(error).__name__
+            )
+            return _text(503, "storage unavailable; deliver again later")
+        secret = _matching(candidates, request.match_info["secret"])
+        if secret is None:
             self._metrics.webhook_unknown_path.inc()
             return _text(404, "unknown webhook")
         header = request.headers.get(SECRET_HEADER, "")
         if not secrets.compare_digest(header.encode(), secret.token.encode()):
             self._metrics.count_webhook(name, "unauthorized")
             return _text(401, "wrong secret token")
-        if not route.accepting:
+        if not shared and route is not None and not route.accepting:
             self._metrics.count_webhook(name, "unavailable")
             return _text(503, "bot is stopping; deliver again later")
         config = self._platform.registry.webhook
         body_timeout = config.body_timeout.total_seconds() if config else BODY_TIMEOUT
         try:
-            raw, parsed = await _read_update(request, route.runner, body_timeout)
+            bot = route.runner.bot if route is not None else None
+            raw, parsed = await _read_update(request, bot, body_timeout)
         except _BadUpdate as problem:
             self._metrics.count_webhook(name, "bad_request")
             logger.warning("bot=%s webhook request rejected: %s", name, problem)
@@ -154,6 +180,10 @@ class WebhookEndpoint:
             )
         else:
             self._metrics.count_webhook(name, "accepted")
+        if shared:  # the holder hands it out in order with those accepted elsewhere
+            if name in self._routes:
+                self._pick_up_now.set()
+            return web.json_response({})
         current = self._routes.get(name)  # a reload may have replaced the runner meanwhile
         if current is not None and current.accepting:
             self._submit(name, current.runner, parsed)
@@ -163,6 +193,68 @@ class WebhookEndpoint:
 
     def _submit(self, name: str, runner: BotRunner, update: Update) -> None:
         runner.accept(update, on_done=lambda update_id: self.journal.finished(name, update_id))
+
+    async def _secrets(self, name: str, route: _Route | None) -> list[WebhookSecret]:
+        """The secrets a request for ``name`` may carry; none for an unknown bot.
+
+        Shared, a webhook bot of the registry that runs elsewhere has its secrets
+        read from MongoDB on its first request, then refreshed by :meth:`maintain`.
+        """
+        if route is not None:
+            return route.secrets
+        if not self.journal.shared or name not in self._webhook_bots():
+            return []
+        if name not in self._elsewhere:
+            stored = await self.secret_store.current([name])
+            self._elsewhere[name] = [stored[name]] if name in stored else []
+        return self._elsewhere[name]
+
+    def _webhook_bots(self) -> set[str]:
+        return {bot.name for bot in self._platform.registry.enabled_bots if bot.mode == "webhook"}
+
+    async def _refresh_elsewhere(self) -> None:
+        """Re-read the known secrets of bots running elsewhere (one query): a rotation is
+        seen within a heartbeat, and the secrets it replaced stay valid until the next one."""
+        names = self._webhook_bots() - self._routes.keys()
+        for name in set(self._elsewhere) - names:
+            del self._elsewhere[name]
+        if not self._elsewhere:
+            return
+        stored = await self.secret_store.current(self._elsewhere)
+        for name, known in self._elsewhere.items():
+            secret = stored.get(name)
+            if secret is not None and (not known or secret.path != known[0].path):
+                self._elsewhere[name] = [secret, *known[:1]]
+            elif len(known) > 1:
+                del known[1:]
+
+    async def pick_up(self) -> None:
+        """Shared journal: hand each running bot the updates journaled for it, in order.
+
+        Runs until cancelled: at once after this replica accepted an update for
+        a bot it runs, else every :data:`~botyard.webhook.journal.PICKUP_INTERVAL`.
+        """
+        failing = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PICKUP_INTERVAL):
+                    await self._pick_up_now.wait()
+            self._pick_up_now.clear()
+            running = {name: route for name, route in self._routes.items() if route.accepting}
+            try:
+                entries = await self.journal.pending(running)
+            except PyMongoError as error:
+                if not failing:
+                    logger.warning("journal: cannot look for updates to handle yet: %s", error)
+                failing = True
+                continue
+            failing = False
+            for entry in entries:
+                route = self._routes.get(entry.bot)
+                if route is not None and route.accepting and route is running.get(entry.bot):
+                    route.runner.accept_journaled(entry)
+                else:  # stopped meanwhile: the next holder takes it
+                    self.journal.release(entry.bot, entry.update_id)
 
     # bots starting and stopping
 
@@ -184,6 +276,7 @@ class WebhookEndpoint:
                     len(entries),
                 )
         self._routes[name] = _Route(runner, [secret])
+        self._elsewhere.pop(name, None)
         await self._set_webhook(runner, secret)
 
     def detach(self, name: str, runner: BotRunner) -> None:
@@ -204,8 +297,8 @@ class WebhookEndpoint:
 
     @property
     def serving(self) -> bool:
-        """Some webhook bot is receiving updates here."""
-        return any(route.accepting for route in self._routes.values())
+        """Some webhook bot is receiving updates here (shared: also for another replica)."""
+        return bool(self._elsewhere) or any(route.accepting for route in self._routes.values())
 
     async def upkeep(self) -> None:
         """One heartbeat's round, when it serves anything: :meth:`maintain`.
@@ -226,6 +319,8 @@ class WebhookEndpoint:
         claim as the webhook bots' ones.
         """
         await self.journal.heartbeat()
+        if self.journal.shared:
+            await self._refresh_elsewhere()
         running = {name: route for name, route in self._routes.items() if route.accepting}
         runners = {name: bot for name, bot in self._platform.runners.items() if bot.spec.polling}
         runners.update((name, route.runner) for name, route in running.items())
@@ -293,9 +388,9 @@ class _BadUpdate(BotyardError, ValueError):
 
 
 async def _read_update(
-    request: web.Request, runner: BotRunner, body_timeout: float
+    request: web.Request, bot: Bot | None, body_timeout: float
 ) -> tuple[dict[str, Any], Update]:
-    """The body as JSON and as an aiogram ``Update`` bound to the runner's bot."""
+    """The body as JSON and as an aiogram ``Update`` (bound to ``bot`` if it runs here)."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise _BadUpdate(f"body of {request.content_length} bytes exceeds {MAX_BODY_BYTES}")
     try:
@@ -315,7 +410,7 @@ async def _read_update(
         raise _BadUpdate("body is not a Telegram update (no integer update_id)")
     _check_storable(raw)
     try:
-        update = Update.model_validate(raw, context={"bot": runner.bot})
+        update = Update.model_validate(raw, context={"bot": bot})
     except ValidationError as error:
         raise _BadUpdate(f"body is not a valid update ({error.error_count()} errors)") from None
     return raw, update

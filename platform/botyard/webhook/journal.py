@@ -40,6 +40,17 @@ acknowledgement was lost (answered 503; Telegram's redelivery then meets the
 entry and takes it), and one a claim moved to this instance before the claim
 was interrupted. Each heartbeat's claim picks these up too.
 
+With replicas (a ``cluster`` section) the journal is *shared*: entries have
+no owner (``owner: null``) and belong to whichever replica holds the bot's
+claim (see :mod:`botyard.cluster`). Any replica accepts any bot's webhook
+update and journals it; the holder hands out the ownerless entries of its bots
+in ``update_id`` order (:meth:`UpdateJournal.pending`, one query per
+:data:`PICKUP_INTERVAL`, or at once when it accepted one itself), so one
+chat's updates are handled in order wherever they arrived. A bot's claim moves
+only once its holder finished or let go of its updates, so what a holder left
+unhandled (parked polled updates too) is handed to the next holder as soon as
+it starts, whether the previous one stopped, died or is still alive.
+
 The ``bot_owner`` index the claims query by is built by a migration
 (``migrations/20261125130000_webhook_journal_index.py``), not at run time: the
 application's MongoDB user need not be allowed to build indexes.
@@ -89,6 +100,8 @@ DEAD_AFTER = timedelta(seconds=30)
 RENEW_AFTER = DEAD_AFTER.total_seconds() / 2
 #: Heartbeats of instances that died (no clean shutdown) are deleted after this long.
 FORGET_AFTER = timedelta(days=1)
+#: With replicas, how often a holder looks for its bots' updates that others journaled.
+PICKUP_INTERVAL = 0.25
 
 
 class Recorded(enum.Enum):
@@ -113,11 +126,17 @@ class JournalEntry:
 
 
 class UpdateJournal:
-    """Accepted webhook updates of one process, in MongoDB until handled."""
+    """Accepted webhook updates of one process, in MongoDB until handled.
 
-    def __init__(self, database: AsyncDatabase[Document], *, clock: Clock = utcnow) -> None:
+    ``shared``: one of several replicas; entries are left to the bot's holder.
+    """
+
+    def __init__(
+        self, database: AsyncDatabase[Document], *, clock: Clock = utcnow, shared: bool = False
+    ) -> None:
         #: Dates acceptances. Heartbeats and who is dead go by the server's clock.
         self.clock = clock
+        self.shared = shared
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.entries = database[JOURNAL_COLLECTION]
         self.instances = database[INSTANCES_COLLECTION]
@@ -132,6 +151,10 @@ class UpdateJournal:
         self._start_claims: asyncio.Task[None] | None = None
         #: When this instance's heartbeat was last written (``time.monotonic``).
         self._beat_at = -math.inf
+        #: Held by a deletion until its updates are let go, and by a hand-out from its
+        #: query until what it found is held: a hand-out never reads an entry a deletion
+        #: is about to let go of (it would be handed out again).
+        self._handing = asyncio.Lock()
 
     async def prepare(self) -> None:
         """Forget long-dead instances, write a heartbeat."""
@@ -171,7 +194,16 @@ class UpdateJournal:
         running meanwhile must not hand it out a second time. On an error it
         is let go, and an insert that committed all the same is picked up by
         the next claim, or by Telegram's redelivery.
+
+        Shared, the entry is the holder's to hand out (:meth:`pending`), here
+        or on another replica; it is not held.
         """
+        if self.shared:
+            try:
+                await self.entries.insert_one(self._entry(bot, update_id, update))
+            except DuplicateKeyError:  # journaled already: its holder has it
+                return Recorded.DUPLICATE
+            return Recorded.ACCEPTED
         held = self._in_flight.setdefault(bot, set())
         if update_id in held:
             return Recorded.DUPLICATE
@@ -250,7 +282,7 @@ class UpdateJournal:
             "bot": bot,
             "update_id": update_id,
             "update": update,
-            "owner": self.instance,
+            "owner": None if self.shared else self.instance,
             "accepted_at": now or self.clock(),
         }
 
@@ -261,16 +293,19 @@ class UpdateJournal:
 
     async def flush(self) -> None:
         """Delete the entries of every update finished so far, in one round trip."""
-        batch, self._finished = self._finished, []
-        if not batch:
-            return
-        try:
-            await self.entries.delete_many({"_id": {"$in": [_entry_id(*done) for done in batch]}})
-        except BaseException:
-            self._finished[:0] = batch  # kept for the next try
-            raise
-        for bot, update_id in batch:
-            self.release(bot, update_id)
+        async with self._handing:
+            batch, self._finished = self._finished, []
+            if not batch:
+                return
+            try:
+                await self.entries.delete_many(
+                    {"_id": {"$in": [_entry_id(*done) for done in batch]}}
+                )
+            except BaseException:
+                self._finished[:0] = batch  # kept for the next try
+                raise
+            for bot, update_id in batch:
+                self.release(bot, update_id)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -348,23 +383,38 @@ class UpdateJournal:
             for instance in alive
             if instance != self.instance and not self._known_dead(instance)
         ]
-        keep_out.append(self.instance)  # already ours: nothing to move
+        # Shared, what a gone instance left goes to the bot's holder, like every entry.
+        owner = None if self.shared else self.instance
+        keep_out.append(owner)  # already ours: nothing to move
         # update_many is never retried by the driver: interrupted half-way, the entries it
         # moved are ours and picked up below, now or at the next heartbeat.
         await self.entries.update_many(
             {"bot": {"$in": names}, "owner": {"$nin": keep_out}},
-            {"$set": {"owner": self.instance}},
+            {"$set": {"owner": owner}},
         )
-        cursor = self.entries.find({"bot": {"$in": names}, "owner": self.instance}).sort(
-            "update_id", ASCENDING
-        )
-        claimed: list[JournalEntry] = []
-        async for doc in cursor:
-            held = self._in_flight.setdefault(doc["bot"], set())
-            if doc["update_id"] not in held:
-                held.add(doc["update_id"])
-                claimed.append(JournalEntry(doc["bot"], doc["update_id"], doc["update"]))
-        return claimed
+        return await self._hand_out({"bot": {"$in": names}, "owner": owner})
+
+    async def pending(self, bots: Iterable[str]) -> list[JournalEntry]:
+        """Shared: the entries of ``bots`` (held here) that nothing here holds yet, in
+        ``update_id`` order; one query. Held until :meth:`finished` or :meth:`release`."""
+        names = list(bots)
+        if not names:
+            return []
+        return await self._hand_out({"bot": {"$in": names}, "owner": None})
+
+    async def _hand_out(self, query: Document) -> list[JournalEntry]:
+        """What ``query`` finds that nothing here holds, held from now on; nothing awaits
+        between marking the entries held and returning them, so two hand-outs cannot
+        interleave their entries (one chat's order)."""
+        handed: list[JournalEntry] = []
+        async with self._handing:
+            found = await self.entries.find(query).sort("update_id", ASCENDING).to_list(None)
+            for doc in found:
+                held = self._in_flight.setdefault(doc["bot"], set())
+                if doc["update_id"] not in held:
+                    held.add(doc["update_id"])
+                    handed.append(JournalEntry(doc["bot"], doc["update_id"], doc["update"]))
+        return handed
 
     async def claim_starting(self, bot: str, *, own: bool = False) -> list[JournalEntry]:
         """:meth:`claim` for one bot that is starting, batched with the others starting.
