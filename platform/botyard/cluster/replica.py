@@ -47,6 +47,8 @@ logger = logging.getLogger("botyard.cluster")
 
 #: Documents of replicas that died (no clean leave) are deleted by the leader after this.
 FORGET_AFTER = timedelta(hours=1)
+#: A replica looks again this long after another one's heartbeat would lapse.
+LAPSE_MARGIN = 0.05
 
 
 class BotHost(Protocol):
@@ -95,6 +97,10 @@ class Replica:
         self._wake = asyncio.Event()
         self._unreachable = False
         self._closed = False
+        #: The server's time of the latest heartbeat, and this clock when it returned.
+        self._stamped: tuple[datetime, float] | None = None
+        #: This clock when the first live replica's heartbeat lapses (the next look is then).
+        self._lapse_at = math.inf
         #: This replica's share in the latest assignment.
         self.assigned: frozenset[str] = frozenset()
         #: Live members in the latest read, this one included.
@@ -142,7 +148,10 @@ class Replica:
 
         The heartbeat never waits for a rebalance (taking thousands of claims can
         take longer than the fence time): rebalancing runs in a task of its own,
-        after each heartbeat, on the server time that heartbeat returned.
+        after each heartbeat, on the server time that heartbeat returned. When
+        another replica's heartbeat lapses before the next interval is over, the
+        next heartbeat comes right then: its bots are taken over at once, not
+        up to an interval later.
         """
         interval = self.config.heartbeat_interval
         due: asyncio.Queue[datetime] = asyncio.Queue(maxsize=1)
@@ -153,7 +162,11 @@ class Replica:
                 now = await self._beat()
                 if now is not None and due.empty():
                     due.put_nowait(now)
-                delay = max(0.0, interval - (self._clock() - started))
+                delay = interval - (self._clock() - started)
+                if self._lapse_at - self._clock() < delay:
+                    # Once: until a rebalance looked, the other beats keep the interval.
+                    delay, self._lapse_at = self._lapse_at - self._clock(), math.inf
+                delay = max(0.0, delay)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
@@ -204,12 +217,14 @@ class Replica:
         await self._fence_if_lapsed()
         self._deadline = sent + self.config.fence
         self._heartbeats += 1
+        self._stamped = (now, self._clock())
         return now
 
     async def _rebalance(self, now: datetime) -> None:
         members = await self.membership.members()
         lapse = self.config.lapse
         self.live = tuple(m for m in members if m.silent_for(now) < lapse or m.id == self.id)
+        self._watch_lapses(now)
         if self._heartbeats == 1:
             logger.info("cluster: replica %s joined, %d live replica(s)", self.id, len(self.live))
         await self._lead(await self.leader.hold(now, lapse, leading=self.leading))
@@ -241,6 +256,18 @@ class Replica:
                 await self._host.start_bots(sorted(taken))
         if share <= set(self._host.held_bots()):
             self.settled.set()
+
+    def _watch_lapses(self, now: datetime) -> None:
+        """Note when, on this clock, the first other live replica's heartbeat lapses."""
+        others = [m.heartbeat_at for m in self.live if m.id != self.id]
+        if not others or self._stamped is None:
+            self._lapse_at = math.inf
+            return
+        stamp, returned = self._stamped
+        # `now` happened before its heartbeat returned: looking later is safe, earlier is not.
+        local_now = returned - (stamp - now).total_seconds()
+        until = (min(others) - now).total_seconds() + self.config.lapse
+        self._lapse_at = local_now + until + LAPSE_MARGIN
 
     async def _take(self, wanted: set[str], now: datetime) -> set[str]:
         claims = await self.claims.read(wanted)
