@@ -243,3 +243,35 @@ async def test_close_ends_the_loop_without_a_cancellation(database: AsyncDatabas
     assert await database[REPLICAS_COLLECTION].find_one({"_id": "a"}) is None
     assert (await Claims(database, "b").read(BOTS)).keys() == set(BOTS)
     assert {claim.holder for claim in (await Claims(database, "b").read(BOTS)).values()} == {None}
+
+
+class StoringHost(FakeHost):
+    """Records, each time the replica asks it to store what stopped bots finished,
+    which of them the replica still held a claim on at that moment."""
+
+    def __init__(self, bots: list[str], claims: Claims) -> None:
+        super().__init__(bots)
+        self.claims = claims
+        self.stored_while_held: list[set[str]] = []
+
+    async def store_finished(self) -> None:
+        self.stored_while_held.append(await self.claims.held(self.stops))
+
+
+async def test_what_stopped_bots_finished_is_stored_before_their_claims_go(
+    database: AsyncDatabase[Any],
+) -> None:
+    """A handover deletes the handled journal entries before the next holder may start
+    the bot and claim them; else it would handle them a second time."""
+    host = StoringHost(BOTS, Claims(database, "a"))
+    a = Replica(database, CONFIG, host, replica_id="a")
+    await _settle([a])
+    b = _replica(database, "b")
+    for _ in range(8):
+        await _rounds([a, b], 1)
+    moved = set(host.stops)
+    assert len(moved) == 6
+    assert moved == set(_host(b).running)
+    assert host.stored_while_held, "store_finished was never called"
+    assert set().union(*host.stored_while_held) == moved, "stored while still held"
+    assert await host.claims.held(moved) == set()

@@ -6,12 +6,18 @@ leaves by SIGTERM; one is frozen with SIGSTOP; one loses MongoDB. Throughout,
 the emulator counts 409 answers (a second poller on a token), and every bot
 must answer every message exactly once. Short cluster timings keep it quick:
 heartbeat 1 s, failover 5 s.
+
+Two more worlds: webhook bots behind a load balancer that sends their updates
+to replicas that do not hold them (and round-robin over all), with a holder
+SIGKILLed mid-stream; and hot reload (a bot added to the YAML, then removed)
+with ``/readyz`` and ``/metrics`` read along the way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import re
 import signal
 import socket
@@ -142,7 +148,7 @@ def _wait_settled(
 
 
 def _conflicts(world: World) -> dict[str, int]:
-    return {bot: world.emulator.conflicts(world.tokens[bot]) for bot in BOTS}
+    return {bot: world.emulator.conflicts(token) for bot, token in world.tokens.items()}
 
 
 class Traffic:
@@ -472,3 +478,82 @@ def test_webhook_updates_sent_to_any_replica_are_handled_by_the_holder_once_in_o
             assert replica.process.stop() == 0
     finally:
         balancer.close()
+
+
+def _readyz(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_hot_reload_starts_an_added_bot_on_one_replica_and_readyz_waits_for_the_share(
+    world: World, processes: list[BotyardProcess]
+) -> None:
+    echoes = ECHOES[:3]
+    routers = dict.fromkeys(echoes, "slowbot:router")
+    world.write(routers, extra=EXTRA)
+    world.token("added")  # in the replicas' environment for when the YAML names it
+    before = _conflicts(world)
+
+    # /readyz, probed from the moment the server listens: 503 until joined and started
+    first = world.botyard()
+    processes.append(first.start())
+    listening = first.wait_for_log(r"http server listening on", timeout=90)
+    url = re.search(r"(http://\S+) ", listening)
+    assert url is not None
+    probes: list[tuple[int, dict[str, Any]]] = []
+    deadline = time.monotonic() + 90
+    while not probes or probes[-1][0] != 200:
+        assert time.monotonic() < deadline, f"never ready: {probes[-1:]}"
+        probes.append(_readyz(url.group(1)))
+        time.sleep(0.05)
+    assert probes[0][0] == 503
+    assert probes[0][1]["joined"] is False
+    assert {bot["status"] for bot in probes[0][1]["bots"]} == {"elsewhere"}
+    for status, body in probes:
+        running = all(bot["status"] == "running" for bot in body["bots"])
+        assert (status == 200) == (body["joined"] and running), body
+    alone = Replica(first)
+
+    # a second replica joins: the bots split, and /metrics says who serves what
+    second = _start(world, processes)
+    _wait_settled(world, [alone, second], bots=echoes)
+    hosts = _hosts(world)
+    for replica in (alone, second):
+        assert replica.metric("botyard_cluster_bots_served") == len(hosts[replica.id])
+        assert replica.metric("botyard_cluster_replicas_live") == 2
+        deadline = time.monotonic() + 60
+        while (ready := _readyz(replica.url))[0] != 200:
+            assert time.monotonic() < deadline, f"{replica.id} not ready: {ready}"
+            time.sleep(0.2)
+        elsewhere = {bot["name"] for bot in ready[1]["bots"] if bot["status"] == "elsewhere"}
+        assert elsewhere == set(echoes) - set(hosts[replica.id])
+    moved = len(hosts[second.id])
+    assert moved >= 1
+    assert alone.metric('botyard_cluster_handovers_total{kind="taken"}') == len(echoes)
+    assert alone.metric('botyard_cluster_handovers_total{kind="released"}') == moved
+    assert second.metric('botyard_cluster_handovers_total{kind="taken"}') == moved
+
+    # a bot added to the YAML: started on exactly one replica, and answers once
+    world.write({**routers, "added": "slowbot:router"}, extra=EXTRA)
+    _wait_settled(world, [alone, second], bots=[*echoes, "added"])
+    world.say("added", 900, "hello")
+    assert world.reply("added", 900, timeout=60) == "ok hello"
+    outputs = [replica.process.output for replica in (alone, second)]
+    assert sum(output.count("bot=added started") for output in outputs) == 1
+    holder = next(r for r in (alone, second) if r.id == _holder(world, "added"))
+
+    # deleted from the YAML: stopped on its holder, served nowhere
+    world.write(routers, extra=EXTRA)
+    _wait_settled(world, [alone, second], bots=echoes)
+    holder.process.wait_for_log(r"bot=added stopped", timeout=60)
+    time.sleep(2)
+    assert len(world.emulator.sent_messages(world.tokens["added"], 900)) == 1
+    assert "added" not in {
+        doc["_id"] for doc in world.collection("botyard_bot_claims", {"holder": {"$ne": None}})
+    }
+    assert _conflicts(world) == before
+    for replica in (alone, second):
+        assert replica.process.stop() == 0

@@ -36,5 +36,8 @@ class MemoryHost:
         self.running -= set(names)
         self.stops.extend(names)
 
+    async def store_finished(self) -> None:
+        """Nothing to store: these bots handle no updates."""
+
     async def lead(self, leading: bool) -> None:
         self.leading = leading

@@ -66,6 +66,10 @@ class BotHost(Protocol):
     async def stop_bots(self, names: Collection[str]) -> None:
         """Stop these bots: finish in-flight updates, confirm the offset while allowed."""
 
+    async def store_finished(self) -> None:
+        """Make durable what stopped bots finished (delete their handled journal entries)
+        before their claims are released: the next holder must not get them again."""
+
     async def lead(self, leading: bool) -> None:
         """Start or stop what only the leader runs."""
 
@@ -309,6 +313,7 @@ class Replica:
     async def _release_pending(self) -> None:
         if self._unreleased and self.remaining() > 0:
             pending = set(self._unreleased)
+            await self._host.store_finished()
             await self.claims.release(pending)
             self._unreleased -= pending
 

@@ -329,6 +329,10 @@ class Supervisor:
     async def stop_bots(self, names: Collection[str]) -> None:
         await self._stop_bots(list(names))
 
+    async def store_finished(self) -> None:
+        if self.journal is not None:
+            await self.journal.flush()
+
     async def _started_when_settled(self, cluster: Replica) -> None:
         await cluster.settled.wait()
         self.started.set()
