@@ -10,8 +10,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from bson.errors import InvalidDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import InvalidOperation
 
@@ -240,3 +243,34 @@ async def test_a_hand_out_never_repeats_an_entry_a_flush_is_deleting(
         journal.finished("shop", entry.update_id)
         _, again = await asyncio.gather(journal.flush(), journal.pending(["shop"]))
         assert again == [], f"update {update_id} handed out again"
+
+
+async def test_an_unexpected_error_deleting_handled_updates_is_logged_and_tried_again(
+    database: AsyncDatabase[Document],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deletes run in a background task: an error it did not expect must not end it
+    for good, unseen (every handled update would then be handled again after a restart)."""
+    real_delete = AsyncCollection.delete_many
+    failures = [InvalidDocument("cannot encode object")]
+
+    async def delete_many(self: AsyncCollection[Document], *args: Any, **kwargs: Any) -> Any:
+        if failures and self.name == JOURNAL_COLLECTION:
+            raise failures.pop()
+        return await real_delete(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncCollection, "delete_many", delete_many)
+    journal = UpdateJournal(database)
+    await journal.prepare()
+    try:
+        assert await journal.record("shop", 4, {"update_id": 4}) is Recorded.ACCEPTED
+        with caplog.at_level(logging.ERROR, logger="botyard.journal"):
+            journal.finished("shop", 4)
+            async with asyncio.timeout(60):
+                while await database[JOURNAL_COLLECTION].count_documents({}):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+        assert "journal: could not delete handled updates yet" in caplog.text
+        assert "InvalidDocument: cannot encode object" in caplog.text
+    finally:
+        await journal.close()

@@ -242,13 +242,15 @@ class UpdateJournal:
         """Let any instance claim the entries of ``bot`` this one has and will not finish
         (its runner stopped before they were handled, and the process lives on).
 
-        What finished is deleted first, so it is not handed out again.
+        What finished is deleted first, so it is not handed out again. Shared,
+        entries have no owner: letting them go here is all it takes.
         """
         await self.flush()
         self.release(bot)
-        await self.entries.update_many(
-            {"bot": bot, "owner": self.instance}, {"$set": {"owner": None}}
-        )
+        if not self.shared:
+            await self.entries.update_many(
+                {"bot": bot, "owner": self.instance}, {"$set": {"owner": None}}
+            )
 
     async def park(self, bot: str, updates: Iterable[tuple[int, Document]]) -> None:
         """Persist updates a polling bot is about to confirm unhandled: one round trip.
@@ -317,6 +319,10 @@ class UpdateJournal:
             except PyMongoError as error:
                 logger.warning("journal: could not delete handled updates yet: %s", error)
                 self._wake.set()
+            except Exception:  # not the database's trouble: said, and tried again later
+                logger.exception("journal: could not delete handled updates yet")
+                self._wake.set()
+                await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     # instances and recovery
 
