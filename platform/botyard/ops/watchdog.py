@@ -4,8 +4,13 @@ All bots run on one event loop, so one handler making a synchronous call (a bloc
 database driver, ``time.sleep``, heavy CPU work) stalls every bot in the process. The
 loop itself beats: every :data:`BEAT_INTERVAL` a timer callback notes when the next beat
 is due, and how late it ran, which is the loop lag. A thread of its own reads that time
-once per beat (waking the loop never: an idle process costs one timer wakeup per beat,
-not a cross-thread ping). While the beat is overdue, it samples the loop thread's Python
+once per beat (waking the loop never: no cross-thread ping). An idle loop does not beat:
+a beat that finds the loop woke for nothing else since the beat before, and nothing else
+to run, stops the beating, and the thread waits without a timeout; the loop's next wake
+from its selector (a poll's answer, a timer, a signal) starts both again before any
+callback of that pass runs, so a callback that blocks right after an idle spell is
+caught as any other. Lag is therefore observed while the loop has work: an idle
+process costs no wakeup of its own. While the beat is overdue, it samples the loop thread's Python
 stack (``sys._current_frames``) every :data:`SAMPLE_INTERVAL`. One callback holding the
 loop shows the same frame in every sample (the aiogram handler's, when in a handler); a
 loop that is merely busy with many short callbacks shows different ones, and is only
@@ -19,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import selectors
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 from aiogram.dispatcher.event.handler import CallableObject
 
@@ -100,6 +107,32 @@ def _location(frame: FrameType) -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_qualname}"
 
 
+class _WakeSensingSelector:
+    """The loop's selector, counting the loop's passes and calling ``on_wake`` after a
+    select that the watchdog slept through."""
+
+    def __init__(self, selector: selectors.BaseSelector, watchdog: LoopWatchdog) -> None:
+        self.wrapped = selector
+        self._select = selector.select
+        self._watchdog = watchdog
+        # What the loop calls per connection, bound here rather than looked up each time.
+        self.register = selector.register
+        self.unregister = selector.unregister
+        self.modify = selector.modify
+        self.get_key = selector.get_key
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        events = self._select(timeout)
+        watchdog = self._watchdog
+        watchdog.passes += 1
+        if watchdog.dormant:
+            watchdog.wake()
+        return events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
 class LoopWatchdog:
     """Measures the lag of ``loop`` and names whoever blocks it for over the threshold."""
 
@@ -117,11 +150,22 @@ class LoopWatchdog:
         self._thread: threading.Thread | None = None
         self._beat_due = time.monotonic()
         self._next_beat: asyncio.TimerHandle | None = None
+        #: The loop's passes (selector wakes) so far, counted by the wrapped selector.
+        self.passes = 0
+        self._passes_at_beat = 0
+        #: The loop is idle: no beat is scheduled and the thread waits for :meth:`wake`.
+        self.dormant = False
+        self._awake = threading.Event()
+        self._sensing: _WakeSensingSelector | None = None
 
     def start(self) -> None:
         """Start watching; call it on the loop's own thread."""
         self._loop_thread = threading.get_ident()
         self._stop.clear()
+        selector = getattr(self._loop, "_selector", None)
+        if isinstance(selector, selectors.BaseSelector):  # an asyncio selector loop
+            self._sensing = _WakeSensingSelector(selector, self)
+            self._loop._selector = self._sensing  # type: ignore[attr-defined]
         self._schedule_beat()
         self._thread = threading.Thread(target=self._watch, name="botyard-watchdog", daemon=True)
         self._thread.start()
@@ -129,6 +173,10 @@ class LoopWatchdog:
     def stop(self) -> None:
         """Stop watching; call it on the loop's own thread."""
         self._stop.set()
+        self._awake.set()
+        if self._sensing is not None:
+            self._loop._selector = self._sensing.wrapped  # type: ignore[attr-defined]
+            self._sensing = None
         if self._next_beat is not None:
             self._next_beat.cancel()
             self._next_beat = None
@@ -136,13 +184,30 @@ class LoopWatchdog:
             self._thread.join(5)
             self._thread = None
 
+    def wake(self) -> None:
+        """The loop woke after an idle spell: beat again (on the loop's thread)."""
+        self.dormant = False
+        self._schedule_beat()
+        self._awake.set()
+
     def _schedule_beat(self) -> None:
+        self._passes_at_beat = self.passes
         self._beat_due = time.monotonic() + BEAT_INTERVAL
         self._next_beat = self._loop.call_later(BEAT_INTERVAL, self._beat)
 
     def _beat(self) -> None:
         self._metrics.loop_lag.observe(max(0.0, time.monotonic() - self._beat_due))
+        if self._sensing is not None and self._idle():
+            self._next_beat = None
+            self._awake.clear()
+            self.dormant = True  # the selector's next wake calls wake()
+            return
         self._schedule_beat()
+
+    def _idle(self) -> bool:
+        """Only this beat's pass since the last beat, and nothing else left to run in it."""
+        woke_for_beat_only = self.passes - self._passes_at_beat <= 1
+        return woke_for_beat_only and not getattr(self._loop, "_ready", True)
 
     def _watch(self) -> None:
         due = self._beat_due
@@ -150,6 +215,10 @@ class LoopWatchdog:
         while not self._stop.wait(max(SAMPLE_INTERVAL, due + SAMPLE_INTERVAL - time.monotonic())):
             if self._loop.is_closed():
                 return
+            if self.dormant:  # no beat to watch: sleep until the loop wakes, or stop()
+                self._awake.wait()
+                due = self._beat_due
+                continue
             due = self._beat_due
             # A loop that is not running (between run_until_complete calls) is idle, not blocked.
             if time.monotonic() < due + SAMPLE_INTERVAL or not self._loop.is_running():
@@ -196,5 +265,5 @@ class LoopWatchdog:
                 longest = (held, culprit)
             if stopped:
                 return None
-            if self._beat_due != due:
+            if self._beat_due != due or self.dormant:  # the beat ran
                 return longest
