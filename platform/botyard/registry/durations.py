@@ -8,6 +8,7 @@ immediately is always a mistake (``never`` is the explicit way to disable expiry
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 
@@ -43,6 +44,14 @@ def parse_duration(value: object, *, allow_never: bool = True) -> timedelta | No
         value = str(value)
     if not isinstance(value, str):
         raise ValueError(f"expected a duration, got {_kind(value)} ({forms})")
+    return _parse_text(value, allow_never)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(value: str, allow_never: bool) -> timedelta | None:
+    """One duration string; cached, since a registry of 10,000 bots repeats the same few
+    (errors are raised each time, never cached)."""
+    forms = ACCEPTED_FORMS if allow_never else _POSITIVE_FORMS
     text = value.strip().lower()
     if _NUMBER.fullmatch(text):
         raise ValueError(f"bare number {text} has no unit ({forms}; e.g. {text}s or {text}m)")

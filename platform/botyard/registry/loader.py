@@ -137,7 +137,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], Lines]:
             _map_lines(node, (), lines, structure, source)
         if structure:
             raise RegistryError(structure, source=source)
-        if node is not None:
+        if node is not None and "&" in text:  # no anchor, no alias: nothing expands
             _refuse_alias_bomb(node, lines, source)
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as error:

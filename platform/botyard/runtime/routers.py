@@ -12,6 +12,7 @@ line that raised it.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import sys
@@ -98,6 +99,7 @@ class BotMiddleware:
         manager.register(self.make())
 
 
+@functools.cache
 def middleware_events() -> frozenset[str]:
     """The event observers a middleware may be registered on (``update`` and each type)."""
     return frozenset(Router().observers) - {"error"} | {"update"}
@@ -115,8 +117,8 @@ def resolve_middlewares(
     """
     found: list[BotMiddleware] = []
     problems: list[str] = []
-    events = middleware_events()
     for index, config in enumerate(bot.middlewares):
+        events = middleware_events()
         if config.event not in events:
             problems.append(
                 f"{locate(bot, ('middlewares', index, 'event'))}: unknown event "
@@ -258,10 +260,14 @@ class RouterResolver:
         self._owners: dict[int, tuple[str, _Entry]] = {}
         #: Per spec: a factory is probed once, not once per bot.
         self._probes: dict[str, _Probe] = {}
+        #: Per spec: a factory, imported and its signature checked once, not once per bot.
+        self._factories: dict[str, Callable[[], Any]] = {}
 
     def resolve(self, bot: BotConfig) -> BotRouters:
         """The routers for ``bot``; :class:`RegistryError` if any is unusable or taken."""
-        entries, probes = _resolve_entries(bot, self.base_dir, self._locate, self._probes)
+        entries, probes = _resolve_entries(
+            bot, self.base_dir, self._locate, self._probes, self._factories
+        )
         problems: list[str] = []
         try:
             middlewares = resolve_middlewares(bot, self.base_dir, locate=self._locate)
@@ -309,7 +315,11 @@ def _shared_message(entry: _Entry, first_bot: str, first: _Entry, bot_name: str)
 
 
 def _resolve_entries(
-    bot: BotConfig, base_dir: Path, locate: Locator, probes: dict[str, _Probe]
+    bot: BotConfig,
+    base_dir: Path,
+    locate: Locator,
+    probes: dict[str, _Probe],
+    factories: dict[str, Callable[[], Any]],
 ) -> tuple[list[_Entry], list[_Probe]]:
     entries: list[_Entry] = []
     found: list[_Probe] = []
@@ -317,7 +327,12 @@ def _resolve_entries(
     seen: dict[int, str] = {}
     for index, spec in enumerate(bot.routers):
         try:
-            entry = _router_entry(spec, index, base_dir)
+            known = factories.get(spec)
+            entry = (
+                _router_entry(spec, index, base_dir)
+                if known is None
+                else _Entry(spec, index, factory=known)
+            )
             if entry.router is not None:
                 if id(entry.router) in seen:
                     raise _SpecError(
@@ -330,6 +345,8 @@ def _resolve_entries(
             problems.append(f"{locate(bot, ('routers', index))}: {error}")
             continue
         probes[spec] = probe
+        if entry.factory is not None:
+            factories[spec] = entry.factory
         entries.append(entry)
         found.append(probe)
     if problems:
