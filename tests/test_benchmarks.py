@@ -194,3 +194,22 @@ def test_metrics_size_measures_both_modes(mongo_uri: str, tmp_path: Path) -> Non
     assert platform["series_with_bot_label"] == 0
     assert platform["bytes"] < per_bot["bytes"]
     assert "| 3 | 2 | off |" in finished.stdout
+
+
+def test_scrape_loop_measures_the_loop_in_both_modes() -> None:
+    command = [sys.executable, "-m", "benchmarks.scrape_loop", "--bots", "600", "--renders", "1"]
+    finished = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    rows = [
+        line.strip("| ").split(" | ")
+        for line in finished.stdout.splitlines()
+        if line.startswith("| 600 ")
+    ]
+    assert [row[1] for row in rows] == ["on", "off"]
+    per_bot, platform = (int(row[2].replace(",", "")) for row in rows)
+    assert per_bot > 600 * 19 * 40 > platform  # 19 series per idle bot, some 50 bytes each
+    for row in rows:
+        assert float(row[3]) > 0, "the copy runs on the loop"
+        assert float(row[5]) > 0

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from botyard.database.embedded import SecantusServer
 from botyard.emulator import BotAPIEmulator
-from botyard.ops.series import RunningTotal
+from botyard.ops.series import RunningTotals
 from botyard.runtime.runner import BotCounters
 from botyard.runtime.supervisor import Supervisor
 
@@ -280,10 +280,18 @@ async def test_readyz_is_not_ready_while_an_enabled_bot_is_down(yard: Yard) -> N
 def test_a_bot_restarted_between_scrapes_keeps_what_it_counted_in_the_total() -> None:
     """Platform-wide counters sum the runners' counts; a runner restarted by a reload counts
     from zero, and may have counted more than before by the next scrape."""
-    total = RunningTotal()
+    total = RunningTotals(1)
     first, restarted = BotCounters(handled=5), BotCounters(handled=8)
-    assert total.total({"shop": 5}, {"shop": first}) == 5
-    assert total.total({"shop": 8}, {"shop": restarted}) == 13
+    assert total.totals({"shop": (first, (5,))}) == [5]
+    assert total.totals({"shop": (restarted, (8,))}) == [13]
     restarted.handled = 9
-    assert total.total({"shop": 9}, {"shop": restarted}) == 14
-    assert total.total({}, {}) == 14, "a bot that left keeps its part"
+    assert total.totals({"shop": (restarted, (9,))}) == [14]
+    assert total.totals({}) == [14], "a bot that left keeps its part"
+
+
+def test_running_totals_keep_each_count_that_went_down_in_one_pass() -> None:
+    totals = RunningTotals(2)
+    shop, cafe = BotCounters(), BotCounters()
+    assert totals.totals({"shop": (shop, (5, 2)), "cafe": (cafe, (1, 1))}) == [6, 3]
+    assert totals.totals({"shop": (shop, (3, 4)), "cafe": (cafe, (1, 1))}) == [9, 5]
+    assert totals.totals({"shop": (shop, (3, 4))}) == [9, 5]

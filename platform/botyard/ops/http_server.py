@@ -108,6 +108,6 @@ class OpsServer:
         return web.json_response(body, status=200 if ready else 503)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
-        response = web.Response(body=self._metrics.render())
+        response = web.Response(body=await self._metrics.render())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

@@ -20,7 +20,9 @@ only, in both modes.
 
 Everything lives in a registry of its own (:attr:`PlatformMetrics.registry`),
 not prometheus-client's global one, so several supervisors (tests, the
-sandbox) in one process do not collide.
+sandbox) in one process do not collide. A scrape copies the values on the
+event loop in slices and builds and formats the families in a worker thread
+(:mod:`botyard.ops.scrape`), so it never holds the bots for long.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import asyncio
 import logging
 import time
 from collections import Counter as Counter_
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
+from operator import attrgetter, itemgetter
 
 from aiogram.exceptions import (
     TelegramAPIError,
@@ -37,9 +41,8 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from pymongo import monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
@@ -47,9 +50,16 @@ from pymongo.errors import PyMongoError
 from botyard.cleanup.sweep import BotSweep
 from botyard.database.documents import Document
 from botyard.database.roundtrips import RoundTripCounter
-from botyard.ops.series import Counts, Histograms, RunningTotal
+from botyard.ops.scrape import (
+    Copying,
+    Families,
+    RegistryInOrder,
+    SharedRender,
+    SnapshotCollector,
+    in_slices,
+)
+from botyard.ops.series import Counts, Histograms, RunningTotals
 from botyard.registry.models import BotConfig
-from botyard.runtime.outbound import OutboundStats
 from botyard.runtime.runner import BotStatus
 from botyard.runtime.view import PlatformView
 from botyard.storage.records import FSMRecords
@@ -106,7 +116,8 @@ class PlatformMetrics:
     ) -> None:
         self._platform = platform
         self.fsm_sample_interval = fsm_sample_interval
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = RegistryInOrder()
+        self._render = SharedRender(self.registry, lambda: self.per_bot)
         self.round_trips = RoundTripCounter()
         self.heartbeats = _HeartbeatFailures()
         self.fsm_records: dict[tuple[str, str], int] = {}
@@ -185,9 +196,10 @@ class PlatformMetrics:
         """For ``AsyncMongoClient(event_listeners=...)``."""
         return [self.round_trips, self.heartbeats]
 
-    def render(self) -> bytes:
-        """The text exposition format, for ``/metrics``."""
-        return generate_latest(self.registry)
+    async def render(self) -> bytes:
+        """The text exposition format, for ``/metrics``; scrapes that ask while a render is
+        under way share it."""
+        return await self._render.render()
 
     def observer(self, bot: str) -> Callable[[float], None]:
         """What a runner calls with each update's handling time.
@@ -261,28 +273,33 @@ class PlatformMetrics:
             await asyncio.sleep(self.fsm_sample_interval)
 
 
-def _counter(
-    name: str,
-    documentation: str,
-    by_bot: Mapping[str, float],
-    sources: Mapping[str, object],
-    per_bot: bool,
-    total: RunningTotal,
-) -> CounterMetricFamily:
-    """A count read by bot (from its entry in ``sources``): one series per bot, or their
-    running total."""
+#: A count by bot, as copied: the bot, what its counts were read from, the counts.
+_CountsRow = tuple[str, object, Sequence[float]]
+_Described = tuple[tuple[str, str, str], ...]
+
+
+def _counters(
+    described: _Described, rows: list[_CountsRow], per_bot: bool, totals: RunningTotals
+) -> Iterator[CounterMetricFamily]:
+    """One family per count in ``described`` (field, name, help): a series per bot, or
+    the running total over the bots."""
     if not per_bot:
-        return CounterMetricFamily(name, documentation, value=total.total(by_bot, sources))
-    family = CounterMetricFamily(name, documentation, labels=["bot"])
-    for bot, count in sorted(by_bot.items()):
-        family.add_metric([bot], count)
-    return family
+        sums = totals.totals({bot: (source, counts) for bot, source, counts in rows})
+        for (_, name, text), total in zip(described, sums, strict=True):
+            yield CounterMetricFamily(name, text, value=total)
+        return
+    rows = sorted(rows, key=itemgetter(0))
+    for index, (_, name, text) in enumerate(described):
+        family = CounterMetricFamily(name, text, labels=["bot"])
+        for bot, _, counts in rows:
+            family.add_metric([bot], counts[index])
+        yield family
 
 
-class _RunnerCollector(Collector):
+class _RunnerCollector(SnapshotCollector):
     """Values the runners keep, read at scrape time."""
 
-    COUNTERS = (
+    COUNTERS: _Described = (
         ("received", "botyard_updates_received", "Updates accepted for handling."),
         ("handled", "botyard_updates_handled", "Updates handled to the end."),
         (
@@ -316,16 +333,32 @@ class _RunnerCollector(Collector):
     )
 
     def __init__(self, metrics: PlatformMetrics) -> None:
+        super().__init__(lambda: metrics.per_bot)
         self._metrics = metrics
-        self._totals = {field: RunningTotal() for field, _, _ in self.COUNTERS}
+        self._totals = RunningTotals(len(self.COUNTERS))
+        self._read = attrgetter(*(field for field, _, _ in self.COUNTERS))
 
-    def collect(self) -> Iterator[Metric]:
-        per_bot = self._metrics.per_bot
-        runners = self._metrics.platform.runners
-        sources = {bot: runner.counters for bot, runner in runners.items()}
-        for field, name, text in self.COUNTERS:
-            by_bot = {bot: getattr(counters, field) for bot, counters in sources.items()}
-            yield _counter(name, text, by_bot, sources, per_bot, self._totals[field])
+    def snapshot(self, per_bot: bool) -> Copying[Families]:
+        rows: list[_CountsRow] = []
+        in_flight: list[int] = []
+        statuses: list[BotStatus] = []
+        for part in in_slices(list(self._metrics.platform.runners.items())):
+            for bot, runner in part:
+                counters = runner.counters
+                rows.append((bot, counters, self._read(counters)))
+                in_flight.append(runner.executor.pending)
+                statuses.append(runner.status)
+            yield
+        return partial(self._families, rows, in_flight, statuses, per_bot)
+
+    def _families(
+        self,
+        rows: list[_CountsRow],
+        in_flight_by_bot: list[int],
+        statuses: list[BotStatus],
+        per_bot: bool,
+    ) -> Iterator[Metric]:
+        yield from _counters(self.COUNTERS, rows, per_bot, self._totals)
         labels = ["bot"] if per_bot else []
         in_flight = GaugeMetricFamily(
             "botyard_updates_in_flight", "Updates queued or being handled.", labels=labels
@@ -336,26 +369,25 @@ class _RunnerCollector(Collector):
             labels=[*labels, "status"],
         )
         if per_bot:
-            for bot, runner in sorted(runners.items()):
-                in_flight.add_metric([bot], runner.executor.pending)
+            bots = [bot for bot, _, _ in rows]
+            by_bot = sorted(zip(bots, in_flight_by_bot, statuses, strict=True), key=itemgetter(0))
+            for bot, pending, now in by_bot:
+                in_flight.add_metric([bot], pending)
                 for value in BotStatus:
-                    status.add_metric([bot, value.value], 1.0 if runner.status == value else 0.0)
+                    status.add_metric([bot, value.value], 1.0 if now == value else 0.0)
         else:
-            in_flight.add_metric([], sum(runner.executor.pending for runner in runners.values()))
-            statuses = Counter_(runner.status for runner in runners.values())
+            in_flight.add_metric([], sum(in_flight_by_bot))
+            by_status = Counter_(statuses)
             for value in BotStatus:
-                status.add_metric([value.value], statuses[value])
+                status.add_metric([value.value], by_status[value])
         yield in_flight
         yield status
 
-    def describe(self) -> Iterator[Metric]:
-        return iter(())
 
-
-class _OutboundCollector(Collector):
+class _OutboundCollector(SnapshotCollector):
     """Each bot's outbound counts (:class:`OutboundStats`), read at scrape time."""
 
-    FAMILIES = (
+    FAMILIES: _Described = (
         (
             "sends_delayed",
             "botyard_api_sends_delayed",
@@ -376,29 +408,29 @@ class _OutboundCollector(Collector):
     )
 
     def __init__(self, metrics: PlatformMetrics) -> None:
+        super().__init__(lambda: metrics.per_bot)
         self._metrics = metrics
-        self._totals = {field: RunningTotal() for field, _, _ in self.FAMILIES}
+        self._totals = RunningTotals(len(self.FAMILIES))
+        self._read = attrgetter(*(field for field, _, _ in self.FAMILIES))
 
-    def collect(self) -> Iterator[Metric]:
-        per_bot = self._metrics.per_bot
-        outbound: Mapping[str, OutboundStats] = self._metrics.platform.outbound
-        for field, name, text in self.FAMILIES:
-            by_bot = {bot: getattr(stats, field) for bot, stats in outbound.items()}
-            yield _counter(name, text, by_bot, outbound, per_bot, self._totals[field])
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())
+    def snapshot(self, per_bot: bool) -> Copying[Families]:
+        rows: list[_CountsRow] = []
+        for part in in_slices(list(self._metrics.platform.outbound.items())):
+            rows.extend((bot, stats, self._read(stats)) for bot, stats in part)
+            yield
+        return partial(_counters, self.FAMILIES, rows, per_bot, self._totals)
 
 
-class _RecordedCollector(Collector):
+class _RecordedCollector(SnapshotCollector):
     """The series recorded as things happen (latency, webhooks, cleanup, Bot API calls)."""
 
     def __init__(self, metrics: PlatformMetrics) -> None:
+        super().__init__(lambda: metrics.per_bot)
         self._metrics = metrics
 
-    def collect(self) -> Iterator[Metric]:
+    def snapshot(self, per_bot: bool) -> Copying[Families]:
         metrics = self._metrics
-        per_bot = metrics.per_bot
+        families: list[Callable[[], Metric]] = []
         for recorded in (
             metrics.handling_seconds,
             metrics.webhook_requests,
@@ -409,57 +441,73 @@ class _RecordedCollector(Collector):
             metrics.api_call_seconds,
             metrics.api_call_errors,
         ):
-            yield recorded.family(per_bot)
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())
+            families.append((yield from recorded.snapshot(per_bot)))
+        return lambda: (family() for family in families)
 
 
-class _SampledCollector(Collector):
+class _SampledCollector(SnapshotCollector):
     """MongoDB round trips and errors, and the latest FSM sample."""
 
     def __init__(self, metrics: PlatformMetrics) -> None:
+        super().__init__(lambda: metrics.per_bot)
         self._metrics = metrics
 
-    def collect(self) -> Iterator[Metric]:
+    def snapshot(self, per_bot: bool) -> Copying[Families]:
         metrics = self._metrics
+        copied = partial(
+            self._families,
+            dict(metrics.round_trips.commands),
+            metrics.round_trips.failures + metrics.heartbeats.failures,
+            dict(metrics.fsm_records),
+            metrics.fsm_sampled_at,
+            metrics.fsm_sample_interval,
+            per_bot,
+        )
+        yield
+        return copied
+
+    def _families(
+        self,
+        commands: dict[str, int],
+        errors: int,
+        fsm_records: dict[tuple[str, str], int],
+        fsm_sampled_at: float | None,
+        fsm_sample_interval: float,
+        per_bot: bool,
+    ) -> Iterator[Metric]:
         round_trips = CounterMetricFamily(
             "botyard_mongodb_round_trips",
             "Commands sent to MongoDB by botyard (driver housekeeping excluded).",
             labels=["command"],
         )
-        for command, count in sorted(metrics.round_trips.commands.items()):
+        for command, count in sorted(commands.items()):
             round_trips.add_metric([command], count)
         yield round_trips
         yield CounterMetricFamily(
             "botyard_mongodb_errors",
             "Commands MongoDB failed, plus failed server heartbeats (MongoDB unreachable).",
-            value=metrics.round_trips.failures + metrics.heartbeats.failures,
+            value=errors,
         )
-        per_bot = metrics.per_bot
         records = GaugeMetricFamily(
             "botyard_fsm_records",
             "FSM records per state (and per bot when per_bot), sampled every "
-            f"{metrics.fsm_sample_interval:.0f}s, counted up to {FSM_SAMPLE_LIMIT} per bot "
+            f"{fsm_sample_interval:.0f}s, counted up to {FSM_SAMPLE_LIMIT} per bot "
             "and state.",
             labels=["bot", "state"] if per_bot else ["state"],
         )
         if per_bot:
-            for (bot, state), count in sorted(metrics.fsm_records.items()):
+            for (bot, state), count in sorted(fsm_records.items()):
                 records.add_metric([bot, state], count)
         else:
             by_state: Counter_[str] = Counter_()
-            for (_, state), count in metrics.fsm_records.items():
+            for (_, state), count in fsm_records.items():
                 by_state[state] += count
             for state, count in sorted(by_state.items()):
                 records.add_metric([state], count)
         yield records
-        if metrics.fsm_sampled_at is not None:
+        if fsm_sampled_at is not None:
             yield GaugeMetricFamily(
                 "botyard_fsm_records_sampled_at_seconds",
                 "Unix time of the FSM records sample.",
-                value=metrics.fsm_sampled_at,
+                value=fsm_sampled_at,
             )
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())

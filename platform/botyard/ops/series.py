@@ -9,16 +9,24 @@ Sums over bots never go down: a bot that leaves (or whose runner restarted and
 counts from zero again) keeps its part in the sum. A Prometheus counter that went
 down would read as a reset, and ``rate()`` would count the whole platform's
 total once more as new.
+
+A scrape copies the values on the event loop (``snapshot``) and builds the
+families from the copy in a worker thread (see :mod:`botyard.ops.scrape`).
 """
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from operator import itemgetter
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-__all__ = ["Counts", "Histograms", "RunningTotal"]
+from botyard.ops.scrape import Copying, in_slices
+
+__all__ = ["Counts", "Histograms", "RunningTotals"]
 
 BOT = "bot"
 
@@ -51,14 +59,25 @@ class Counts:
             rest = tuple(values[index] for index in self._kept)
             self._left[rest] = self._left.get(rest, 0.0) + self._counts.pop(values)
 
-    def family(self, per_bot: bool) -> CounterMetricFamily:
+    def snapshot(self, per_bot: bool) -> Copying[Callable[[], CounterMetricFamily]]:
+        """Copy the counts (one dict copy); the result builds their family."""
+        copied = partial(self._family, dict(self._counts), dict(self._left), per_bot)
+        yield
+        return copied
+
+    def _family(
+        self,
+        counts: dict[tuple[str, ...], float],
+        left: dict[tuple[str, ...], float],
+        per_bot: bool,
+    ) -> CounterMetricFamily:
         if per_bot or self._bot is None:
             family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-            for values, count in sorted(self._counts.items()):
+            for values, count in sorted(counts.items()):
                 family.add_metric(list(values), count)
             return family
-        sums = dict(self._left)
-        for values, count in self._counts.items():
+        sums = dict(left)
+        for values, count in counts.items():
             rest = tuple(values[index] for index in self._kept)
             sums[rest] = sums.get(rest, 0.0) + count
         labels = [self.labels[index] for index in self._kept]
@@ -74,6 +93,12 @@ class _Histogram:
     def __init__(self, buckets: int) -> None:
         self.counts = [0] * (buckets + 1)
         self.total = 0.0
+
+    def copy(self) -> _Histogram:
+        copied = _Histogram(0)
+        copied.counts = self.counts.copy()
+        copied.total = self.total
+        return copied
 
     def add(self, other: _Histogram) -> None:
         for index, count in enumerate(other.counts):
@@ -111,17 +136,28 @@ class Histograms:
         if histogram is not None:
             self._left.add(histogram)
 
-    def family(self, per_bot: bool) -> HistogramMetricFamily:
+    def snapshot(self, per_bot: bool) -> Copying[Callable[[], HistogramMetricFamily]]:
+        """Copy the histograms, :data:`~botyard.ops.scrape.SLICE` at a time; the result builds
+        their family."""
+        by: list[tuple[str, _Histogram]] = []
+        for part in in_slices(list(self._by.items())):
+            by.extend((value, histogram.copy()) for value, histogram in part)
+            yield
+        return partial(self._family, by, self._left.copy(), per_bot)
+
+    def _family(
+        self, by: list[tuple[str, _Histogram]], left: _Histogram, per_bot: bool
+    ) -> HistogramMetricFamily:
         if per_bot or self.label != BOT:
             family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
-            for value, histogram in sorted(self._by.items()):
+            for value, histogram in sorted(by, key=itemgetter(0)):
                 family.add_metric([value], self._cumulative(histogram), histogram.total)
             return family
         family = HistogramMetricFamily(self.name, self.documentation)
-        if self._by or self._left.total or any(self._left.counts):
+        if by or left.total or any(left.counts):
             summed = _Histogram(len(self.buckets))
-            summed.add(self._left)
-            for histogram in self._by.values():
+            summed.add(left)
+            for _, histogram in by:
                 summed.add(histogram)
             family.add_metric([], self._cumulative(summed), summed.total)
         return family
@@ -135,27 +171,37 @@ class Histograms:
         return buckets
 
 
-class RunningTotal:
-    """The sum of counts read by bot at each scrape (a runner's), never going down.
+class RunningTotals:
+    """The sums of a few counts read by bot at each scrape (a runner's), never going down.
 
     A bot whose counts are read from another object than at the last scrape
-    (its runner restarted, and counts from zero), whose count went down, or
-    that is gone keeps what it had counted then in the total; what it counted
-    between that scrape and its restart is lost.
+    (its runner restarted, and counts from zero) or that is gone keeps what it
+    had counted then in the totals, as does a count that went down; what a
+    restarted runner counted between that scrape and its restart is lost. One
+    pass over the bots serves every count; safe to call from a worker thread.
     """
 
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        #: What each bot's count was read from at the last scrape (small: a runner's counters).
-        self._sources: dict[str, object] = {}
-        self._kept = 0.0
+    def __init__(self, counts: int) -> None:
+        #: By bot: what its counts were read from at the last scrape (a runner's counters), them.
+        self._last: dict[str, tuple[object, Sequence[float]]] = {}
+        self._kept = [0.0] * counts
+        self._lock = threading.Lock()
 
-    def total(self, counts: Mapping[str, float], sources: Mapping[str, object]) -> float:
-        """The total of ``counts``, each bot's read from its entry in ``sources``."""
-        for bot, before in self._last.items():
-            now = counts.get(bot)
-            if now is None or now < before or sources.get(bot) is not self._sources.get(bot):
-                self._kept += before
-        self._last = dict(counts)
-        self._sources = dict(sources)
-        return self._kept + sum(counts.values())
+    def totals(self, by_bot: Mapping[str, tuple[object, Sequence[float]]]) -> list[float]:
+        """The totals of the counts in ``by_bot``: by bot, what they were read from, and them."""
+        with self._lock:
+            kept = self._kept
+            for bot, (source_before, before) in self._last.items():
+                now = by_bot.get(bot)
+                if now is None or now[0] is not source_before:
+                    for index, count in enumerate(before):
+                        kept[index] += count
+                    continue
+                for index, (count, count_before) in enumerate(zip(now[1], before, strict=True)):
+                    if count < count_before:
+                        kept[index] += count_before
+            self._last = dict(by_bot)
+            columns = list(zip(*(counts for _, counts in by_bot.values()), strict=True))
+            if not columns:
+                columns = [()] * len(kept)
+            return [total + sum(column) for total, column in zip(kept, columns, strict=True)]
