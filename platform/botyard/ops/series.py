@@ -59,6 +59,10 @@ class Counts:
             rest = tuple(values[index] for index in self._kept)
             self._left[rest] = self._left.get(rest, 0.0) + self._counts.pop(values)
 
+    def family(self, per_bot: bool) -> CounterMetricFamily:
+        """Their family now, read at once on the event loop."""
+        return self._family(self._counts, self._left, per_bot)
+
     def snapshot(self, per_bot: bool) -> Copying[Callable[[], CounterMetricFamily]]:
         """Copy the counts (one dict copy); the result builds their family."""
         copied = partial(self._family, dict(self._counts), dict(self._left), per_bot)
