@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterable
 from typing import cast
 
 import pytest
 from prometheus_client import generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from botyard.ops.metrics import PlatformMetrics
-from botyard.ops.scrape import SLICE
+from botyard.ops.scrape import SLICE, Copying, Families, SnapshotCollector
 from botyard.runtime.outbound import OutboundStats
 from botyard.runtime.runner import BotCounters, BotStatus
 from botyard.runtime.view import PlatformView
@@ -81,6 +83,29 @@ class _Platform:
         self.leading = True
 
 
+class _Watching(SnapshotCollector):
+    """Notes which thread builds its families, and whether the loop runs meanwhile."""
+
+    def __init__(self, ticker: Ticker) -> None:
+        super().__init__(lambda: True)
+        self._ticker = ticker
+        self.built_in: int | None = None
+        self.loop_ran_meanwhile = False
+
+    def snapshot(self, per_bot: bool) -> Copying[Families]:
+        yield
+        return self._families
+
+    def _families(self) -> Iterable[Metric]:
+        self.built_in = threading.get_ident()
+        ticks = self._ticker.ticks
+        deadline = time.monotonic() + 30  # the loop, if building here, never ticks
+        while self._ticker.ticks == ticks and time.monotonic() < deadline:
+            time.sleep(0.001)
+        self.loop_ran_meanwhile = self._ticker.ticks > ticks
+        return []
+
+
 @pytest.fixture
 async def ticker() -> AsyncIterator[Ticker]:
     ticker = Ticker()
@@ -111,16 +136,18 @@ async def test_a_render_copies_on_the_loop_in_slices_and_formats_in_a_thread(
 ) -> None:
     platform = _Platform(BOTS, per_bot, ticker)
     metrics = _metrics(platform)
+    watching = _Watching(ticker)
+    metrics.registry.register(watching)
     loop_thread = threading.get_ident()
 
     text = (await metrics.render()).decode()
-    ticks_after = ticker.ticks
 
     assert {thread for thread, _ in platform.reads} == {loop_thread}, "live values: loop only"
     assert len(platform.reads) == BOTS
     ticks_while_copying = {tick for _, tick in platform.reads}
     assert len(ticks_while_copying) >= BOTS // SLICE, "the loop ran between slices"
-    assert ticks_after > max(ticks_while_copying), "the loop ran while the thread formatted"
+    assert watching.built_in not in {None, loop_thread}, "families built in a worker thread"
+    assert watching.loop_ran_meanwhile
     if per_bot:
         assert _value(text, "botyard_updates_handled_total", bot="bot00007") == 7
         assert _value(text, "botyard_update_handling_seconds_count", bot="bot00007") == 1
