@@ -46,8 +46,10 @@ class Settings:
     #: Long enough for every contender to answer every update, so CPU ratios compare
     #: complete work (the share answered is shown as a check).
     throughput_deadline: float = 300.0
+    #: With 20 users per bot figure 2 alone would take about 10 minutes once every contender
+    #: answers everything; 10 users each keep the full run within 15.
     bots: int = 50
-    users: int = 20
+    users: int = 10
     density_sizes: list[int] = field(default_factory=lambda: [1, 10, 1000, 10000])
     #: Figure 3's idle window; ``None``: one long-poll timeout of each contender.
     idle_seconds: float | None = None
