@@ -1,6 +1,6 @@
 """``python -m benchmarks``: every figure, every contender, one table and ``results.json``.
 
-    python -m benchmarks            # the full run (about 10 minutes on 2 cores)
+    python -m benchmarks            # the full run (about 14 minutes on 2 cores)
     python -m benchmarks --quick    # a smaller run, under a minute
     python -m benchmarks --only roundtrips,cleanup --uri mongodb://localhost:27017
 
