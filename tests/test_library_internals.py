@@ -10,10 +10,12 @@ from __future__ import annotations
 import inspect
 
 import pytest
-from aiogram import Router
+from aiogram import F, Router
 from aiogram.client.session.base import BaseSession
+from aiogram.dispatcher.event.handler import FilterObject
 from aiogram.methods import GetUpdates, Response, SendMessage
 from aiogram.types import Update
+from magic_filter import MagicFilter
 
 
 def test_aiogram_router_parent_link() -> None:
@@ -81,3 +83,19 @@ def test_the_installed_versions_are_the_ones_checked_here(
 
     installed = tuple(int(part) for part in version(package).split(".")[:2])
     assert installed < below, f"{package} {version(package)}: run this file, then raise the bound"
+
+
+def test_aiogram_filter_object_and_magic_filter_internals() -> None:
+    """runtime/filters.py: a magic filter's ``FilterObject`` keeps it in ``magic`` and is
+    awaited when ``awaitable``; an observer's own filters sit on ``_handler``; a
+    ``MagicFilter`` lists what it does in ``_operations``."""
+    magic: MagicFilter = F.text == "go"
+    filter_object = FilterObject(magic)
+    assert filter_object.magic is magic, "aiogram FilterObject.magic changed"
+    assert filter_object.awaitable is False, "aiogram FilterObject.awaitable changed"
+    assert filter_object.callback == magic.resolve, "aiogram FilterObject.callback changed"
+    assert len(magic._operations) == 2, "magic_filter MagicFilter._operations changed"
+    router = Router()
+    router.message.filter(magic)
+    [own] = router.message._handler.filters or []
+    assert own.magic is magic, "aiogram TelegramEventObserver._handler changed"
