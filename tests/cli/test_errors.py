@@ -18,6 +18,7 @@ from botyard.cli import main
 from botyard.cli.errors import ReportingGroup
 from botyard.database.embedded import EmbeddedStoreError
 from botyard.errors import BotyardError
+from botyard.logs import configure_logging
 from botyard.ops.http_server import ListenError
 from botyard.registry.models import RegistryError
 
@@ -148,8 +149,9 @@ def _fail(kind: str) -> None:
         "embedded": EmbeddedStoreError("the embedded store needs SecantusDB"),
         "registry": RegistryError(["bots[0].name: missing", "bots[1].token: missing"]),
         "plain": BotyardError("refused"),
-        "bug": RuntimeError("a bug"),
+        "token-bug": RuntimeError(f"a bug near {TOKEN}"),
     }
+    configure_logging()  # as every command's logging options do
     raise errors[kind]
 
 
@@ -173,9 +175,13 @@ def test_a_botyard_error_in_a_subcommand_is_one_message_and_status_1(
     assert result.output == output
 
 
-def test_any_other_exception_is_a_bug_and_keeps_its_traceback() -> None:
-    result = CliRunner().invoke(_cli, ["nested", "fail", "bug"])
-    assert isinstance(result.exception, RuntimeError)
+def test_any_other_exception_is_a_bug_whose_traceback_is_logged_redacted() -> None:
+    result = CliRunner().invoke(_cli, ["nested", "fail", "token-bug"])
+    assert result.exit_code == 1
+    assert "CRITICAL botyard.cli: botyard failed on a bug" in result.output
+    assert "Traceback (most recent call last)" in result.output
+    assert "RuntimeError: a bug near 123456789:***" in result.output
+    assert TOKEN not in result.output
     assert "error:" not in result.output
 
 

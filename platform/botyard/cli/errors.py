@@ -4,11 +4,13 @@
 Commands raise; only :class:`ReportingGroup`, the top-level group, prints. An
 invalid registry lists its problems on the lines after ``error: invalid registry``.
 Wrong arguments stay click's usage errors (exit status 2); any other exception
-is a bug and keeps its traceback.
+is a bug: its traceback is logged, so it is redacted like every log line (the
+registry's tokens, webhook secrets, database error details), and the status is 1.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import click
@@ -17,6 +19,8 @@ from botyard.errors import BotyardError
 from botyard.registry.models import RegistryError
 
 __all__ = ["ReportingGroup", "describe"]
+
+logger = logging.getLogger("botyard.cli")
 
 
 def describe(error: BotyardError) -> str:
@@ -34,4 +38,9 @@ class ReportingGroup(click.Group):
             return super().invoke(ctx)
         except BotyardError as error:
             click.echo(describe(error), err=True)
+            ctx.exit(1)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception:
+            logger.critical("botyard failed on a bug (please report it):", exc_info=True)
             ctx.exit(1)
