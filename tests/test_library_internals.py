@@ -56,6 +56,27 @@ def test_aiogram_response_models_and_check_response() -> None:
     assert parsed.result == []
 
 
+def test_aiogram_session_request_internals() -> None:
+    """runtime/http_sessions.py ``PlatformSession.make_request`` replaces aiogram's: it
+    builds the URL with ``api.api_url``, prepares each value with ``prepare_value``'s
+    private ``_dumps_json=False`` (JSON values instead of JSON text), and posts through
+    ``create_session`` with the session's ``timeout``."""
+    from aiogram.client.session.aiohttp import AiohttpSession
+
+    parameters = inspect.signature(BaseSession.prepare_value).parameters
+    assert list(parameters) == ["self", "value", "bot", "files", "_dumps_json"], (
+        "aiogram BaseSession.prepare_value's signature changed"
+    )
+    assert list(inspect.signature(AiohttpSession.make_request).parameters) == [
+        "self",
+        "bot",
+        "method",
+        "timeout",
+    ], "aiogram AiohttpSession.make_request's signature changed"
+    assert inspect.iscoroutinefunction(AiohttpSession.create_session)
+    assert "timeout" in inspect.signature(BaseSession.__init__).parameters
+
+
 def test_beanie_migration_runner_internals() -> None:
     """migrations_runner/runner.py drives Beanie's runner through ``DBHandler``,
     ``MigrationNode`` (a linked list) and ``MigrationLog``."""

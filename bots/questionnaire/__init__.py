@@ -9,6 +9,7 @@ the platform hands to every handler, then clears the conversation: FSM state
 is for conversations in progress, a result belongs in a collection of its own.
 """
 
+import asyncio
 import contextlib
 from datetime import UTC, datetime
 from typing import Any
@@ -57,19 +58,27 @@ class QuestionnaireAnswers(Document):
         name = "questionnaire_answers"
 
 
-#: The database the model was bound to (Beanie binds a model to one database at a time).
-_bound_to: list[AsyncDatabase[Any]] = []
+#: The database the model is bound to (Beanie binds a model to one database at a time),
+#: with the binding, done or under way.
+_binding: list[tuple[AsyncDatabase[Any], asyncio.Future[None]]] = []
 
 
 async def bind(database: AsyncDatabase[Any]) -> None:
     """Bind :class:`QuestionnaireAnswers` to ``database`` unless it is already (two round trips,
-    once: Beanie asks the server its version and collections)."""
-    if not _bound_to or _bound_to[0] is not database:
+    once: Beanie asks the server its version and collections). Saves that come at once
+    wait for one binding; a binding that failed is tried again by the next save."""
+    if not _binding or _binding[0][0] is not database or _failed(_binding[0][1]):
         # The model declares no index: nothing to build.
-        await init_beanie(
+        binding = init_beanie(
             database=database, document_models=[QuestionnaireAnswers], skip_indexes=True
         )
-        _bound_to[:] = [database]
+        _binding[:] = [(database, asyncio.ensure_future(binding))]
+    # Shielded: a save cancelled while waiting does not cancel the others' binding.
+    await asyncio.shield(_binding[0][1])
+
+
+def _failed(binding: asyncio.Future[None]) -> bool:
+    return binding.done() and (binding.cancelled() or binding.exception() is not None)
 
 
 async def save_answers(

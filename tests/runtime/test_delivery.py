@@ -22,7 +22,7 @@ from aiogram import Bot, F, Router
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.storage.base import StorageKey
-from aiogram.types import Message
+from aiogram.types import Message, Update
 from aiogram.utils.backoff import BackoffConfig
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -355,8 +355,16 @@ def hanging_router(release: asyncio.Event) -> Router:
 
 
 async def test_a_stuck_chat_never_holds_back_the_others_and_survives_a_restart(
-    rig: Rig,
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    dumped: list[int] = []
+    dump = Update.model_dump
+
+    def counted_dump(update: Update, **options: Any) -> dict[str, Any]:
+        dumped.append(update.update_id)
+        return dump(update, **options)
+
+    monkeypatch.setattr(Update, "model_dump", counted_dump)
     release = asyncio.Event()
     runner = rig.runner(hanging_router(release))
     runner.start()
@@ -373,6 +381,9 @@ async def test_a_stuck_chat_never_holds_back_the_others_and_survives_a_restart(
     await wait_for(lambda: runner.counters.handled == len(others))  # replied, then finished
     await rig.journal.flush()  # what finished leaves the journal (batched)
     assert await rig.journaled() == [stuck["update_id"], queued["update_id"]]
+    stored = rig.database[JOURNAL_COLLECTION].find({"bot": "bot"}, sort=[("update_id", 1)])
+    assert [entry["update"] async for entry in stored] == [stuck, queued], "not as sent"
+    assert dumped == [], "journaled from the parsed update, not from the JSON it came in"
     # Confirmed with the next poll: everything but the two stuck ones.
     everything = queued["update_id"] + len(others) + 1
     await wait_for(lambda: rig.emulator.confirmed_offset(rig.token) == everything)

@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiogram import Bot
+from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramConflictError, TelegramUnauthorizedError
 from aiogram.methods import GetUpdates, Response
-from aiogram.types import Message
+from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup, Message
+from aiohttp import web
 
 from botyard.emulator import BotAPIEmulator, EmulatedBot
 from botyard.runtime.http_sessions import PlatformSession, SessionPool
@@ -144,3 +146,80 @@ async def test_releasing_a_seat_forgets_the_bots_updates(
     await pool.release("sessions", bot)
     assert session._unconfirmed == {}
     await pool.close()
+
+
+@pytest.fixture
+async def recording_api() -> AsyncIterator[tuple[str, list[tuple[str, str, bytes]]]]:
+    """A Bot API answering every call with a message; records method, content type, body."""
+    calls: list[tuple[str, str, bytes]] = []
+    message = {"message_id": 1, "date": 0, "chat": {"id": 5, "type": "private"}, "text": "ok"}
+
+    async def answer(request: web.Request) -> web.Response:
+        calls.append((request.match_info["method"], request.content_type, await request.read()))
+        return web.json_response({"ok": True, "result": message})
+
+    app = web.Application()
+    app.router.add_post("/bot{token}/{method}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}", calls
+    await runner.cleanup()
+
+
+async def test_calls_go_as_json_with_aiogram_values_and_uploads_as_forms(
+    recording_api: tuple[str, list[tuple[str, str, bytes]]],
+) -> None:
+    url, calls = recording_api
+    session = PlatformSession(api=TelegramAPIServer.from_base(url))
+    bot = Bot("42:TEST", session=session, default=DefaultBotProperties(parse_mode="HTML"))
+    keyboard = InlineKeyboardMarkup(
+        inline_keyboard=[[InlineKeyboardButton(text="yes", callback_data="y")]]
+    )
+    try:
+        await bot.send_message(5, "<b>hi</b>", reply_markup=keyboard, disable_notification=False)
+        await bot.send_document(5, BufferedInputFile(b"contents", filename="a.txt"))
+    finally:
+        await session.close()
+    (method, content_type, body), upload = calls
+    assert (method, content_type) == ("sendMessage", "application/json")
+    # Nested values as JSON values (not JSON text), the bot's default parse_mode
+    # resolved, False kept, unset fields left out: what aiogram's form holds.
+    assert json.loads(body) == {
+        "chat_id": 5,
+        "text": "<b>hi</b>",
+        "parse_mode": "HTML",
+        "disable_notification": False,
+        "reply_markup": {"inline_keyboard": [[{"text": "yes", "callback_data": "y"}]]},
+    }
+    assert upload[:2] == ("sendDocument", "multipart/form-data")
+    assert b"contents" in upload[2]
+
+
+async def test_json_calls_are_read_by_the_bot_api_as_forms_are(
+    bot_api: BotAPIEmulator, emulated: EmulatedBot, bot: Bot
+) -> None:
+    bot_api.send_message(emulated.token, 8, "hello")
+    keyboard = InlineKeyboardMarkup(
+        inline_keyboard=[[InlineKeyboardButton(text="yes", callback_data="y")]]
+    )
+    sent = await bot.send_message(8, "hi", reply_markup=keyboard)
+    assert sent.text == "hi"
+    [stored] = bot_api.sent_messages(emulated.token, 8)
+    assert stored["reply_markup"] == {"inline_keyboard": [[{"text": "yes", "callback_data": "y"}]]}
+
+
+async def test_the_json_an_update_came_in_is_kept_until_confirmed(
+    bot_api: BotAPIEmulator, emulated: EmulatedBot, bot: Bot
+) -> None:
+    sent = bot_api.send_message(emulated.token, 5, "one")
+    [update] = await bot(GetUpdates(timeout=0))
+    session = bot.session
+    assert isinstance(session, PlatformSession)
+    assert session.sent_as(bot, update.update_id) == sent
+    other = Bot(emulated.token, session=session)  # another Bot object: not what it was bound to
+    assert session.sent_as(other, update.update_id) is None
+    await bot(GetUpdates(offset=update.update_id + 1, timeout=0))
+    assert session.sent_as(bot, update.update_id) is None

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
+from aiogram.exceptions import TelegramNetworkError
 from aiogram.methods import GetUpdates, Response, TelegramMethod
 from aiogram.methods.base import TelegramType
-from aiogram.types import Update
+from aiogram.types import InputFile, Update
+from aiohttp import ClientError, ClientTimeout
 from pydantic import ValidationError
 
 from botyard.runtime.outbound import CallMeter, Outbound
@@ -33,6 +35,7 @@ SPARE_CONNECTIONS = 50
 #: Strong references to the response models built so far, keyed by the type returned.
 _RESPONSE_MODELS: dict[Any, type[Response[Any]]] = {}
 _UPDATES_RESPONSE = Response[list[Update]]
+_JSON_BODY = {"Content-Type": "application/json"}
 
 
 class PlatformSession(AiohttpSession):
@@ -48,8 +51,12 @@ class PlatformSession(AiohttpSession):
     - botyard confirms an update only when it and every earlier one finished
       (at-least-once), so each ``getUpdates`` answer repeats the updates still
       being handled; with 20 users per bot that made parsing them again 40% of
-      the platform's CPU. Each bot's updates are parsed once and kept until an
-      ``offset`` confirms them.
+      the platform's CPU. Each bot's updates are parsed once and kept, with the
+      JSON they came in (what the journal stores), until an ``offset`` confirms them.
+
+    And one cost of the requests: aiogram sends every call as a form, each
+    nested value (a keyboard, entities) as JSON text inside it; a call without a
+    file to upload goes as one JSON body instead (see :meth:`make_request`).
 
     An update that does not parse as an aiogram ``Update`` (a field missing or
     of the wrong type) comes back as a :class:`MalformedUpdate` with its id and
@@ -60,14 +67,67 @@ class PlatformSession(AiohttpSession):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        #: By bot id: the ``Bot`` the updates are bound to, and the updates by id.
-        self._unconfirmed: dict[int, tuple[Bot, dict[int, Update]]] = {}
+        #: By bot id: the ``Bot`` the updates are bound to, and by update id each
+        #: update with the JSON object it was parsed from.
+        self._unconfirmed: dict[int, tuple[Bot, dict[int, tuple[Update, Any]]]] = {}
 
     def forget(self, bot: Bot) -> None:
         """Drop what was kept for ``bot`` (its runner stopped)."""
         kept = self._unconfirmed.get(bot.id)
         if kept is not None and kept[0] is bot:
             del self._unconfirmed[bot.id]
+
+    def sent_as(self, bot: Bot, update_id: int) -> dict[str, Any] | None:
+        """The JSON object the Bot API sent for an update of ``bot`` not yet confirmed."""
+        kept = self._unconfirmed.get(bot.id)
+        if kept is None or kept[0] is not bot or update_id not in kept[1]:
+            return None
+        raw = kept[1][update_id][1]
+        return raw if isinstance(raw, dict) else None
+
+    async def make_request(
+        self, bot: Bot, method: TelegramMethod[TelegramType], timeout: int | None = None
+    ) -> TelegramType:
+        """aiogram's request, with a JSON body unless the call uploads a file.
+
+        Building aiogram's form (each nested value JSON-encoded, then the form
+        urlencoded) cost more than the rest of a ``sendMessage``'s request. The
+        values are prepared by aiogram's own ``prepare_value`` (bot defaults
+        such as ``parse_mode`` resolved, dates as timestamps), and skipped when
+        aiogram's form would skip them; errors map to aiogram's as in its session.
+        """
+        body = self._json_body(bot, method)
+        if body is None:
+            return await super().make_request(bot, method, timeout)
+        session = await self.create_session()
+        url = self.api.api_url(token=bot.token, method=method.__api_method__)
+        try:
+            async with session.post(
+                url,
+                data=body,
+                headers=_JSON_BODY,
+                timeout=ClientTimeout(total=self.timeout if timeout is None else timeout),
+            ) as answer:
+                content = await answer.text()
+        except TimeoutError as error:
+            raise TelegramNetworkError(method=method, message="Request timeout error") from error
+        except ClientError as error:
+            message = f"{type(error).__name__}: {error}"
+            raise TelegramNetworkError(method=method, message=message) from error
+        response = self.check_response(
+            bot=bot, method=method, status_code=answer.status, content=content
+        )
+        return cast(TelegramType, response.result)
+
+    def _json_body(self, bot: Bot, method: TelegramMethod[Any]) -> bytes | None:
+        """The call's fields as a JSON object; ``None`` if it uploads a file (a form it is)."""
+        files: dict[str, InputFile] = {}
+        fields: dict[str, Any] = {}
+        for key, value in method.model_dump(warnings=False).items():
+            prepared = self.prepare_value(value, bot=bot, files=files, _dumps_json=False)
+            if prepared is not None and prepared != "":
+                fields[key] = prepared
+        return None if files else self.json_dumps(fields).encode()
 
     def check_response(
         self,
@@ -109,11 +169,9 @@ class PlatformSession(AiohttpSession):
                 update_id = raw["update_id"]
                 if not isinstance(update_id, int):
                     return None
-                update = known.get(update_id)
-                if update is None:
-                    update = _parse(bot, update_id, raw)
-                    known[update_id] = update
-                updates.append(update)
+                if update_id not in known:
+                    known[update_id] = (_parse(bot, update_id, raw), raw)
+                updates.append(known[update_id][0])
         except (ValueError, TypeError, KeyError):
             return None  # aiogram's own parsing raises the error it always raised
         return _UPDATES_RESPONSE.model_construct(ok=True, result=updates)

@@ -50,7 +50,11 @@ from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeo
 
 from botyard.logs import LogContext, log_context
 from botyard.runtime.filters import resolve_magic_filters_inline
-from botyard.runtime.http_sessions import MalformedUpdate, describe_validation_error
+from botyard.runtime.http_sessions import (
+    MalformedUpdate,
+    PlatformSession,
+    describe_validation_error,
+)
 from botyard.runtime.log_context import LogContextMiddleware
 from botyard.runtime.ordering import KeyedExecutor, OffsetTracker, ordering_key
 from botyard.runtime.routers import BotRouters, RouterBuildError
@@ -513,7 +517,7 @@ class BotRunner:
             for update_id, (since, update) in self._waiting.items()
             if everything or now - since >= PARK_AFTER
         }
-        documents = [(update_id, _document(update)) for update_id, update in due.items()]
+        documents = [(update_id, self._document(update)) for update_id, update in due.items()]
         try:
             await journal.park(self.name, documents)
         except BaseException as error:
@@ -546,6 +550,16 @@ class BotRunner:
             len(due),
         )
         return True
+
+    def _document(self, update: Update) -> dict[str, Any]:
+        """The update as the Bot API sent it, for the journal: the JSON the session kept,
+        else rebuilt from the parsed update."""
+        session = self.bot.session
+        if isinstance(session, PlatformSession):
+            sent = session.sent_as(self.bot, update.update_id)
+            if sent is not None:
+                return sent
+        return update.model_dump(mode="json", exclude_unset=True, by_alias=True)
 
     async def _resume_journaled(self) -> None:
         """Once per runner, before the first poll: handle what an earlier run journaled."""
@@ -779,11 +793,6 @@ def _event(event: str, bot: str, update: Update) -> dict[str, Any]:
     context = UserContextMiddleware.resolve_event_context(update)
     user = context.chat or context.user
     return {"event": event, "bot_name": bot, "user_id": user.id if user else None}
-
-
-def _document(update: Update) -> dict[str, Any]:
-    """The update as the Bot API sent it, for the journal."""
-    return update.model_dump(mode="json", exclude_unset=True, by_alias=True)
 
 
 def _reset_if_healthy(
