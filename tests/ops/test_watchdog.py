@@ -1,12 +1,15 @@
-"""The event-loop watchdog costs an idle loop nothing, and still catches the first block after."""
+"""The event-loop watchdog never wakes the loop, wakes its own thread only when the loop
+woke, and still names the first block after an idle spell, or in a busy loop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -15,8 +18,8 @@ from botyard.ops.metrics import PlatformMetrics
 from botyard.ops.watchdog import LoopWatchdog
 from botyard.runtime.view import PlatformView
 
-#: A beat every 100 ms would observe the lag this many times a second.
-BEATS_PER_SECOND = 10
+#: A look every 100 ms observes the lag of a busy loop this many times a second.
+LOOKS_PER_SECOND = 10
 
 
 def lag_observations(metrics: PlatformMetrics) -> float:
@@ -42,8 +45,27 @@ def read_later(seconds: float, read: Callable[[], bool]) -> list[bool]:
     return found
 
 
+def thread_wakes(watchdog: LoopWatchdog) -> int:
+    """How many times the watchdog's thread went to sleep and woke up so far."""
+    assert watchdog._thread is not None
+    assert watchdog._thread.native_id is not None
+    status = Path(f"/proc/self/task/{watchdog._thread.native_id}/status").read_text()
+    [line] = [line for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")]
+    return int(line.split()[1])
+
+
 def block_after_idle() -> None:
     time.sleep(0.4)  # a synchronous call, right after an idle spell
+
+
+def block_while_busy() -> None:
+    time.sleep(0.3)
+
+
+async def busy(seconds: float) -> None:
+    """Work every 20 ms, as many bots' polls make."""
+    for _ in range(round(seconds / 0.02)):
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -55,16 +77,20 @@ async def watchdog() -> AsyncIterator[LoopWatchdog]:
     started.stop()
 
 
-async def test_an_idle_loop_stops_beating_and_the_next_block_is_still_named(
+async def test_an_idle_loop_stays_asleep_and_the_next_block_is_still_named(
     watchdog: LoopWatchdog, caplog: pytest.LogCaptureFixture
 ) -> None:
     loop = asyncio.get_running_loop()
     metrics = watchdog._metrics
-    before = lag_observations(metrics)
+    scheduled = len(loop._scheduled)  # type: ignore[attr-defined]
+    await asyncio.sleep(0.3)  # the thread has looked once since start
+    looks, passes = lag_observations(metrics), watchdog.passes
     dormant = read_later(0.5, lambda: watchdog.dormant)
-    await idle(1.0)  # the loop sleeps; the beat after its last wake finds nothing to do
-    beats = lag_observations(metrics) - before
-    assert beats <= 2, f"{beats} beats in an idle second (a running beat makes 10)"
+    await idle(1.0)  # the loop sleeps in its selector with no timer due
+    assert len(loop._scheduled) == scheduled, "the watchdog schedules nothing on the loop"  # type: ignore[attr-defined]
+    # The one wake is the thread's answer coming back; no look of the watchdog's own.
+    assert watchdog.passes - passes <= 2
+    assert lag_observations(metrics) - looks <= 2
     assert dormant == [True]
 
     with caplog.at_level(logging.WARNING, logger="botyard.watchdog"):
@@ -84,11 +110,63 @@ async def test_an_idle_loop_stops_beating_and_the_next_block_is_still_named(
     ]
 
 
-async def test_a_busy_loop_keeps_beating(watchdog: LoopWatchdog) -> None:
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the thread's /proc status")
+async def test_a_loop_woken_only_by_timers_wakes_the_thread_once_per_timer(
+    watchdog: LoopWatchdog,
+) -> None:
+    """PyMongo's background tasks wake an idle process like this, every 0.5 s."""
     loop = asyncio.get_running_loop()
+    ticks = 6
+    ticked = loop.create_future()
+
+    def tick(left: int) -> None:
+        if left:
+            loop.call_later(0.25, tick, left - 1)
+        else:
+            ticked.set_result(None)
+
+    await asyncio.sleep(0.3)
+    wakes, passes = thread_wakes(watchdog), watchdog.passes
+    loop.call_later(0.25, tick, ticks - 1)
+    await ticked
+    # Each tick is one pass of the loop (none of the watchdog's), and the thread looks
+    # once after it (a beat restarted by each wake made three passes and three looks).
+    assert watchdog.passes - passes <= ticks + 1
+    assert thread_wakes(watchdog) - wakes <= 2 * ticks
+
+
+async def test_a_busy_loop_is_watched_and_a_block_in_it_named(
+    watchdog: LoopWatchdog, caplog: pytest.LogCaptureFixture
+) -> None:
     before = lag_observations(watchdog._metrics)
-    deadline = loop.time() + 1.0
-    while loop.time() < deadline:  # work every 20 ms, as many bots' polls make
-        await asyncio.sleep(0.02)
-        assert not watchdog.dormant
-    assert lag_observations(watchdog._metrics) - before >= BEATS_PER_SECOND / 2
+    await busy(1.0)
+    assert lag_observations(watchdog._metrics) - before >= LOOKS_PER_SECOND / 2
+
+    with caplog.at_level(logging.WARNING, logger="botyard.watchdog"):
+        asyncio.get_running_loop().call_later(0.1, block_while_busy)
+        await busy(1.0)
+        async with asyncio.timeout(30):
+            while not caplog.records:
+                await idle(0.2)
+    [line] = [record.getMessage() for record in caplog.records]
+    assert "in block_while_busy; every bot in this process waited" in line
+
+
+async def test_a_loop_without_a_selector_is_not_watched_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class NoSelectorLoop:
+        pass
+
+    watchdog = LoopWatchdog(
+        cast(asyncio.AbstractEventLoop, NoSelectorLoop()),
+        PlatformMetrics(cast(PlatformView, None)),
+    )
+    with caplog.at_level(logging.WARNING, logger="botyard.watchdog"):
+        watchdog.start()
+    watchdog.stop()
+    assert watchdog._thread is None
+    assert [record.getMessage() for record in caplog.records] == [
+        "event-loop watchdog off: NoSelectorLoop has no selector to watch; a blocked loop "
+        "will not be reported"
+    ]

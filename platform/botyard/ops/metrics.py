@@ -176,7 +176,8 @@ class PlatformMetrics:
         )
         self.loop_lag = Histogram(
             "botyard_event_loop_lag_seconds",
-            "How late the event loop ran a callback scheduled to run at once.",
+            "How long the event loop had been busy in its current pass (the callbacks between "
+            "two waits in its selector) when the watchdog looked: 0 while it waited.",
             buckets=LAG_BUCKETS,
             registry=self.registry,
         )

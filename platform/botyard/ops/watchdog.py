@@ -2,22 +2,25 @@
 
 All bots run on one event loop, so one handler making a synchronous call (a blocking
 database driver, ``time.sleep``, heavy CPU work) stalls every bot in the process. The
-loop itself beats: every :data:`BEAT_INTERVAL` a timer callback notes when the next beat
-is due, and how late it ran, which is the loop lag. A thread of its own reads that time
-once per beat (waking the loop never: no cross-thread ping). An idle loop does not beat:
-a beat that finds the loop woke for nothing else since the beat before, and nothing else
-to run, stops the beating, and the thread waits without a timeout; the loop's next wake
-from its selector (a poll's answer, a timer, a signal) starts both again before any
-callback of that pass runs, so a callback that blocks right after an idle spell is
-caught as any other. Lag is therefore observed while the loop has work: an idle
-process costs no wakeup of its own. While the beat is overdue, it samples the loop thread's Python
-stack (``sys._current_frames``) every :data:`SAMPLE_INTERVAL`. One callback holding the
-loop shows the same frame in every sample (the aiogram handler's, when in a handler); a
-loop that is merely busy with many short callbacks shows different ones, and is only
-lag. When one frame held the loop for over :data:`BLOCK_THRESHOLD`, the watchdog finds
-the bot (the runner handling the update) and the handler, and once the loop is free logs
-one warning naming both, with the time and the line, and counts it in
-``botyard_event_loop_blocked_total``.
+watchdog wraps the loop's selector, which notes when each pass of the loop starts (the
+selector returned), when the loop waits in its selector again, and until when it will
+wait at most (its next timer). A thread of its own reads those notes and never wakes the
+loop. While the loop has work, the thread looks every :data:`CHECK_INTERVAL` and
+observes how long the loop has been in its current pass (the loop lag). While the loop
+waits in its selector, the thread sleeps until just after the loop's next timer is due,
+or until the selector returns events (a poll's answer, a signal, a call from another
+thread), which wake the thread before any callback of that pass runs. So a loop woken
+only by timers (PyMongo's background tasks tick every 0.5 s) costs one wake of the thread
+per tick and none of the loop, and a loop with nothing scheduled costs nothing.
+
+Once a pass has lasted :data:`CHECK_INTERVAL`, the thread samples the loop thread's
+Python stack (``sys._current_frames``) every :data:`SAMPLE_INTERVAL` until the pass
+ends. One callback holding the loop shows the same frame in every sample (the aiogram
+handler's, when in a handler); a pass that merely runs many short callbacks shows
+different ones, and is only lag. When one frame held the loop for over
+:data:`BLOCK_THRESHOLD`, the watchdog finds the bot (the runner handling the update) and
+the handler, and once the loop is free logs one warning naming both, with the time and
+the line, and counts it in ``botyard_event_loop_blocked_total``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ __all__ = ["BLOCK_THRESHOLD", "Culprit", "LoopWatchdog", "find_culprit"]
 logger = logging.getLogger("botyard.watchdog")
 
 BLOCK_THRESHOLD = 0.1
-BEAT_INTERVAL = 0.1
+CHECK_INTERVAL = 0.1
 SAMPLE_INTERVAL = 0.01
 
 _CALL_CODE = CallableObject.call.__code__
@@ -108,8 +111,8 @@ def _location(frame: FrameType) -> str:
 
 
 class _WakeSensingSelector:
-    """The loop's selector, counting the loop's passes and calling ``on_wake`` after a
-    select that the watchdog slept through."""
+    """The loop's selector, noting each pass of the loop for the watchdog's thread and
+    waking that thread when a select it slept through returned events."""
 
     def __init__(self, selector: selectors.BaseSelector, watchdog: LoopWatchdog) -> None:
         self.wrapped = selector
@@ -122,10 +125,18 @@ class _WakeSensingSelector:
         self.get_key = selector.get_key
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        events = self._select(timeout)
         watchdog = self._watchdog
+        if timeout is None:
+            watchdog.wakes_by_itself = None
+        else:  # a timer is due then (asyncio computed the timeout from it), or now
+            watchdog.wakes_by_itself = time.monotonic() + timeout if timeout else 0.0
+        watchdog.selecting = True
+        events = self._select(timeout)
+        # Written before ``selecting``: the thread reads ``selecting`` first.
+        watchdog.pass_started = time.monotonic()
         watchdog.passes += 1
-        if watchdog.dormant:
+        watchdog.selecting = False
+        if events and watchdog.dormant:
             watchdog.wake()
         return events
 
@@ -148,25 +159,38 @@ class LoopWatchdog:
         self._loop_thread = threading.get_ident()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._beat_due = time.monotonic()
-        self._next_beat: asyncio.TimerHandle | None = None
         #: The loop's passes (selector wakes) so far, counted by the wrapped selector.
         self.passes = 0
-        self._passes_at_beat = 0
-        #: The loop is idle: no beat is scheduled and the thread waits for :meth:`wake`.
+        #: When the loop's current (or last) pass started.
+        self.pass_started = time.monotonic()
+        #: The loop waits in its selector.
+        self.selecting = False
+        #: Until when at most (monotonic time; ``None``: until an event comes).
+        self.wakes_by_itself: float | None = 0.0
+        #: The thread sleeps until the loop's selector returns (see :meth:`wake`).
         self.dormant = False
         self._awake = threading.Event()
         self._sensing: _WakeSensingSelector | None = None
 
     def start(self) -> None:
-        """Start watching; call it on the loop's own thread."""
+        """Start watching; call it on the loop's own thread.
+
+        A loop without a selector to wrap (not an asyncio selector loop) is not
+        watched: a warning says so.
+        """
+        selector = getattr(self._loop, "_selector", None)
+        if not isinstance(selector, selectors.BaseSelector):
+            logger.warning(
+                "event-loop watchdog off: %s has no selector to watch; a blocked loop "
+                "will not be reported",
+                type(self._loop).__name__,
+            )
+            return
         self._loop_thread = threading.get_ident()
         self._stop.clear()
-        selector = getattr(self._loop, "_selector", None)
-        if isinstance(selector, selectors.BaseSelector):  # an asyncio selector loop
-            self._sensing = _WakeSensingSelector(selector, self)
-            self._loop._selector = self._sensing  # type: ignore[attr-defined]
-        self._schedule_beat()
+        self.pass_started = time.monotonic()
+        self._sensing = _WakeSensingSelector(selector, self)
+        self._loop._selector = self._sensing  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._watch, name="botyard-watchdog", daemon=True)
         self._thread.start()
 
@@ -177,53 +201,32 @@ class LoopWatchdog:
         if self._sensing is not None:
             self._loop._selector = self._sensing.wrapped  # type: ignore[attr-defined]
             self._sensing = None
-        if self._next_beat is not None:
-            self._next_beat.cancel()
-            self._next_beat = None
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
 
     def wake(self) -> None:
-        """The loop woke after an idle spell: beat again (on the loop's thread)."""
+        """The loop's selector returned events while the thread slept (on the loop's thread)."""
         self.dormant = False
-        self._schedule_beat()
         self._awake.set()
 
-    def _schedule_beat(self) -> None:
-        self._passes_at_beat = self.passes
-        self._beat_due = time.monotonic() + BEAT_INTERVAL
-        self._next_beat = self._loop.call_later(BEAT_INTERVAL, self._beat)
-
-    def _beat(self) -> None:
-        self._metrics.loop_lag.observe(max(0.0, time.monotonic() - self._beat_due))
-        if self._sensing is not None and self._idle():
-            self._next_beat = None
-            self._awake.clear()
-            self.dormant = True  # the selector's next wake calls wake()
-            return
-        self._schedule_beat()
-
-    def _idle(self) -> bool:
-        """Only this beat's pass since the last beat, and nothing else left to run in it."""
-        woke_for_beat_only = self.passes - self._passes_at_beat <= 1
-        return woke_for_beat_only and not getattr(self._loop, "_ready", True)
-
     def _watch(self) -> None:
-        due = self._beat_due
-        # Look just after each beat is due; sleep longer while it is not.
-        while not self._stop.wait(max(SAMPLE_INTERVAL, due + SAMPLE_INTERVAL - time.monotonic())):
-            if self._loop.is_closed():
-                return
-            if self.dormant:  # no beat to watch: sleep until the loop wakes, or stop()
-                self._awake.wait()
-                due = self._beat_due
+        while not self._stop.is_set() and not self._loop.is_closed():
+            if self.selecting:
+                self._metrics.loop_lag.observe(0.0)
+                self._sleep_until_the_loop_wakes()
                 continue
-            due = self._beat_due
+            started, passes = self.pass_started, self.passes
+            now = time.monotonic()
             # A loop that is not running (between run_until_complete calls) is idle, not blocked.
-            if time.monotonic() < due + SAMPLE_INTERVAL or not self._loop.is_running():
+            if not self._loop.is_running():
+                self._stop.wait(CHECK_INTERVAL)
                 continue
-            held = self._longest_hold(due)
+            self._metrics.loop_lag.observe(now - started)
+            if now - started < CHECK_INTERVAL:
+                self._stop.wait(started + CHECK_INTERVAL + SAMPLE_INTERVAL - now)
+                continue
+            held = self._longest_hold(passes, started)
             if held is None:
                 return
             seconds, culprit = held
@@ -234,36 +237,52 @@ class LoopWatchdog:
                     seconds,
                     culprit.describe(),
                 )
-            due = self._beat_due
 
-    def _longest_hold(self, due: float) -> tuple[float, Culprit | None] | None:
-        """Sample until the beat due at ``due`` ran: the longest time one frame held the
-        loop, and whose.
+    def _sleep_until_the_loop_wakes(self) -> None:
+        """Sleep until just after the loop's next timer is due, or until its selector
+        returns events (:meth:`wake`), or :meth:`stop`."""
+        self._awake.clear()
+        self.dormant = True
+        # Read after writing ``dormant``, while the selector writes ``selecting`` before
+        # reading ``dormant``: either the loop is still waiting, or it saw ``dormant``.
+        if not self.selecting:
+            self.dormant = False
+            return
+        wakes = self.wakes_by_itself
+        if wakes is None:
+            self._awake.wait()
+        else:
+            now = time.monotonic()
+            self._awake.wait(max(wakes, now) + CHECK_INTERVAL + SAMPLE_INTERVAL - now)
+        self.dormant = False
 
-        ``None`` if the watchdog was stopped meanwhile. A frame seen from the
-        first sample on is counted from when the beat was due: the loop was
-        busy since then, though not necessarily since the beat before, so a hold
-        is undercounted by at most :data:`BEAT_INTERVAL`, never overcounted.
+    def _longest_hold(self, passes: int, started: float) -> tuple[float, Culprit | None] | None:
+        """Sample until the loop's pass number ``passes``, begun at ``started``, ended:
+        the longest time one frame held the loop, and whose.
+
+        ``None`` if the watchdog was stopped meanwhile. The frame of the first
+        sample is counted from the start of the pass, so a hold is overcounted by
+        what that pass ran before it, and by at most :data:`SAMPLE_INTERVAL` at
+        its end.
         """
         anchor: FrameType | None = None
-        since = due
+        since = started
         culprit: Culprit | None = None
         longest: tuple[float, Culprit | None] = (0.0, None)
         first = True
         while True:
             frame = sys._current_frames().get(self._loop_thread)
+            if self.passes != passes or self.selecting:  # the pass ended: not its frame
+                return longest
             current = _anchor(frame) if frame is not None else None
             if first or current is not anchor:
-                since = due if first else time.monotonic()
+                since = started if first else time.monotonic()
                 anchor = current
                 culprit = find_culprit(frame) if current is not None else None
                 first = False
             del frame, current
-            stopped = self._stop.wait(SAMPLE_INTERVAL)
+            if self._stop.wait(SAMPLE_INTERVAL):
+                return None
             held = time.monotonic() - since
             if held > longest[0]:
                 longest = (held, culprit)
-            if stopped:
-                return None
-            if self._beat_due != due or self.dormant:  # the beat ran
-                return longest
