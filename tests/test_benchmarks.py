@@ -213,3 +213,22 @@ def test_scrape_loop_measures_the_loop_in_both_modes() -> None:
     for row in rows:
         assert float(row[3]) > 0, "the copy runs on the loop"
         assert float(row[5]) > 0
+
+
+def test_driver_cost_times_one_read_and_one_write(mongo_uri: str) -> None:
+    command = [sys.executable, "-m", "benchmarks.driver_cost", "--uri", mongo_uri]
+    command += ["--operations", "40", "--concurrency", "4", "--rounds", "1"]
+    finished = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    result = json.loads(finished.stdout.splitlines()[-1])
+    assert result["commands_per_operation"] == {
+        "storage_read": {"find": 1.0},
+        "storage_write": {"update": 1.0},
+        "find_one": {"find": 1.0},
+        "find_one_without_timeout_ms": {"find": 1.0},
+    }
+    costs = result["cpu_ms_per_operation"]
+    assert all(cost > 0 for cost in costs.values()), costs
+    assert result["cpu_ms_per_step"] == costs["storage_read"] + costs["storage_write"]
