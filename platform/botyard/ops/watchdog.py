@@ -245,7 +245,8 @@ class LoopWatchdog:
         self.dormant = True
         # Read after writing ``dormant``, while the selector writes ``selecting`` before
         # reading ``dormant``: either the loop is still waiting, or it saw ``dormant``.
-        if not self.selecting:
+        # stop() sets ``_stop`` before ``_awake``, which the clear() above may have undone.
+        if not self.selecting or self._stop.is_set():
             self.dormant = False
             return
         wakes = self.wakes_by_itself
