@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,6 +34,7 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
 from botyard.emulator import BotAPIEmulator, ControlError, EmulatedBot, EmulatorThread
+from botyard.emulator.emulator import LISTEN_BACKLOG
 from botyard.emulator.pytest_plugin import bot_api, bot_api_thread
 
 # Listed so linters see the imported fixtures as used; pytest finds them by name.
@@ -498,3 +501,25 @@ def test_standalone_emulator_prints_its_url_and_tokens() -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
+
+
+async def test_thousands_of_simultaneous_connections_are_queued_not_dropped(
+    bot_api: BotAPIEmulator,
+) -> None:
+    """The listening socket queues LISTEN_BACKLOG connections (aiohttp's default is
+    128: more bots connecting at once had their attempts dropped and retransmitted
+    after 1 s, 3 s...). ``ss`` reads the kernel's limit for the socket."""
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2) to read the listening socket's backlog")
+    port = int(bot_api.url.rsplit(":", 1)[1])
+    backlog, somaxconn = await asyncio.to_thread(_listen_backlog, port)
+    assert backlog == min(LISTEN_BACKLOG, somaxconn)
+
+
+def _listen_backlog(port: int) -> tuple[int, int]:
+    """The backlog of the socket listening on ``port`` (a listener's Send-Q in ``ss``),
+    and the system's cap on any backlog."""
+    listing = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return int(listing[2]), int(Path("/proc/sys/net/core/somaxconn").read_text())

@@ -41,6 +41,12 @@ from botyard.emulator.webhook import DeliverySettings, WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
+#: Connections the kernel queues before the emulator accepts them (capped by the system's
+#: ``net.core.somaxconn``). With aiohttp's 128, thousands of bots connecting at once
+#: overflowed the queue: the kernel dropped their connection attempts and each waited for
+#: TCP's retransmission (1 s, then 3 s, 7 s...), a delay Telegram does not impose.
+LISTEN_BACKLOG = 4096
+
 
 class BotAPIEmulator:
     """An in-process Telegram Bot API server with simulated users.
@@ -85,7 +91,7 @@ class BotAPIEmulator:
         # No access log: Bot API paths carry tokens.
         runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
         bound_host, bound_port = runner.addresses[0][:2]
         self._url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
         self._runner = runner
