@@ -21,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from botyard.registry.models import (
+    SHARED_VALUES,
     BotConfig,
     Loc,
     Registry,
@@ -73,7 +74,7 @@ def _load(path: Path, require_tokens: bool, environ: Mapping[str, str]) -> tuple
     document = None
     try:
         document = RegistryDocument.model_validate(
-            checked, context={"require_tokens": require_tokens}
+            checked, context={"require_tokens": require_tokens, SHARED_VALUES: {}}
         )
     except ValidationError as error:
         for detail in error.errors():

@@ -906,6 +906,20 @@ class BotConfig(_Section):
             return SecretStr(check_token(value))
         raise ValueError(f"expected a token string, got a {type(value).__name__}")
 
+    @field_validator("routers", "api_server", "flood_limits", "bot_properties", mode="after")
+    @classmethod
+    def _share_equal_values(cls, value: object, info: ValidationInfo) -> object:
+        """One object for a value many bots have alike, within one load (its context's
+        ``shared``): most bots of a large registry inherit the same sections, and each
+        frozen section with its pydantic bookkeeping costs about 1 KB per bot."""
+        shared = (info.context or {}).get(SHARED_VALUES)
+        if shared is None:
+            return value
+        try:
+            return shared.setdefault((info.field_name, value), value)
+        except TypeError:  # unhashable: kept as it is
+            return value
+
     @property
     def token_value(self) -> str:
         """The token itself, for the Bot API client; ``ValueError`` if the bot has none."""
@@ -923,6 +937,10 @@ def missing_token_message(name: object) -> str:
     """What to write for a bot without a token, with a variable named after the bot."""
     variable = f"{name.upper().replace('-', '_')}_TOKEN" if isinstance(name, str) else "BOT_TOKEN"
     return f"no token: write token: ${{{variable}}} and set {variable}"
+
+
+#: Key of the validation context's dict of values bots share (see ``BotConfig``).
+SHARED_VALUES = "shared_values"
 
 
 # --- the whole file ----------------------------------------------------------------
