@@ -425,6 +425,19 @@ async def test_collection_name_is_stable(shared: BeanieStorage) -> None:
     assert shared.collection.name == COLLECTION_NAME == "fsm_records"
 
 
+async def test_storages_on_one_database_share_one_collection_object(shared: BeanieStorage) -> None:
+    """10,000 bots made 10,000 PyMongo collection objects of one collection; the storages
+    of a database share one, each keeping to its namespace."""
+    other = BeanieStorage(shared.database, "cafe")
+    elsewhere = BeanieStorage(shared.database.client[f"{shared.database.name}_x"], "shop")
+    assert other.collection is shared.collection
+    assert elsewhere.collection is not shared.collection
+    assert elsewhere.collection.database.name == f"{shared.database.name}_x"
+    await shared.set_state(KEY, "in_shop")
+    assert await other.get_state(KEY) is None
+    assert await shared.get_state(KEY) == "in_shop"
+
+
 # what MongoDB refuses, refused before anything is written
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
@@ -46,6 +47,23 @@ async def prepare_database(
     await init_beanie(
         database=database, document_models=[FSMRecord], skip_indexes=not create_indexes
     )
+
+
+#: The records collection of each database in use, one object for all its storages:
+#: PyMongo makes a new one (434 bytes with its options) on every ``database[name]``, one
+#: per bot before. Keyed by the database's id: a collection holds its database, so while
+#: an entry lives, that id is still its database's.
+_COLLECTIONS: weakref.WeakValueDictionary[int, AsyncCollection[Document]] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def records_collection(database: AsyncDatabase[Document]) -> AsyncCollection[Document]:
+    """The FSM records collection of ``database``, shared by every storage on it."""
+    collection = _COLLECTIONS.get(id(database))
+    if collection is None:
+        collection = _COLLECTIONS[id(database)] = database[COLLECTION_NAME]
+    return collection
 
 
 class BeanieStorage(BaseStorage):
@@ -91,7 +109,7 @@ class BeanieStorage(BaseStorage):
         self._owns_client = owns_client
         #: Dates records' ``updated_at`` and ``expires_at``.
         self.clock = clock
-        self.collection: AsyncCollection[Document] = database[COLLECTION_NAME]
+        self.collection = records_collection(database)
         #: Shared by every storage on the client: operations beyond its pool wait here.
         self._gate = gate_for(database.client)
 
