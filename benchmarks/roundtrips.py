@@ -20,12 +20,12 @@ from aiogram import Bot, Dispatcher, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import Update
-from bots import echo, questionnaire
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from benchmarks.aiogram_app import make_storage
 from benchmarks.harness import World
+from bots import echo, questionnaire
 from botyard.database.roundtrips import RoundTripCounter
 from botyard.runtime.routers import BotRouters
 from botyard.runtime.runner import BotRunner, BotSpec
