@@ -120,3 +120,16 @@ def test_aiogram_filter_object_and_magic_filter_internals() -> None:
     router.message.filter(magic)
     [own] = router.message._handler.filters or []
     assert own.magic is magic, "aiogram TelegramEventObserver._handler changed"
+
+
+def test_pydantic_field_rebuilding() -> None:
+    """runtime/aiogram_types.py ``_resolve_fields``: resolves a deferred model's fields with
+    pydantic's ``rebuild_model_fields``, as ``model_rebuild`` does before building a schema.
+    (Were it gone, aiogram's types would be built at import again: slower, not wrong;
+    tests/runtime/test_aiogram_types.py then fails on the count of models built.)"""
+    from pydantic._internal._fields import rebuild_model_fields
+
+    parameters = list(inspect.signature(rebuild_model_fields).parameters)
+    assert parameters == ["cls", "config_wrapper", "ns_resolver", "typevars_map"], (
+        "pydantic's rebuild_model_fields changed"
+    )

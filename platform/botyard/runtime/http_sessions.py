@@ -67,6 +67,8 @@ class PlatformSession(AiohttpSession):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Built now rather than by the first update (see botyard.runtime.aiogram_types).
+        Update.model_rebuild()
         #: By bot id: the ``Bot`` the updates are bound to, and by update id each
         #: update with the JSON object it was parsed from.
         self._unconfirmed: dict[int, tuple[Bot, dict[int, tuple[Update, Any]]]] = {}

@@ -1,0 +1,165 @@
+"""aiogram's types built on first use (botyard.runtime.aiogram_types), as aiogram builds them.
+
+Each case runs in a fresh interpreter: the deferral acts on the import of ``aiogram.types``,
+which this test process has long done.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+DEFER = "from botyard.runtime.aiogram_types import defer_aiogram_type_builds"
+
+#: An update reaching deep into the reference cycle (a reply, entities, a keyboard).
+UPDATE = {
+    "update_id": 7,
+    "message": {
+        "message_id": 2,
+        "date": 1700000000,
+        "chat": {"id": 5, "type": "private", "first_name": "Ann"},
+        "from": {"id": 5, "is_bot": False, "first_name": "Ann", "language_code": "en"},
+        "text": "/start now",
+        "entities": [{"type": "bot_command", "offset": 0, "length": 6}],
+        "reply_to_message": {
+            "message_id": 1,
+            "date": 1700000000,
+            "chat": {"id": 5, "type": "private"},
+            "text": "pick one",
+            "reply_markup": {"inline_keyboard": [[{"text": "a", "callback_data": "a"}]]},
+        },
+    },
+}
+
+
+def _run(*parts: str) -> str:
+    """Run the parts (each dedented) as one program; its standard output."""
+    result = subprocess.run(
+        [sys.executable, "-c", "\n".join(textwrap.dedent(part) for part in parts)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+SCHEMAS = """
+    import json, re
+    from pydantic import BaseModel
+    import aiogram.types as types
+    from aiogram.types import Update
+
+    def shown(value):
+        return re.sub(" at 0x[0-9a-f]+", "", repr(value))  # addresses differ per process
+
+    out = {}
+    for name in types.__all__:
+        model = getattr(types, name)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            model.model_rebuild()  # deferred: builds it in its own right; eager: already built
+            out[name] = {
+                field: [shown(info.annotation), shown(info.default), info.alias]
+                for field, info in model.model_fields.items()
+            }
+    # The cycle generated inside one schema, as a model first used through another is.
+    out["<Update schema>"] = Update.model_json_schema()
+    out["<update>"] = Update.model_validate(UPDATE).model_dump(mode="json", exclude_unset=True)
+    print(json.dumps(out, sort_keys=True))
+"""
+
+
+def test_every_type_has_the_fields_and_schema_of_an_eager_import() -> None:
+    update = f"UPDATE = {UPDATE!r}"
+    eager = json.loads(_run(update, SCHEMAS))
+    deferred = json.loads(_run(DEFER, "defer_aiogram_type_builds()", update, SCHEMAS))
+    assert len(eager) > 400, "aiogram.types lists fewer models than it did"
+    assert deferred.keys() == eager.keys()
+    different = [name for name in eager if deferred[name] != eager[name]]
+    assert different == []
+    assert (
+        deferred["<update>"]["message"]["reply_to_message"]["reply_markup"]
+        == (
+            UPDATE["message"]["reply_to_message"]["reply_markup"]  # type: ignore[index]
+        )
+    )
+
+
+def test_the_import_builds_none_and_first_use_builds_what_is_used() -> None:
+    report = json.loads(
+        _run(
+            DEFER,
+            f"UPDATE = {UPDATE!r}",
+            """
+            defer_aiogram_type_builds()
+            import json
+            from pydantic import BaseModel
+            import aiogram.types as types
+            from aiogram.methods import Response
+            from aiogram.types import Message, Update
+
+            def complete():
+                return sorted(n for n in types.__all__
+                              if getattr(getattr(types, n), "__pydantic_complete__", False))
+
+            before = complete()
+            # First used inside models that are not aiogram's types, as botyard and bots do:
+            # their names resolve in the types' own modules.
+            answer = Response[list[Update]].model_validate({"ok": True, "result": [UPDATE]})
+            def saved():
+                class Saved(BaseModel):
+                    message: Message
+                return Saved(message=UPDATE["message"])
+
+            class NotedMessage(Message):  # a subclass, in a module that imports none of its names
+                noted: bool = True
+            print(json.dumps({
+                "before": before,
+                "after": complete(),
+                "chat": type(answer.result[0].message.chat).__name__,
+                "saved": saved().message.reply_to_message.text,
+                "subclass": NotedMessage.model_validate(UPDATE["message"]).reply_to_message.text,
+            }))
+            """,
+        )
+    )
+    assert len(report["before"]) <= 5, report["before"]  # the few aiogram completes itself
+    assert report["after"] == report["before"]  # generated inside the outer schemas only
+    assert report["chat"] == "Chat"
+    assert report["saved"] == "pick one"
+    assert report["subclass"] == "pick one"
+
+
+def test_a_caller_name_does_not_shadow_a_type_built_on_first_use() -> None:
+    """pydantic resolves a model built on first use in the caller's locals too: a local
+    named like an aiogram type must not become that type's field."""
+    output = _run(
+        DEFER,
+        f"""
+        defer_aiogram_type_builds()
+        from aiogram.types import Message
+        def handler():
+            Chat = int  # noqa: N806
+            return Message.model_validate({UPDATE["message"]!r})
+        print(type(handler().chat).__name__)
+        """,
+    )
+    assert output.strip() == "Chat"
+
+
+def test_an_earlier_import_is_left_as_it_is() -> None:
+    output = _run(
+        "import aiogram.types",
+        DEFER,
+        """
+        defer_aiogram_type_builds()
+        import sys
+        from aiogram.types import Update
+        print(Update.__pydantic_complete__, any(
+            type(f).__name__ == "_TypesFinder" for f in sys.meta_path))
+        """,
+    )
+    assert output.split() == ["True", "False"]
