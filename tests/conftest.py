@@ -16,10 +16,10 @@ import pytest
 from pymongo import AsyncMongoClient, MongoClient
 
 from botyard.database.embedded import SecantusServer
-from botyard.runtime.aiogram_types import defer_aiogram_type_builds
+from botyard.runtime.aiogram_models import defer_aiogram_model_builds
 
 # Tests in this process import aiogram as `botyard`'s commands do.
-defer_aiogram_type_builds()
+defer_aiogram_model_builds()
 
 # e2e: the ``emulator`` and ``world`` fixtures of the end-to-end tests.
 pytest_plugins = ["botyard.emulator.pytest_plugin", "e2e"]

@@ -123,7 +123,7 @@ def test_aiogram_filter_object_and_magic_filter_internals() -> None:
 
 
 def test_pydantic_field_rebuilding() -> None:
-    """runtime/aiogram_types.py ``_resolve_fields``: resolves a deferred model's fields with
+    """runtime/aiogram_models.py ``_resolve_fields``: resolves a deferred model's fields with
     pydantic's ``rebuild_model_fields``, as ``model_rebuild`` does before building a schema.
     (Were it gone, aiogram's types would be built at import again: slower, not wrong;
     tests/runtime/test_aiogram_types.py then fails on the count of models built.)"""

@@ -6,7 +6,7 @@ The only package that imports click. May import every other package.
 A command's module is imported only when that command runs (or shows its own
 ``--help``), so ``botyard --help``, ``--version`` and ``schema`` start without
 importing aiogram, Beanie or PyMongo; when a command does import aiogram, its
-Telegram types are built on first use (:mod:`botyard.runtime.aiogram_types`).
+pydantic models are built on first use (:mod:`botyard.runtime.aiogram_models`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import click
 from botyard import __version__
 from botyard.cli.errors import ReportingGroup
 from botyard.cli.options import ENV_PREFIX
-from botyard.runtime.aiogram_types import defer_aiogram_type_builds
+from botyard.runtime.aiogram_models import defer_aiogram_model_builds
 
 __all__ = ["COMMANDS", "LazyGroup", "main"]
 
-defer_aiogram_type_builds()
+defer_aiogram_model_builds()
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": (

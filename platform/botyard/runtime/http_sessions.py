@@ -34,6 +34,9 @@ SPARE_CONNECTIONS = 50
 
 #: Strong references to the response models built so far, keyed by the type returned.
 _RESPONSE_MODELS: dict[Any, type[Response[Any]]] = {}
+# Built before the bots poll, not by the first update, and before the answer model that
+# holds it, which then reuses its schema (see botyard.runtime.aiogram_models).
+Update.model_rebuild()
 _UPDATES_RESPONSE = Response[list[Update]]
 _JSON_BODY = {"Content-Type": "application/json"}
 
@@ -67,8 +70,6 @@ class PlatformSession(AiohttpSession):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # Built now rather than by the first update (see botyard.runtime.aiogram_types).
-        Update.model_rebuild()
         #: By bot id: the ``Bot`` the updates are bound to, and by update id each
         #: update with the JSON object it was parsed from.
         self._unconfirmed: dict[int, tuple[Bot, dict[int, tuple[Update, Any]]]] = {}

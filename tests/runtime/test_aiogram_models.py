@@ -1,7 +1,7 @@
-"""aiogram's types built on first use (botyard.runtime.aiogram_types), as aiogram builds them.
+"""aiogram's models built on first use (botyard.runtime.aiogram_models), as aiogram builds them.
 
-Each case runs in a fresh interpreter: the deferral acts on the import of ``aiogram.types``,
-which this test process has long done.
+Each case runs in a fresh interpreter: the deferral acts on the import of aiogram, which
+this test process has long done.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 
-DEFER = "from botyard.runtime.aiogram_types import defer_aiogram_type_builds"
+DEFER = "from botyard.runtime.aiogram_models import defer_aiogram_model_builds"
 
 #: An update reaching deep into the reference cycle (a reply, entities, a keyboard).
 UPDATE = {
@@ -50,33 +50,38 @@ def _run(*parts: str) -> str:
 SCHEMAS = """
     import json, re
     from pydantic import BaseModel
+    import aiogram.methods as methods
     import aiogram.types as types
+    from aiogram.methods import SendMessage
     from aiogram.types import Update
 
     def shown(value):
         return re.sub(" at 0x[0-9a-f]+", "", repr(value))  # addresses differ per process
 
     out = {}
-    for name in types.__all__:
-        model = getattr(types, name)
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            model.model_rebuild()  # deferred: builds it in its own right; eager: already built
-            out[name] = {
-                field: [shown(info.annotation), shown(info.default), info.alias]
-                for field, info in model.model_fields.items()
-            }
+    for package in (types, methods):
+        for name in package.__all__:
+            model = getattr(package, name)
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                model.model_rebuild()  # deferred: builds it in its own right; eager: built
+                out[f"{package.__name__}.{name}"] = {
+                    field: [shown(info.annotation), shown(info.default), info.alias]
+                    for field, info in model.model_fields.items()
+                }
     # The cycle generated inside one schema, as a model first used through another is.
     out["<Update schema>"] = Update.model_json_schema()
+    out["<SendMessage schema>"] = SendMessage.model_json_schema()
     out["<update>"] = Update.model_validate(UPDATE).model_dump(mode="json", exclude_unset=True)
     print(json.dumps(out, sort_keys=True))
 """
 
 
-def test_every_type_has_the_fields_and_schema_of_an_eager_import() -> None:
+def test_every_model_has_the_fields_and_schema_of_an_eager_import() -> None:
     update = f"UPDATE = {UPDATE!r}"
     eager = json.loads(_run(update, SCHEMAS))
-    deferred = json.loads(_run(DEFER, "defer_aiogram_type_builds()", update, SCHEMAS))
-    assert len(eager) > 400, "aiogram.types lists fewer models than it did"
+    deferred = json.loads(_run(DEFER, "defer_aiogram_model_builds()", update, SCHEMAS))
+    assert sum(name.startswith("aiogram.types.") for name in eager) > 400
+    assert sum(name.startswith("aiogram.methods.") for name in eager) > 150
     assert deferred.keys() == eager.keys()
     different = [name for name in eager if deferred[name] != eager[name]]
     assert different == []
@@ -94,18 +99,21 @@ def test_the_import_builds_none_and_first_use_builds_what_is_used() -> None:
             DEFER,
             f"UPDATE = {UPDATE!r}",
             """
-            defer_aiogram_type_builds()
+            defer_aiogram_model_builds()
             import json
             from pydantic import BaseModel
+            import aiogram.methods as methods
             import aiogram.types as types
-            from aiogram.methods import Response
+            from aiogram.methods import Response, SendMessage
             from aiogram.types import Message, Update
 
-            def complete():
-                return sorted(n for n in types.__all__
-                              if getattr(getattr(types, n), "__pydantic_complete__", False))
+            def complete(package=types):
+                return sorted(n for n in package.__all__
+                              if getattr(getattr(package, n), "__pydantic_complete__", False))
 
             before = complete()
+            methods_before = complete(methods)
+            SendMessage(chat_id=1, text="hi", reply_markup={"inline_keyboard": []})
             # First used inside models that are not aiogram's types, as botyard and bots do:
             # their names resolve in the types' own modules.
             answer = Response[list[Update]].model_validate({"ok": True, "result": [UPDATE]})
@@ -119,6 +127,8 @@ def test_the_import_builds_none_and_first_use_builds_what_is_used() -> None:
             print(json.dumps({
                 "before": before,
                 "after": complete(),
+                "methods_before": methods_before,
+                "methods_after": complete(methods),
                 "chat": type(answer.result[0].message.chat).__name__,
                 "saved": saved().message.reply_to_message.text,
                 "subclass": NotedMessage.model_validate(UPDATE["message"]).reply_to_message.text,
@@ -128,6 +138,8 @@ def test_the_import_builds_none_and_first_use_builds_what_is_used() -> None:
     )
     assert len(report["before"]) <= 5, report["before"]  # the few aiogram completes itself
     assert report["after"] == report["before"]  # generated inside the outer schemas only
+    assert set(report["methods_before"]) <= {"Request", "Response", "TelegramMethod"}
+    assert set(report["methods_after"]) - set(report["methods_before"]) == {"SendMessage"}
     assert report["chat"] == "Chat"
     assert report["saved"] == "pick one"
     assert report["subclass"] == "pick one"
@@ -139,7 +151,7 @@ def test_a_caller_name_does_not_shadow_a_type_built_on_first_use() -> None:
     output = _run(
         DEFER,
         f"""
-        defer_aiogram_type_builds()
+        defer_aiogram_model_builds()
         from aiogram.types import Message
         def handler():
             Chat = int  # noqa: N806
@@ -155,7 +167,7 @@ def test_an_earlier_import_is_left_as_it_is() -> None:
         "import aiogram.types",
         DEFER,
         """
-        defer_aiogram_type_builds()
+        defer_aiogram_model_builds()
         import sys
         from aiogram.types import Update
         print(Update.__pydantic_complete__, any(
