@@ -458,6 +458,47 @@ async def test_full_collections_resume_once_every_bot_started(
         gc.unfreeze()
 
 
+async def test_bots_start_in_batches_the_first_polling_while_the_next_are_made(
+    bot_api: BotAPIEmulator,
+    mongo_uri: str,
+    database_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(supervisor_module, "START_BATCH", 2)
+    (tmp_path / "quiet_factory.py").write_text(
+        "from aiogram import Router\ndef router():\n    return Router()\n"
+    )
+    tokens = [bot_api.add_bot().token for _ in range(5)]
+    bots = "".join(
+        f"  - name: bot{index}\n    token: {token}\n"
+        f"    routers: [quiet_factory:router]\n    api_server: {bot_api.url}\n"
+        for index, token in enumerate(tokens)
+    )
+    path = tmp_path / "botyard.yaml"
+    path.write_text(f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n{bots}")
+    made_when: dict[str, list[BotStatus]] = {}
+
+    def make_bot(config: Any, sessions: Any) -> Bot:
+        made_when[config.name] = [runner.status for runner in supervisor.runners.values()]
+        return supervisor_module._make_bot(config, sessions)
+
+    supervisor = Supervisor(load_registry(path), watch=False, bot_factory=make_bot)
+    running = asyncio.create_task(supervisor.run())
+    try:
+        async with asyncio.timeout(10):
+            await supervisor.started.wait()
+        assert made_when["bot1"] == [BotStatus.STOPPED], "the first batch is made at once"
+        assert made_when["bot2"] == [BotStatus.STARTING] * 2, "its runners ran before the next"
+        assert made_when["bot4"][:2] == [BotStatus.STARTING] * 2
+        assert all(bot_api.calls(token, "getUpdates") >= 1 for token in tokens)
+        assert set(supervisor.runners) == {f"bot{index}" for index in range(5)}
+    finally:
+        supervisor.request_stop()
+        async with asyncio.timeout(10):
+            assert await running == 0
+
+
 async def test_restart_backoff_starts_over_after_a_healthy_period(
     bot_api: BotAPIEmulator, storage: BeanieStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:

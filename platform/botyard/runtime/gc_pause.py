@@ -7,10 +7,10 @@ run`` pauses full collections (young ones go on, freeing the start's
 short-lived garbage) until every bot polls, serves webhooks or failed.
 
 Twice a full collection runs and the survivors are frozen out of later ones
-(:func:`gc.freeze`): once the runners are made and before any of them polls
-(:func:`collect_and_freeze`: the imports, the registry and the runners, most of
-the heap, are done with before the first update arrives, instead of pausing
-it), and once every bot started (only what starting made since is walked).
+(:func:`gc.freeze`): once the registry is loaded and before any bot is made
+(:func:`collect_and_freeze`: the imports and the registry, most of the heap,
+are done with before the first update arrives, instead of pausing it), and once
+every bot started (only what starting made since is walked: the runners).
 
 Then collections resume with a young generation of :data:`YOUNG_THRESHOLD`
 objects instead of Python's 700: each update allocates a few thousand
