@@ -410,18 +410,12 @@ async def test_full_collections_resume_once_every_bot_started(
 ) -> None:
     """``botyard run`` collects and freezes before the bots poll, pauses full collections while
     they start (a revoked bot counts as started), then resumes with a larger young generation."""
-    path = tmp_path / "botyard.yaml"
-    factory = "from aiogram import Router\ndef router():\n    return Router()\n"
-    (tmp_path / "quiet_factory.py").write_text(factory)
     revoked = bot_api.add_bot().token
     bot_api.revoke(revoked)
     polling_token = bot_api.add_bot().token
-    bots = "".join(
-        f"  - name: {name}\n    token: {token}\n"
-        f"    routers: [quiet_factory:router]\n    api_server: {bot_api.url}\n"
-        for name, token in (("polling", polling_token), ("revoked", revoked))
-    )
-    path.write_text(f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n{bots}")
+    bots = {"polling": polling_token, "revoked": revoked}
+    path = tmp_path / "botyard.yaml"
+    path.write_text(quiet_registry(tmp_path, bot_api, mongo_uri, database_name, bots))
     polls_before = bot_api.calls(polling_token, "getUpdates")
     frozen_before_polling: list[tuple[int, int]] = []
 
@@ -466,17 +460,10 @@ async def test_bots_start_in_batches_the_first_polling_while_the_next_are_made(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(supervisor_module, "START_BATCH", 2)
-    (tmp_path / "quiet_factory.py").write_text(
-        "from aiogram import Router\ndef router():\n    return Router()\n"
-    )
     tokens = [bot_api.add_bot().token for _ in range(5)]
-    bots = "".join(
-        f"  - name: bot{index}\n    token: {token}\n"
-        f"    routers: [quiet_factory:router]\n    api_server: {bot_api.url}\n"
-        for index, token in enumerate(tokens)
-    )
+    bots = {f"bot{index}": token for index, token in enumerate(tokens)}
     path = tmp_path / "botyard.yaml"
-    path.write_text(f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n{bots}")
+    path.write_text(quiet_registry(tmp_path, bot_api, mongo_uri, database_name, bots))
     made_when: dict[str, list[BotStatus]] = {}
 
     def make_bot(config: Any, sessions: Any) -> Bot:
@@ -530,15 +517,24 @@ async def test_restart_backoff_starts_over_after_a_healthy_period(
 
 
 def quiet_registry(
-    folder: Path, bot_api: BotAPIEmulator, mongo_uri: str, database_name: str
+    folder: Path,
+    bot_api: BotAPIEmulator,
+    mongo_uri: str,
+    database_name: str,
+    tokens: dict[str, str] | None = None,
 ) -> str:
-    """A registry of one bot, ``quiet``, whose router (``folder/quiet.py``) handles nothing."""
-    (folder / "quiet.py").write_text("from aiogram import Router\nrouter = Router()\n")
-    return (
-        f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n"
-        f"  - name: quiet\n    token: {bot_api.add_bot().token}\n"
-        f"    routers: [quiet:router]\n    api_server: {bot_api.url}\n"
+    """A registry of bots (name: token; by default one, ``quiet``) whose routers
+    (``folder/quiet_factory.py``; a factory, as the module is imported once per process)
+    handle nothing."""
+    (folder / "quiet_factory.py").write_text(
+        "from aiogram import Router\ndef router():\n    return Router()\n"
     )
+    bots = "".join(
+        f"  - name: {name}\n    token: {token}\n"
+        f"    routers: [quiet_factory:router]\n    api_server: {bot_api.url}\n"
+        for name, token in (tokens or {"quiet": bot_api.add_bot().token}).items()
+    )
+    return f"storage:\n  uri: {mongo_uri}\n  database: {database_name}\nbots:\n{bots}"
 
 
 async def test_a_reload_loads_and_diffs_the_registry_off_the_event_loop(
