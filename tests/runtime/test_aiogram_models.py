@@ -171,7 +171,36 @@ def test_an_earlier_import_is_left_as_it_is() -> None:
         import sys
         from aiogram.types import Update
         print(Update.__pydantic_complete__, any(
-            type(f).__name__ == "_TypesFinder" for f in sys.meta_path))
+            type(f).__name__ == "_ModelsFinder" for f in sys.meta_path))
         """,
     )
     assert output.split() == ["True", "False"]
+
+
+def test_a_pydantic_without_the_internals_used_gets_aiogram_s_own_rebuilds() -> None:
+    """Should pydantic's ``rebuild_model_fields`` change, the types are built as aiogram
+    builds them: slower, never unbuildable."""
+    output = _run(
+        DEFER,
+        f"UPDATE = {UPDATE!r}",
+        """
+        import pydantic.main  # pydantic's own modules keep the function they imported
+        import pydantic._internal._fields as fields
+
+        def changed(*args, **kwargs):
+            raise TypeError("rebuild_model_fields() got an unexpected keyword argument")
+
+        fields.rebuild_model_fields = changed
+        defer_aiogram_model_builds()
+        import aiogram.types as types
+        from aiogram.types import Update
+
+        built = [getattr(types, n).__pydantic_complete__ for n in types.__all__
+                 if hasattr(getattr(types, n), "__pydantic_complete__")]
+        print(all(built), len(built), Update.model_validate(UPDATE).message.chat.id)
+        """,
+    )
+    complete, count, chat = output.split()
+    assert complete == "True"
+    assert int(count) > 400
+    assert chat == "5"

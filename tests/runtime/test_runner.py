@@ -458,9 +458,11 @@ async def test_bots_start_in_batches_the_first_polling_while_the_next_are_made(
     database_name: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The last bot cannot be built: the others still start, and the start still ends."""
     monkeypatch.setattr(supervisor_module, "START_BATCH", 2)
-    tokens = [bot_api.add_bot().token for _ in range(5)]
+    tokens = [bot_api.add_bot().token for _ in range(6)]
     bots = {f"bot{index}": token for index, token in enumerate(tokens)}
     path = tmp_path / "botyard.yaml"
     path.write_text(quiet_registry(tmp_path, bot_api, mongo_uri, database_name, bots))
@@ -468,6 +470,8 @@ async def test_bots_start_in_batches_the_first_polling_while_the_next_are_made(
 
     def make_bot(config: Any, sessions: Any) -> Bot:
         made_when[config.name] = [runner.status for runner in supervisor.runners.values()]
+        if config.name == "bot5":
+            raise RuntimeError("no session for this bot")
         return supervisor_module._make_bot(config, sessions)
 
     supervisor = Supervisor(load_registry(path), watch=False, bot_factory=make_bot)
@@ -478,12 +482,39 @@ async def test_bots_start_in_batches_the_first_polling_while_the_next_are_made(
         assert made_when["bot1"] == [BotStatus.STOPPED], "the first batch is made at once"
         assert made_when["bot2"] == [BotStatus.STARTING] * 2, "its runners ran before the next"
         assert made_when["bot4"][:2] == [BotStatus.STARTING] * 2
-        assert all(bot_api.calls(token, "getUpdates") >= 1 for token in tokens)
+        assert all(bot_api.calls(token, "getUpdates") >= 1 for token in tokens[:5])
         assert set(supervisor.runners) == {f"bot{index}" for index in range(5)}
+        assert "bot=bot5 cannot start: no session for this bot" in caplog.messages
     finally:
         supervisor.request_stop()
         async with asyncio.timeout(10):
             assert await running == 0
+
+
+async def test_a_stop_during_the_start_makes_no_more_bots(
+    bot_api: BotAPIEmulator,
+    mongo_uri: str,
+    database_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(supervisor_module, "START_BATCH", 1)
+    bots = {f"bot{index}": bot_api.add_bot().token for index in range(4)}
+    path = tmp_path / "botyard.yaml"
+    path.write_text(quiet_registry(tmp_path, bot_api, mongo_uri, database_name, bots))
+    made: list[str] = []
+
+    def make_bot(config: Any, sessions: Any) -> Bot:
+        made.append(config.name)
+        if config.name == "bot1":
+            supervisor.request_stop()  # SIGTERM while the second bot is being made
+        return supervisor_module._make_bot(config, sessions)
+
+    supervisor = Supervisor(load_registry(path), watch=False, bot_factory=make_bot)
+    async with asyncio.timeout(10):
+        assert await supervisor.run() == 0
+    assert made == ["bot0", "bot1"]
+    assert supervisor.runners == {}
 
 
 async def test_restart_backoff_starts_over_after_a_healthy_period(
